@@ -1,0 +1,190 @@
+// Python bindings: the private module rnnfast._core. The public, validated API is in
+// python/rnnfast/core.py; these entry points re-check every buffer (dtype, C order, shape) so
+// that a wrong call raises instead of reading out of bounds, then release the GIL.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <string>
+#include <vector>
+
+#include "build_config.hpp"
+#include "rnnfast/rnn.hpp"
+
+namespace py = pybind11;
+using rnnfast::Activation;
+using rnnfast::Index;
+using rnnfast::Schedule;
+
+namespace {
+
+// The data pointer of `a` after checking dtype S, C order and shape; null for None when
+// `optional`.
+template <typename S>
+S* buffer(const py::object& obj, const char* name, std::vector<Index> shape, bool optional = false,
+          bool writable = false) {
+  if (obj.is_none()) {
+    if (optional) return nullptr;
+    throw py::value_error(std::string(name) + " is required");
+  }
+  if (!py::isinstance<py::array_t<S>>(obj))
+    throw py::type_error(std::string(name) + ": expected a numpy array of " +
+                         py::str(py::dtype::of<S>()).cast<std::string>());
+  auto a = py::reinterpret_borrow<py::array>(obj);
+  if (!(a.flags() & py::array::c_style))
+    throw py::value_error(std::string(name) + ": expected a C-contiguous array");
+  if (writable && !a.writeable()) throw py::value_error(std::string(name) + ": not writable");
+  bool ok = a.ndim() == py::ssize_t(shape.size());
+  for (size_t i = 0; ok && i < shape.size(); ++i) ok = a.shape(i) == shape[i];
+  if (!ok) {
+    std::string want = "(";
+    for (size_t i = 0; i < shape.size(); ++i) want += (i ? ", " : "") + std::to_string(shape[i]);
+    throw py::value_error(std::string(name) + ": expected shape " + want + ")");
+  }
+  return static_cast<S*>(a.mutable_data());
+}
+
+template <typename S>
+void forward(const py::array& u, const py::object& W_in, const py::object& W_rec,
+             const py::object& b, const py::object& h0, const py::object& h, const py::object& x,
+             int activation, int num_threads, int schedule) {
+  if (u.ndim() != 3) throw py::value_error("u: expected shape (T, B, I)");
+  const Index T = u.shape(0), B = u.shape(1), I = u.shape(2);
+  if (!py::isinstance<py::array>(W_rec) || py::reinterpret_borrow<py::array>(W_rec).ndim() != 2)
+    throw py::value_error("W_rec: expected shape (H, H)");
+  const Index H = py::reinterpret_borrow<py::array>(W_rec).shape(0);
+  const S* pu = buffer<S>(u, "u", {T, B, I});
+  const S* pWi = buffer<S>(W_in, "W_in", {H, I});
+  const S* pWr = buffer<S>(W_rec, "W_rec", {H, H});
+  const S* pb = buffer<S>(b, "b", {H});
+  const S* ph0 = buffer<S>(h0, "h0", {B, H}, true);
+  S* ph = buffer<S>(h, "h", {T, B, H}, false, true);
+  S* px = buffer<S>(x, "x", {T, B, H}, true, true);
+  py::gil_scoped_release nogil;
+  rnnfast::forward<S>(pu, pWi, pWr, pb, ph0, ph, px, T, B, I, H, Activation(activation),
+                      num_threads, Schedule(schedule));
+}
+
+template <typename S>
+std::pair<double, double> backward(const py::array& u, const py::object& W_in,
+                                   const py::object& W_rec, const py::object& h0,
+                                   const py::object& h, const py::object& dh,
+                                   const py::object& dh_last, const py::object& dx,
+                                   const py::object& dW_in, const py::object& dW_rec,
+                                   const py::object& db, const py::object& dh0,
+                                   const py::object& du, const py::object& omega_grad,
+                                   double omega_bound, const py::object& delta_norm,
+                                   int activation, int num_threads, int schedule) {
+  if (u.ndim() != 3) throw py::value_error("u: expected shape (T, B, I)");
+  const Index T = u.shape(0), B = u.shape(1), I = u.shape(2);
+  if (!py::isinstance<py::array>(W_rec) || py::reinterpret_borrow<py::array>(W_rec).ndim() != 2)
+    throw py::value_error("W_rec: expected shape (H, H)");
+  const Index H = py::reinterpret_borrow<py::array>(W_rec).shape(0);
+  const S* pu = buffer<S>(u, "u", {T, B, I});
+  const S* pWi = buffer<S>(W_in, "W_in", {H, I});
+  const S* pWr = buffer<S>(W_rec, "W_rec", {H, H});
+  const S* ph0 = buffer<S>(h0, "h0", {B, H}, true);
+  const S* ph = buffer<S>(h, "h", {T, B, H});
+  const S* pdh = buffer<S>(dh, "dh", {T, B, H}, true);
+  const S* pdhl = buffer<S>(dh_last, "dh_last", {B, H}, true);
+  S* pdx = buffer<S>(dx, "dx", {T, B, H}, false, true);
+  S* pdWi = buffer<S>(dW_in, "dW_in", {H, I}, false, true);
+  S* pdWr = buffer<S>(dW_rec, "dW_rec", {H, H}, false, true);
+  S* pdb = buffer<S>(db, "db", {H}, false, true);
+  S* pdh0 = buffer<S>(dh0, "dh0", {B, H}, false, true);
+  S* pdu = buffer<S>(du, "du", {T, B, I}, false, true);
+  S* pog = buffer<S>(omega_grad, "omega_grad", {H, H}, true, true);
+  double* pdn = buffer<double>(delta_norm, "delta_norm", {T, B}, true, true);
+  py::gil_scoped_release nogil;
+  const auto r = rnnfast::backward<S>(pu, pWi, pWr, ph0, ph, pdh, pdhl, pdx, pdWi, pdWr, pdb,
+                                      pdh0, pdu, pog, omega_bound, pdn, T, B, I, H,
+                                      Activation(activation), num_threads, Schedule(schedule));
+  return {r.omega_sum, r.omega_pairs};
+}
+
+void dispatch_check(const py::array& u) {
+  if (!py::isinstance<py::array_t<float>>(u) && !py::isinstance<py::array_t<double>>(u))
+    throw py::type_error("u: expected float32 or float64");
+}
+
+py::dict build_info() {
+  py::dict d;
+  d["compiler"] = RNNFAST_CXX_COMPILER;
+  d["flags"] = RNNFAST_CXX_FLAGS;
+  d["native"] = std::string(RNNFAST_NATIVE_BUILD) == "ON";
+  std::vector<std::string> isa;
+#ifdef __SSE2__
+  isa.push_back("sse2");
+#endif
+#ifdef __AVX__
+  isa.push_back("avx");
+#endif
+#ifdef __AVX2__
+  isa.push_back("avx2");
+#endif
+#ifdef __FMA__
+  isa.push_back("fma");
+#endif
+#ifdef __AVX512F__
+  isa.push_back("avx512f");
+#endif
+#ifdef __ARM_NEON
+  isa.push_back("neon");
+#endif
+  d["instruction_sets"] = isa;
+  d["eigen_simd"] = Eigen::SimdInstructionSetsInUse();
+  d["eigen_version"] = std::to_string(EIGEN_WORLD_VERSION) + "." +
+                       std::to_string(EIGEN_MAJOR_VERSION) + "." +
+                       std::to_string(EIGEN_MINOR_VERSION);
+  d["openmp"] = std::to_string(_OPENMP);
+  d["openmp_version"] = RNNFAST_OPENMP_VERSION;
+  d["float32_lanes"] = rnnfast::PanelShape<float>::PS;
+  d["float64_lanes"] = rnnfast::PanelShape<double>::PS;
+  d["tile_float32"] = std::to_string(rnnfast::PanelShape<float>::MR) + "x" +
+                      std::to_string(rnnfast::PanelShape<float>::NR);
+  d["tile_float64"] = std::to_string(rnnfast::PanelShape<double>::MR) + "x" +
+                      std::to_string(rnnfast::PanelShape<double>::NR);
+  return d;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "rnnfast C++ kernels (private; use the rnnfast package)";
+  m.def(
+      "forward",
+      [](const py::array& u, py::object W_in, py::object W_rec, py::object b, py::object h0,
+         py::object h, py::object x, int activation, int num_threads, int schedule) {
+        dispatch_check(u);
+        if (py::isinstance<py::array_t<float>>(u))
+          forward<float>(u, W_in, W_rec, b, h0, h, x, activation, num_threads, schedule);
+        else
+          forward<double>(u, W_in, W_rec, b, h0, h, x, activation, num_threads, schedule);
+      },
+      py::arg("u").noconvert(), py::arg("W_in"), py::arg("W_rec"), py::arg("b"), py::arg("h0"),
+      py::arg("h"), py::arg("x"), py::arg("activation"), py::arg("num_threads"),
+      py::arg("schedule"));
+  m.def(
+      "backward",
+      [](const py::array& u, py::object W_in, py::object W_rec, py::object h0, py::object h,
+         py::object dh, py::object dh_last, py::object dx, py::object dW_in, py::object dW_rec,
+         py::object db, py::object dh0, py::object du, py::object omega_grad, double omega_bound,
+         py::object delta_norm, int activation, int num_threads, int schedule) {
+        dispatch_check(u);
+        if (py::isinstance<py::array_t<float>>(u))
+          return backward<float>(u, W_in, W_rec, h0, h, dh, dh_last, dx, dW_in, dW_rec, db, dh0,
+                                 du, omega_grad, omega_bound, delta_norm, activation,
+                                 num_threads, schedule);
+        return backward<double>(u, W_in, W_rec, h0, h, dh, dh_last, dx, dW_in, dW_rec, db, dh0,
+                                du, omega_grad, omega_bound, delta_norm, activation, num_threads,
+                                schedule);
+      },
+      py::arg("u").noconvert(), py::arg("W_in"), py::arg("W_rec"), py::arg("h0"), py::arg("h"),
+      py::arg("dh"), py::arg("dh_last"), py::arg("dx"), py::arg("dW_in"), py::arg("dW_rec"),
+      py::arg("db"), py::arg("dh0"), py::arg("du"), py::arg("omega_grad"),
+      py::arg("omega_bound"), py::arg("delta_norm"), py::arg("activation"),
+      py::arg("num_threads"), py::arg("schedule"));
+  m.def("max_threads", []() { return omp_get_max_threads(); },
+        "OpenMP's default team size (OMP_NUM_THREADS or the number of cores)");
+  m.def("build_info", &build_info);
+}

@@ -1,0 +1,357 @@
+// rnnfast kernels: the vanilla RNN forward recurrence and backpropagation through time (BPTT).
+//
+// Dimension legend (used in every shape comment below):
+//   T  time steps        B  sequences in the batch
+//   I  input size        H  hidden units
+// All tensors are C-contiguous (row-major); the state of the batch at one step is a (B, H)
+// block whose row b is sequence b.
+//
+// Model (Elman form; the paper's formula 2 uses x_t with h_t = σ(x_t)):
+//   x_t = W_rec h_{t-1} + W_in u_t + b,   h_t = σ(x_t),   t = 1..T  (stored at index t-1)
+// As row vectors, for a batch: X_t = H_{t-1} W_recᵀ + U_t W_inᵀ + 1 bᵀ.
+//
+// Backward, given the direct loss gradients dh_t = ∂⁺E/∂h_t:
+//   δ_t  = dh_t + a_{t+1} W_rec        total ∂E/∂h_t      (a_{T+1} = 0)
+//   a_t  = δ_t ⊙ σ'(x_t)               ∂E/∂x_t            (σ' from h_t, no x needed)
+//   ∂E/∂h_0 = a_1 W_rec,  ∂E/∂W_rec = Σ_t a_tᵀ h_{t-1},  ∂E/∂W_in = Σ_t a_tᵀ u_t,
+//   ∂E/∂b = Σ_t Σ_b a_t,  ∂E/∂u_t = a_t W_in.
+// The Ω regularizer (paper eq. 9-10, authors' squared-norm form) for the pair (t → t-1) uses
+//   v_t = a_t W_rec (the same one-step product BPTT computes), r = ‖v_t‖² / ‖δ_t‖²,
+//   term (r − 1)², and, with a_t and δ_t held constant, ∂term/∂W_rec = 4(r−1)/‖δ_t‖² · a_tᵀ v_t.
+//   Pairs with ‖δ_t‖² < bound are dropped; Ω is the mean over the remaining (t, b) pairs.
+//
+// Work split: the time-parallel products (input projection, weight gradients, ∂E/∂u) are
+// single large GEMMs over all T·B rows; only the (rows × H)(H × H) recurrent product stays in
+// the time loop, against W_rec packed once per call (packed_gemm.hpp).
+#pragma once
+
+#include <omp.h>
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+#include <vector>
+
+#include "rnnfast/packed_gemm.hpp"
+
+namespace rnnfast {
+
+enum class Activation : int { Tanh = 0, Sigmoid = 1, Relu = 2, Linear = 3 };
+
+// How the threads of one call share the work.
+//   Serial: one thread.  Batch: each thread owns a slice of the B sequences for all T steps
+//   (no barrier per step).  Hidden: each thread owns a block of hidden units (one barrier per
+//   step) — for large H with too few sequences to split.
+enum class Schedule : int { Auto = 0, Serial = 1, Batch = 2, Hidden = 3 };
+
+template <typename S>
+using RowMat = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+template <typename S>
+using MapMat = Eigen::Map<RowMat<S>, Eigen::Unaligned, Eigen::OuterStride<>>;
+template <typename S>
+using CMapMat = Eigen::Map<const RowMat<S>, Eigen::Unaligned, Eigen::OuterStride<>>;
+template <typename S>
+using CMapRow = Eigen::Map<const Eigen::Matrix<S, 1, Eigen::Dynamic>>;
+
+// (rows, cols) row-major view with row stride ld.
+template <typename S>
+inline MapMat<S> view(S* p, Index rows, Index cols, Index ld) {
+  return MapMat<S>(p, rows, cols, Eigen::OuterStride<>(ld));
+}
+template <typename S>
+inline CMapMat<S> cview(const S* p, Index rows, Index cols, Index ld) {
+  return CMapMat<S>(p, rows, cols, Eigen::OuterStride<>(ld));
+}
+
+struct Plan {
+  int threads;
+  Schedule schedule;
+};
+
+// Chooses threads and split for a problem. Tiny problems stay on one thread: a fork/join and
+// the cross-core traffic cost more than the work.
+inline Plan make_plan(Index T, Index B, Index I, Index H, int requested, Schedule forced) {
+  const double flops = 2.0 * double(T) * double(B) * double(H) * double(H + I);
+  int n = std::max(1, requested);
+  if (forced == Schedule::Serial || n == 1) return {1, Schedule::Serial};
+  if (forced == Schedule::Batch) return {int(std::min<Index>(n, B)), Schedule::Batch};
+  if (forced == Schedule::Hidden) {
+    const Index panels = (H + PanelShape<float>::NR - 1) / PanelShape<float>::NR;
+    return {int(std::min<Index>(n, std::max<Index>(1, panels))), Schedule::Hidden};
+  }
+  if (flops < 4e6) return {1, Schedule::Serial};
+  const Index rows_per_thread = B / n;
+  // Large W_rec with few rows per thread: streaming a block of W_rec per thread beats every
+  // thread streaming all of it each step.
+  if (H >= 1024 && rows_per_thread < 32) return {n, Schedule::Hidden};
+  if (rows_per_thread >= 4) return {n, Schedule::Batch};
+  if (H >= 256) return {n, Schedule::Hidden};
+  if (B >= n) return {n, Schedule::Batch};
+  return {1, Schedule::Serial};
+}
+
+// Contiguous share [begin, end) of n items for thread `tid` of `nt`.
+inline void share(Index n, int tid, int nt, Index& begin, Index& end) {
+  const Index q = n / nt, r = n % nt;
+  begin = tid * q + std::min<Index>(tid, r);
+  end = begin + q + (tid < r ? 1 : 0);
+}
+
+// h = σ(x) on a (rows, cols) block; x and h may be the same memory.
+template <typename S>
+inline void activate(Activation act, const S* x, Index ldx, S* h, Index ldh, Index rows,
+                     Index cols) {
+  auto X = cview(x, rows, cols, ldx);
+  auto Hm = view(h, rows, cols, ldh);
+  switch (act) {
+    case Activation::Tanh: Hm = X.array().tanh().matrix(); break;
+    case Activation::Sigmoid: Hm = X.array().logistic().matrix(); break;
+    case Activation::Relu: Hm = X.array().template max<Eigen::PropagateNaN>(S(0)).matrix(); break;
+    case Activation::Linear:
+      if (x != h) Hm = X;
+      break;
+  }
+}
+
+// a = δ ⊙ σ'(x), with σ' computed from h = σ(x); δ and a may be the same memory.
+template <typename S>
+inline void times_derivative(Activation act, const S* delta, Index ldd, const S* h, Index ldh,
+                             S* a, Index lda, Index rows, Index cols) {
+  auto D = cview(delta, rows, cols, ldd).array();
+  auto Hm = cview(h, rows, cols, ldh).array();
+  auto A = view(a, rows, cols, lda).array();
+  switch (act) {
+    case Activation::Tanh: A = D * (S(1) - Hm.square()); break;
+    case Activation::Sigmoid: A = D * Hm * (S(1) - Hm); break;
+    case Activation::Relu: A = (Hm > S(0)).select(D, S(0)); break;
+    case Activation::Linear:
+      if (a != delta) A = D;
+      break;
+  }
+}
+
+// Σ_j row_j² per row, in double so that float32 gradients cannot overflow the norm.
+template <typename S>
+inline void row_sqnorms(const S* p, Index ld, Index rows, Index cols, double* out) {
+  for (Index r = 0; r < rows; ++r)
+    out[r] += Eigen::Map<const Eigen::Matrix<S, Eigen::Dynamic, 1>>(p + r * ld, cols)
+                  .template cast<double>()
+                  .squaredNorm();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward.
+//   u     (T, B, I)  inputs                      W_in (H, I)   W_rec (H, H)   b (H)
+//   h0    (B, H)     initial state, or null for zeros
+//   h     (T, B, H)  out: h_1..h_T
+//   x     (T, B, H)  out: pre-activations x_1..x_T, or null when not wanted
+template <typename S>
+void forward(const S* u, const S* W_in, const S* W_rec, const S* b, const S* h0, S* h, S* x,
+             Index T, Index B, Index I, Index H, Activation act, int num_threads,
+             Schedule forced = Schedule::Auto) {
+  const Plan plan = make_plan(T, B, I, H, num_threads, forced);
+  PackedMatrix<S> Wt(H, H);  // W_recᵀ: X_t += H_{t-1} · W_recᵀ
+  S* z = x ? x : h;          // pre-activations are built in place (in h when x is not kept)
+  const Index BH = B * H;
+
+#pragma omp parallel num_threads(plan.threads)
+  {
+    const int nt = omp_get_num_threads(), tid = omp_get_thread_num();
+    // Phase 1 (split any way): Z = U W_inᵀ + b over all T·B rows, and pack W_recᵀ.
+    Index r0, r1;
+    share(T * B, tid, nt, r0, r1);
+    if (r1 > r0) {
+      auto Z = view(z + r0 * H, r1 - r0, H, H);
+      Z.noalias() = cview(u + r0 * I, r1 - r0, I, I) * cview(W_in, H, I, I).transpose();
+      Z.rowwise() += CMapRow<S>(b, H);
+    }
+    Index p0, p1;
+    share(Wt.panels(), tid, nt, p0, p1);
+    Wt.pack(W_rec, /*rs=*/1, /*cs=*/H, p0, p1);  // element (k, j) of W_recᵀ is W_rec[j, k]
+#pragma omp barrier
+
+    // Phase 2: the recurrence. Batch split: rows [b0, b1) of every step, no barrier.
+    // Hidden split: columns of panels [p0, p1) of every step, one barrier per step.
+    const bool by_rows = plan.schedule != Schedule::Hidden;
+    Index b0 = 0, b1 = B, c0 = 0, c1 = H;
+    if (by_rows) {
+      share(B, tid, nt, b0, b1);
+      p0 = 0;
+      p1 = Wt.panels();
+    } else {
+      share(Wt.panels(), tid, nt, p0, p1);
+      c0 = std::min<Index>(p0 * PanelShape<S>::NR, H);
+      c1 = std::min<Index>(p1 * PanelShape<S>::NR, H);
+    }
+    const Index nb = b1 - b0, nc = c1 - c0;
+    for (Index t = 0; t < T; ++t) {
+      S* zt = z + t * BH + b0 * H;
+      const S* hprev = t > 0 ? h + (t - 1) * BH + b0 * H : (h0 ? h0 + b0 * H : nullptr);
+      if (hprev && nb > 0) packed_gemm<S>(nb, hprev, H, Wt, p0, p1, zt, H, zt, H);
+      if (nb > 0 && nc > 0) activate(act, zt + c0, H, h + t * BH + b0 * H + c0, H, nb, nc);
+      if (!by_rows) {
+#pragma omp barrier
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward (BPTT), optionally with the Ω regularizer and the per-step norms of δ_t.
+struct BackwardOut {
+  double omega_sum = 0.0;   // Σ over valid pairs of (r − 1)²
+  double omega_pairs = 0.0; // number of valid (t, b) pairs
+};
+
+//   u       (T, B, I)   W_in (H, I)   W_rec (H, H)   h0 (B, H) or null (zeros)
+//   h       (T, B, H)   hidden states from forward
+//   dh      (T, B, H)   direct loss gradients ∂⁺E/∂h_t, or null (none)
+//   dh_last (B, H)      extra direct gradient at the last step, or null
+//   outputs: dx (T, B, H) = ∂E/∂x_t;  dW_in (H, I);  dW_rec (H, H);  db (H);  dh0 (B, H);
+//            du (T, B, I)
+//   omega_grad (H, H) or null: ∂Ω/∂W_rec — computing it turns Ω on
+//   delta_norm (T, B) or null: out, ‖δ_t‖ per sequence (double)
+template <typename S>
+BackwardOut backward(const S* u, const S* W_in, const S* W_rec, const S* h0, const S* h,
+                     const S* dh, const S* dh_last, S* dx, S* dW_in, S* dW_rec, S* db, S* dh0,
+                     S* du, S* omega_grad, double omega_bound, double* delta_norm, Index T,
+                     Index B, Index I, Index H, Activation act, int num_threads,
+                     Schedule forced = Schedule::Auto) {
+  const Plan plan = make_plan(T, B, I, H, num_threads, forced);
+  const int NT = plan.threads;
+  const bool omega = omega_grad != nullptr;
+  const bool norms = omega || delta_norm != nullptr;
+  const Index BH = B * H, TB = T * B;
+  PackedMatrix<S> Wp(H, H);  // W_rec itself: v = a · W_rec
+
+  // Workspace: v_t = a_t W_rec for Ω (T·B·H), and per-thread partial row norms (NT·T·B each).
+  std::vector<S, Eigen::aligned_allocator<S>> v(omega ? size_t(TB * H) : 0);
+  std::vector<double> dn2(norms ? size_t(NT * TB) : 0, 0.0);  // ‖δ_t‖² partials
+  std::vector<double> vn2(omega ? size_t(NT * TB) : 0, 0.0);  // ‖v_t‖² partials
+  std::vector<double> coef(omega ? size_t(TB) : 0, 0.0);      // 4(r−1)/‖δ‖² / pairs, or 0
+  BackwardOut out;
+
+#pragma omp parallel num_threads(NT)
+  {
+    const int nt = omp_get_num_threads(), tid = omp_get_thread_num();
+    Index p0, p1;
+    share(Wp.panels(), tid, nt, p0, p1);
+    Wp.pack(W_rec, /*rs=*/H, /*cs=*/1, p0, p1);
+#pragma omp barrier
+
+    const bool by_rows = plan.schedule != Schedule::Hidden;
+    Index b0 = 0, b1 = B, c0 = 0, c1 = H;
+    if (by_rows) {
+      share(B, tid, nt, b0, b1);
+      p0 = 0;
+      p1 = Wp.panels();
+    } else {
+      c0 = std::min<Index>(p0 * PanelShape<S>::NR, H);
+      c1 = std::min<Index>(p1 * PanelShape<S>::NR, H);
+    }
+    const Index nb = b1 - b0, nc = c1 - c0;
+    double* my_dn2 = norms ? dn2.data() + tid * TB : nullptr;
+    double* my_vn2 = omega ? vn2.data() + tid * TB : nullptr;
+
+    // Step t (0-based, state h[t] = h_{t+1}): δ = dh[t] + v_{t+1}, then a = δ ⊙ σ'.
+    for (Index t = T - 1; t >= -1; --t) {
+      // v of the pair (t+1 → t) = a[t+1] · W_rec; for t = -1 it is ∂E/∂h_0.
+      const bool has_v = t + 1 < T;
+      S* d = t >= 0 ? dx + t * BH + b0 * H : dh0 + b0 * H;  // δ_t is built in place, then a_t
+      const S* dht = (t >= 0 && dh) ? dh + t * BH + b0 * H : nullptr;
+      if (nb > 0 && nc > 0) {
+        if (has_v) {
+          const S* a_next = dx + (t + 1) * BH + b0 * H;
+          if (omega) {
+            S* vt = v.data() + (t + 1) * BH + b0 * H;
+            packed_gemm<S>(nb, a_next, H, Wp, p0, p1, nullptr, H, vt, H);
+            row_sqnorms(vt + c0, H, nb, nc, my_vn2 + (t + 1) * B + b0);
+            if (t >= 0 && dht)
+              view(d + c0, nb, nc, H) = cview(vt + c0, nb, nc, H) + cview(dht + c0, nb, nc, H);
+            else
+              view(d + c0, nb, nc, H) = cview(vt + c0, nb, nc, H);
+          } else {
+            packed_gemm<S>(nb, a_next, H, Wp, p0, p1, dht, H, d, H);
+          }
+        } else {  // t == T-1: no later step
+          if (dht)
+            view(d + c0, nb, nc, H) = cview(dht + c0, nb, nc, H);
+          else
+            view(d + c0, nb, nc, H).setZero();
+        }
+        if (t == T - 1 && dh_last)
+          view(d + c0, nb, nc, H) += cview(dh_last + b0 * H + c0, nb, nc, H);
+        if (t >= 0) {
+          if (norms) row_sqnorms(d + c0, H, nb, nc, my_dn2 + t * B + b0);
+          times_derivative(act, d + c0, H, h + t * BH + b0 * H + c0, H, d + c0, H, nb, nc);
+        }
+      }
+      if (!by_rows) {
+#pragma omp barrier
+      }
+    }
+  }
+
+  // Reduce the per-thread norm partials; Ω's value and per-pair coefficients (T·B work).
+  if (norms) {
+    for (int k = 1; k < NT; ++k)
+      for (Index i = 0; i < TB; ++i) dn2[i] += dn2[k * TB + i];
+    if (delta_norm)
+      for (Index i = 0; i < TB; ++i) delta_norm[i] = std::sqrt(dn2[i]);
+  }
+  if (omega) {
+    for (int k = 1; k < NT; ++k)
+      for (Index i = 0; i < TB; ++i) vn2[i] += vn2[k * TB + i];
+    for (Index i = 0; i < TB; ++i) {
+      if (dn2[i] >= omega_bound) {  // false for NaN: such pairs are dropped, not propagated
+        const double r = vn2[i] / dn2[i];
+        out.omega_sum += (r - 1.0) * (r - 1.0);
+        out.omega_pairs += 1.0;
+        coef[i] = 4.0 * (r - 1.0) / dn2[i];
+      }
+    }
+    if (out.omega_pairs > 0)
+      for (Index i = 0; i < TB; ++i) coef[i] /= out.omega_pairs;
+  }
+
+  // Time-parallel products, each thread owning rows of the outputs (no reductions needed).
+#pragma omp parallel num_threads(NT)
+  {
+    const int nt = omp_get_num_threads(), tid = omp_get_thread_num();
+    auto A = cview(dx, TB, H, H);  // all a_t as (T·B, H)
+    if (omega) {                   // scale v rows by their pair coefficient
+      Index r0, r1;
+      share(TB, tid, nt, r0, r1);
+      for (Index r = r0; r < r1; ++r)
+        view(v.data() + r * H, 1, H, H) *= S(coef[r]);
+    }
+    Index i0, i1;
+    share(H, tid, nt, i0, i1);
+    const Index ni = i1 - i0;
+    if (ni > 0) {
+      auto Ai = A.middleCols(i0, ni).transpose();  // (ni, T·B)
+      auto dWr = view(dW_rec + i0 * H, ni, H, H);
+      if (T > 1)
+        dWr.noalias() = A.bottomRows(TB - B).middleCols(i0, ni).transpose() *
+                        cview(h, TB - B, H, H);
+      else
+        dWr.setZero();
+      if (h0) dWr.noalias() += A.topRows(B).middleCols(i0, ni).transpose() * cview(h0, B, H, H);
+      view(dW_in + i0 * I, ni, I, I).noalias() = Ai * cview(u, TB, I, I);
+      Eigen::Map<Eigen::Matrix<S, 1, Eigen::Dynamic>>(db + i0, ni) =
+          A.middleCols(i0, ni).colwise().sum();
+    }
+#pragma omp barrier  // v scaled by every thread before Ω's product reads it
+    if (omega && ni > 0)
+      view(omega_grad + i0 * H, ni, H, H).noalias() =
+          A.middleCols(i0, ni).transpose() * cview(v.data(), TB, H, H);
+    Index r0, r1;
+    share(TB, tid, nt, r0, r1);
+    if (r1 > r0)
+      view(du + r0 * I, r1 - r0, I, I).noalias() = A.middleRows(r0, r1 - r0) * cview(W_in, H, I, I);
+  }
+  return out;
+}
+
+}  // namespace rnnfast

@@ -1,0 +1,317 @@
+"""The functional core: forward recurrence and backpropagation through time on NumPy arrays.
+
+Model (Elman form), for t = 1..T::
+
+    x_t = W_rec h_{t-1} + W_in u_t + b        (pre-activation; the paper's x_t)
+    h_t = σ(x_t)
+
+The paper's formula 2, ``x_t = W_rec σ(x_{t-1}) + W_in u_t + b``, is the same network: with
+``h_t = σ(x_t)`` it reads ``x_t = W_rec h_{t-1} + W_in u_t + b``. Keep ``keep_x=True`` in
+:func:`forward` to get the paper's x_t; :attr:`Gradients.dx` is ∂E/∂x_t.
+
+Shapes: ``u`` (T, B, I), ``W_in`` (H, I), ``W_rec`` (H, H), ``b`` (H,), ``h0`` (B, H),
+``h`` (T, B, H) — T time steps, B sequences, I inputs, H hidden units. The authors' Theano code
+multiplies row vectors from the right (``h·W_hh``), so their ``W_hh`` is our ``W_rec.T``.
+
+Arrays are float32 or float64 (all of one dtype). C-contiguous arrays are used without a copy;
+others (Fortran order, strided views) are copied once. The kernels release the GIL, so several
+Python threads may run them at once.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from . import _core
+
+__all__ = [
+    "ACTIVATIONS",
+    "ForwardResult",
+    "Gradients",
+    "backward",
+    "final_state",
+    "forward",
+    "get_num_threads",
+    "set_num_threads",
+]
+
+#: Activation names, in the order the kernels number them.
+ACTIVATIONS = ("tanh", "sigmoid", "relu", "linear")
+_SCHEDULES = {"auto": 0, "serial": 1, "batch": 2, "hidden": 3}
+
+_default_threads: int | None = None
+
+
+def set_num_threads(n: int | None) -> None:
+    """Set the default thread count of the kernels (``None``: OpenMP's default, i.e.
+    ``OMP_NUM_THREADS`` or the number of cores). A per-call ``num_threads`` overrides it."""
+    global _default_threads
+    _default_threads = None if n is None else _check_threads(n)
+
+
+def get_num_threads() -> int:
+    """The thread count a call without ``num_threads`` uses."""
+    return _default_threads if _default_threads is not None else int(_core.max_threads())
+
+
+def _check_threads(n) -> int:
+    if n is None:
+        return get_num_threads()
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+        raise TypeError(f"num_threads: expected a positive int, got {n!r}")
+    if n < 1:
+        raise ValueError(f"num_threads: expected a positive int, got {n}")
+    return int(n)
+
+
+def _activation_code(activation) -> int:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
+    return ACTIVATIONS.index(activation)
+
+
+def _schedule_code(schedule) -> int:
+    if schedule not in _SCHEDULES:
+        raise ValueError(f"_schedule: expected one of {tuple(_SCHEDULES)}, got {schedule!r}")
+    return _SCHEDULES[schedule]
+
+
+def _array(name: str, a, shape_doc: str, ndim: int, dtype=None) -> np.ndarray:
+    """``a`` as a C-contiguous float array with ``ndim`` dimensions and, if given, ``dtype``."""
+    if not isinstance(a, np.ndarray):
+        a = np.asarray(a)
+    if a.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{name}: expected a float32 or float64 array, got dtype {a.dtype}")
+    if dtype is not None and a.dtype != dtype:
+        raise TypeError(
+            f"{name}: dtype {a.dtype} differs from u's {np.dtype(dtype)}; "
+            "all arrays of one call must share one dtype"
+        )
+    if a.ndim != ndim:
+        raise ValueError(f"{name}: expected shape {shape_doc}, got shape {a.shape}")
+    return np.ascontiguousarray(a)
+
+
+def _expect_shape(name: str, a: np.ndarray, shape: tuple, shape_doc: str) -> None:
+    if a.shape != shape:
+        raise ValueError(f"{name}: expected shape {shape_doc} = {shape}, got {a.shape}")
+
+
+class ForwardResult:
+    """The hidden states of a forward pass and what BPTT needs from it.
+
+    Attributes
+    ----------
+    h : ndarray (T, B, H)
+        Hidden states h_1..h_T.
+    x : ndarray (T, B, H) or None
+        Pre-activations x_1..x_T (the paper's x_t), when ``keep_x=True``.
+    activation : str
+    """
+
+    __slots__ = ("h", "x", "activation", "u", "W_in", "W_rec", "b", "_h0", "num_threads")
+
+    def __init__(self, h, x, activation, u, W_in, W_rec, b, h0, num_threads):
+        self.h = h
+        self.x = x
+        self.activation = activation
+        self.u = u
+        self.W_in = W_in
+        self.W_rec = W_rec
+        self.b = b
+        self._h0 = h0
+        self.num_threads = num_threads
+
+    @property
+    def h0(self) -> np.ndarray:
+        """Initial state (B, H); zeros when none was given."""
+        if self._h0 is None:
+            return np.zeros(self.h.shape[1:], dtype=self.h.dtype)
+        return self._h0
+
+    @property
+    def h_last(self) -> np.ndarray:
+        """Final state h_T (B, H): pass it as ``h0`` of the next segment (truncated BPTT)."""
+        return self.h[-1]
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.h.dtype
+
+    def __repr__(self) -> str:
+        T, B, H = self.h.shape
+        return f"ForwardResult(T={T}, B={B}, H={H}, activation={self.activation!r}, dtype={self.dtype})"
+
+
+class Gradients:
+    """Gradients from :func:`backward`, each shaped like its argument of :func:`forward`.
+
+    Attributes
+    ----------
+    W_in : (H, I)
+    W_rec : (H, H)
+    b : (H,)
+    h0 : (B, H)
+    u : (T, B, I)
+    dx : (T, B, H)
+        ∂E/∂x_t, the error at the pre-activations.
+    omega, omega_grad, omega_pairs
+        With ``omega=True``: Ω (float), ∂Ω/∂W_rec (H, H) and the number of (step, sequence)
+        pairs Ω averages over; ``None`` otherwise. The gradients above never include Ω.
+    dh_norm : (T, B) float64 or None
+        With ``profile=True``: ‖∂E/∂h_t‖, the norm of the total back-propagated error at every
+        step of every sequence.
+    """
+
+    __slots__ = ("W_in", "W_rec", "b", "h0", "u", "dx", "omega", "omega_grad", "omega_pairs",
+                 "dh_norm")
+
+    def __init__(self, **kw):
+        for k in self.__slots__:
+            setattr(self, k, kw.get(k))
+
+    def __repr__(self) -> str:
+        extra = f", omega={self.omega:.6g}" if self.omega is not None else ""
+        return f"Gradients(W_rec {self.W_rec.shape}, dtype={self.W_rec.dtype}{extra})"
+
+
+def forward(u, W_in, W_rec, b, h0=None, *, activation: str = "tanh", keep_x: bool = False,
+            num_threads: int | None = None, _schedule: str = "auto") -> ForwardResult:
+    """Run the recurrence h_t = σ(W_rec h_{t-1} + W_in u_t + b) over all T steps.
+
+    Parameters
+    ----------
+    u : array (T, B, I)
+        Inputs. T ≥ 1 and B ≥ 1; I may be 0 (an input-less network).
+    W_in : array (H, I)
+    W_rec : array (H, H)
+    b : array (H,)
+    h0 : array (B, H), optional
+        Initial state; zeros when omitted. For a long sequence cut into segments (truncated
+        BPTT), pass the previous segment's ``h_last``.
+    activation : {"tanh", "sigmoid", "relu", "linear"}
+    keep_x : bool
+        Also store the pre-activations x_t (one more (T, B, H) array).
+    num_threads : int, optional
+        Threads for this call (default: :func:`get_num_threads`). Small problems use one.
+
+    Returns
+    -------
+    ForwardResult
+        ``.h`` (T, B, H); keeps references to the arguments for :func:`backward` — do not
+        modify them in place between the two calls.
+    """
+    act = _activation_code(activation)
+    threads = _check_threads(num_threads)
+    schedule = _schedule_code(_schedule)
+    u = _array("u", u, "(T, B, I)", 3)
+    dtype = u.dtype
+    T, B, I = u.shape
+    if T == 0 or B == 0:
+        raise ValueError(f"u: expected at least one time step and one sequence, got shape {u.shape}")
+    W_rec = _array("W_rec", W_rec, "(H, H)", 2, dtype)
+    H = W_rec.shape[0]
+    if H == 0 or W_rec.shape != (H, H):
+        raise ValueError(f"W_rec: expected a square (H, H) matrix with H ≥ 1, got shape {W_rec.shape}")
+    W_in = _array("W_in", W_in, "(H, I)", 2, dtype)
+    _expect_shape("W_in", W_in, (H, I), "(H, I)")
+    b = _array("b", b, "(H,)", 1, dtype)
+    _expect_shape("b", b, (H,), "(H,)")
+    if h0 is not None:
+        h0 = _array("h0", h0, "(B, H)", 2, dtype)
+        _expect_shape("h0", h0, (B, H), "(B, H)")
+    h = np.empty((T, B, H), dtype=dtype)
+    x = np.empty((T, B, H), dtype=dtype) if keep_x else None
+    _core.forward(u, W_in, W_rec, b, h0, h, x, act, threads, schedule)
+    return ForwardResult(h, x, activation, u, W_in, W_rec, b, h0, threads)
+
+
+def backward(fwd: ForwardResult, dh=None, *, dh_last=None, omega: bool = False,
+             omega_bound: float = 1e-20, profile: bool = False, num_threads: int | None = None,
+             _schedule: str = "auto") -> Gradients:
+    """Backpropagation through time for the network of ``fwd``.
+
+    Parameters
+    ----------
+    fwd : ForwardResult
+        From :func:`forward`.
+    dh : array (T, B, H), optional
+        The direct loss gradient ∂⁺E/∂h_t at every step (what the loss at step t alone gives,
+        not the back-propagated total).
+    dh_last : array (B, H), optional
+        The direct gradient at the last step only: the cheap form for a loss that reads h_T
+        alone (no (T, B, H) array of zeros). Added to ``dh[-1]`` when both are given.
+    omega : bool
+        Also compute the regularizer Ω of Pascanu et al. (2013, eq. 9-10) in the authors'
+        form, fused into the same backward sweep: for every step t and sequence,
+        r = ‖∂E/∂h_t · ∂h_t/∂h_{t-1}‖² / ‖∂E/∂h_t‖² and Ω is the mean of (r − 1)² over the
+        pairs with ‖∂E/∂h_t‖² ≥ ``omega_bound``. ``omega_grad`` is ∂Ω/∂W_rec with h and
+        ∂E/∂h held constant (the paper's approximation). Add ``α·omega_grad`` to the W_rec
+        gradient yourself (before clipping, as the authors do).
+    profile : bool
+        Also return ``dh_norm`` (T, B): ‖∂E/∂h_t‖ at every step, the gradient-flow profile.
+    num_threads : int, optional
+
+    Returns
+    -------
+    Gradients
+    """
+    if not isinstance(fwd, ForwardResult):
+        raise TypeError(f"fwd: expected the ForwardResult of rnnfast.forward, got {type(fwd).__name__}")
+    threads = _check_threads(num_threads)
+    schedule = _schedule_code(_schedule)
+    T, B, H = fwd.h.shape
+    I = fwd.u.shape[2]
+    dtype = fwd.h.dtype
+    if dh is None and dh_last is None:
+        raise ValueError("backward: give dh (T, B, H) and/or dh_last (B, H)")
+    if dh is not None:
+        dh = _array("dh", dh, "(T, B, H)", 3, dtype)
+        _expect_shape("dh", dh, (T, B, H), "(T, B, H) of fwd")
+    if dh_last is not None:
+        dh_last = _array("dh_last", dh_last, "(B, H)", 2, dtype)
+        _expect_shape("dh_last", dh_last, (B, H), "(B, H) of fwd")
+    omega_bound = float(omega_bound)
+    if not omega_bound >= 0.0:
+        raise ValueError(f"omega_bound: expected a non-negative number, got {omega_bound}")
+
+    g = Gradients(
+        W_in=np.empty((H, I), dtype), W_rec=np.empty((H, H), dtype), b=np.empty(H, dtype),
+        h0=np.empty((B, H), dtype), u=np.empty((T, B, I), dtype), dx=np.empty((T, B, H), dtype),
+    )
+    omega_grad = np.empty((H, H), dtype) if omega else None
+    dh_norm = np.empty((T, B), np.float64) if profile else None
+    total, pairs = _core.backward(
+        fwd.u, fwd.W_in, fwd.W_rec, fwd._h0, fwd.h, dh, dh_last, g.dx, g.W_in, g.W_rec, g.b,
+        g.h0, g.u, omega_grad, omega_bound, dh_norm, _activation_code(fwd.activation), threads,
+        schedule,
+    )
+    if omega:
+        g.omega = total / pairs if pairs > 0 else 0.0
+        g.omega_grad = omega_grad
+        g.omega_pairs = int(pairs)
+    g.dh_norm = dh_norm
+    return g
+
+
+def final_state(u, W_in, W_rec, b, h0=None, *, activation: str = "tanh",
+                num_threads: int | None = None, chunk_elements: int = 1 << 20) -> np.ndarray:
+    """h_T of the recurrence, without storing all states: memory does not grow with T.
+
+    Runs the sequence in time chunks of about ``chunk_elements`` state values (T_c·B·H),
+    carrying the state across chunks. Same arguments as :func:`forward`; returns (B, H).
+    """
+    u = _array("u", u, "(T, B, I)", 3)
+    T, B, _ = u.shape
+    W_rec_arr = np.asarray(W_rec)
+    H = W_rec_arr.shape[0] if W_rec_arr.ndim == 2 else 1
+    step = max(1, min(T, int(chunk_elements) // max(1, B * H)))
+    h = h0
+    for s in range(0, T, step):
+        h = forward(u[s:s + step], W_in, W_rec, b, h, activation=activation,
+                    num_threads=num_threads).h_last
+    if h is None:  # T == 0: let forward raise its error
+        forward(u, W_in, W_rec, b, h0, activation=activation, num_threads=num_threads)
+    return np.array(h, copy=True)
