@@ -94,6 +94,20 @@ def _array(name: str, a, shape_doc: str, ndim: int, dtype=None) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
+def _empty(shape, dtype) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data start on a 64-byte boundary.
+
+    The kernels' vectorised loops peel a few scalar iterations until the output is aligned,
+    so an output's address would otherwise change the last bits of the result from one call
+    to the next. Aligned outputs make every result a function of the inputs alone (which a
+    bit-for-bit resume of training relies on)."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(nbytes + 64, dtype=np.uint8)
+    start = -raw.ctypes.data % 64
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
+
+
 def _expect_shape(name: str, a: np.ndarray, shape: tuple, shape_doc: str) -> None:
     if a.shape != shape:
         raise ValueError(f"{name}: expected shape {shape_doc} = {shape}, got {a.shape}")
@@ -222,8 +236,8 @@ def forward(u, W_in, W_rec, b, h0=None, *, activation: str = "tanh", keep_x: boo
     if h0 is not None:
         h0 = _array("h0", h0, "(B, H)", 2, dtype)
         _expect_shape("h0", h0, (B, H), "(B, H)")
-    h = np.empty((T, B, H), dtype=dtype)
-    x = np.empty((T, B, H), dtype=dtype) if keep_x else None
+    h = _empty((T, B, H), dtype)
+    x = _empty((T, B, H), dtype) if keep_x else None
     _core.forward(u, W_in, W_rec, b, h0, h, x, act, threads, schedule)
     return ForwardResult(h, x, activation, u, W_in, W_rec, b, h0, threads)
 
@@ -278,10 +292,10 @@ def backward(fwd: ForwardResult, dh=None, *, dh_last=None, omega: bool = False,
         raise ValueError(f"omega_bound: expected a non-negative number, got {omega_bound}")
 
     g = Gradients(
-        W_in=np.empty((H, I), dtype), W_rec=np.empty((H, H), dtype), b=np.empty(H, dtype),
-        h0=np.empty((B, H), dtype), u=np.empty((T, B, I), dtype), dx=np.empty((T, B, H), dtype),
+        W_in=_empty((H, I), dtype), W_rec=_empty((H, H), dtype), b=_empty((H,), dtype),
+        h0=_empty((B, H), dtype), u=_empty((T, B, I), dtype), dx=_empty((T, B, H), dtype),
     )
-    omega_grad = np.empty((H, H), dtype) if omega else None
+    omega_grad = _empty((H, H), dtype) if omega else None
     dh_norm = np.empty((T, B), np.float64) if profile else None
     total, pairs = _core.backward(
         fwd.u, fwd.W_in, fwd.W_rec, fwd._h0, fwd.h, dh, dh_last, g.dx, g.W_in, g.W_rec, g.b,

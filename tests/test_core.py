@@ -1,0 +1,445 @@
+"""The forward and BPTT kernels: against a slow NumPy reference, finite differences and
+PyTorch's autograd; threads, dtypes, segments, concurrency and bad input."""
+
+import threading
+
+import numpy as np
+import pytest
+
+import rnnfast
+import reference as ref
+
+ACTS = rnnfast.ACTIVATIONS
+SCHEDULES = ("serial", "batch", "hidden")
+# (T, B, I, H): single step, single sequence, single unit, I ≠ H, a partial SIMD panel, and a
+# size with several panels and row tiles.
+SHAPES = [(1, 1, 1, 1), (1, 3, 2, 5), (4, 1, 3, 1), (5, 3, 2, 7), (3, 9, 4, 30), (6, 5, 0, 53),
+          (4, 11, 6, 70)]
+
+
+def make(shape, dtype=np.float64, seed=0, with_h0=True, scale=0.7):
+    T, B, I, H = shape
+    rng = np.random.default_rng(seed)
+    p = dict(
+        u=rng.standard_normal((T, B, I)),
+        W_in=rng.standard_normal((H, I)) * 0.5,
+        W_rec=rng.standard_normal((H, H)) * scale / np.sqrt(H),
+        b=rng.standard_normal(H) * 0.1,
+        h0=rng.standard_normal((B, H)) * 0.5 if with_h0 else None,
+    )
+    dh = rng.standard_normal((T, B, H))
+    cast = {k: (None if v is None else v.astype(dtype)) for k, v in p.items()}
+    return cast, dh.astype(dtype)
+
+
+def run(p, dh, activation, **kw):
+    fwd = rnnfast.forward(p["u"], p["W_in"], p["W_rec"], p["b"], p["h0"], activation=activation,
+                          keep_x=True, **kw)
+    return fwd, rnnfast.backward(fwd, dh, omega=True, profile=True, **kw)
+
+
+def assert_close(a, b, rtol, atol=0.0, what=""):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    scale = max(np.abs(b).max(initial=0.0), 1.0)
+    err = np.abs(a - b).max(initial=0.0)
+    assert err <= rtol * scale + atol, f"{what}: max error {err:.3e} (scale {scale:.3e})"
+
+
+@pytest.mark.parametrize("activation", ACTS)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("with_h0", [False, True])
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_matches_reference(activation, shape, with_h0, schedule):
+    p, dh = make(shape, with_h0=with_h0)
+    fwd, g = run(p, dh, activation, num_threads=2, _schedule=schedule)
+    h, x = ref.forward(p["u"], p["W_in"], p["W_rec"], p["b"], p["h0"], activation)
+    r = ref.backward(p["u"], p["W_in"], p["W_rec"], p["b"], p["h0"], activation, dh)
+    assert_close(fwd.h, h, 1e-12, what="h")
+    assert_close(fwd.x, x, 1e-12, what="x")
+    for k in ("W_in", "W_rec", "b", "h0", "u", "dx", "omega_grad", "dh_norm"):
+        assert getattr(g, k).shape == r[k].shape, k
+        assert_close(getattr(g, k), r[k], 1e-10, what=k)
+    assert abs(g.omega - r["omega"]) <= 1e-10 * max(1.0, abs(r["omega"]))
+    assert g.omega_pairs == shape[0] * shape[1]
+
+
+def _loss(p, dh, activation):
+    """E = Σ_t Σ_b dh_t · h_t: its direct gradient at every step is exactly dh."""
+    fwd = rnnfast.forward(p["u"], p["W_in"], p["W_rec"], p["b"], p["h0"], activation=activation)
+    return float((fwd.h * dh).sum())
+
+
+@pytest.mark.parametrize("activation", ACTS)
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (3, 2, 3, 4), (5, 3, 2, 6)])
+@pytest.mark.parametrize("with_h0", [False, True])
+def test_finite_differences(activation, shape, with_h0):
+    # Shift away from relu's kink so the central difference never straddles it.
+    p, dh = make(shape, seed=3, with_h0=with_h0)
+    if activation == "relu":
+        p["b"] = p["b"] + 0.3
+    _, g = run(p, dh, activation)
+    eps = 1e-6
+    for name in ("u", "W_in", "W_rec", "b") + (("h0",) if with_h0 else ()):
+        arr = p[name]
+        num = np.zeros_like(arr)
+        for idx in np.ndindex(arr.shape):
+            old = arr[idx]
+            arr[idx] = old + eps
+            up = _loss(p, dh, activation)
+            arr[idx] = old - eps
+            down = _loss(p, dh, activation)
+            arr[idx] = old
+            num[idx] = (up - down) / (2 * eps)
+        assert_close(getattr(g, name), num, 1e-7, atol=1e-8, what=f"d{name}")
+
+
+def test_h0_gradient_without_h0_is_for_zero_state():
+    p, dh = make((4, 3, 2, 5), with_h0=False)
+    _, g = run(p, dh, "tanh")
+    p0 = dict(p, h0=np.zeros((3, 5)))
+    _, g0 = run(p0, dh, "tanh")
+    for k in ("W_in", "W_rec", "b", "h0", "u"):
+        np.testing.assert_allclose(getattr(g, k), getattr(g0, k), rtol=1e-13, atol=1e-15)
+
+
+def test_dh_last_is_the_cheap_form_of_a_last_step_gradient():
+    p, dh = make((6, 4, 3, 9))
+    fwd = rnnfast.forward(p["u"], p["W_in"], p["W_rec"], p["b"], p["h0"])
+    full = np.zeros_like(dh)
+    full[-1] = dh[-1]
+    a = rnnfast.backward(fwd, full, omega=True)
+    b = rnnfast.backward(fwd, dh_last=dh[-1], omega=True)
+    c = rnnfast.backward(fwd, dh, dh_last=dh[0])  # both: added at the last step
+    dh2 = dh.copy()
+    dh2[-1] += dh[0]
+    d = rnnfast.backward(fwd, dh2)
+    for k in ("W_in", "W_rec", "b", "h0", "u", "dx", "omega_grad"):
+        np.testing.assert_allclose(getattr(a, k), getattr(b, k), rtol=1e-13, atol=1e-15)
+    assert a.omega == pytest.approx(b.omega, rel=1e-13)
+    for k in ("W_in", "W_rec", "b", "h0", "u"):
+        np.testing.assert_allclose(getattr(c, k), getattr(d, k), rtol=1e-13, atol=1e-15)
+
+
+def test_omega_hand_checkable_case():
+    # One linear unit, h_t = w h_{t-1} + u_t, loss reading only the last of two steps:
+    # both pairs have r = w², so Ω = (w² − 1)² and, with δ held fixed, dΩ/dw = 4w(w² − 1).
+    w = 1.3
+    fwd = rnnfast.forward(np.ones((2, 1, 1)), np.ones((1, 1)), np.array([[w]]), np.zeros(1),
+                          activation="linear")
+    g = rnnfast.backward(fwd, dh_last=np.array([[0.7]]), omega=True)
+    assert g.omega == pytest.approx((w * w - 1) ** 2, rel=1e-14)
+    assert g.omega_grad[0, 0] == pytest.approx(4 * w * (w * w - 1), rel=1e-14)
+    assert g.omega_pairs == 2
+
+
+@pytest.mark.parametrize("activation", ACTS)
+def test_omega_gradient_is_the_surrogate_derivative(activation):
+    # The paper's approximation: Ω(W) = mean over valid pairs of (‖a_t W‖²/‖δ_t‖² − 1)² with
+    # a_t = ∂E/∂x_t and δ_t = ∂E/∂h_t held fixed. Differentiate that surrogate numerically.
+    p, dh = make((5, 3, 2, 4), seed=5)
+    if activation == "relu":
+        p["b"] = p["b"] + 0.3
+    _, g = run(p, dh, activation)
+    a = g.dx.reshape(-1, 4)
+    d2 = (g.dh_norm ** 2).reshape(-1)
+
+    def surrogate(W):
+        r = ((a @ W) ** 2).sum(1) / d2
+        return float(((r - 1) ** 2).mean())
+
+    assert surrogate(p["W_rec"]) == pytest.approx(g.omega, rel=1e-12)
+    W = p["W_rec"].copy()
+    num = np.zeros_like(W)
+    eps = 1e-6
+    for idx in np.ndindex(W.shape):
+        old = W[idx]
+        W[idx] = old + eps
+        up = surrogate(W)
+        W[idx] = old - eps
+        down = surrogate(W)
+        W[idx] = old
+        num[idx] = (up - down) / (2 * eps)
+    assert_close(g.omega_grad, num, 1e-7, atol=1e-9, what="omega_grad")
+
+
+def test_omega_drops_pairs_below_the_bound():
+    p, dh = make((4, 3, 2, 5))
+    dh[:, 1] = 0.0  # sequence 1 has no error at all: its pairs are dropped
+    fwd = rnnfast.forward(p["u"], p["W_in"], p["W_rec"], p["b"], p["h0"])
+    g = rnnfast.backward(fwd, dh, omega=True)
+    r = ref.backward(p["u"], p["W_in"], p["W_rec"], p["b"], p["h0"], "tanh", dh)
+    assert g.omega_pairs == 4 * 2
+    assert g.omega == pytest.approx(r["omega"], rel=1e-12)
+    none = rnnfast.backward(fwd, np.zeros_like(dh), omega=True)
+    assert none.omega == 0.0 and none.omega_pairs == 0 and not none.omega_grad.any()
+
+
+def test_omega_off_changes_nothing():
+    p, dh = make((5, 4, 3, 6))
+    fwd = rnnfast.forward(p["u"], p["W_in"], p["W_rec"], p["b"], p["h0"])
+    a = rnnfast.backward(fwd, dh)
+    b = rnnfast.backward(fwd, dh, omega=True, profile=True)
+    for k in ("W_in", "W_rec", "b", "h0", "u", "dx"):
+        np.testing.assert_array_equal(getattr(a, k), getattr(b, k))
+    assert a.omega is None and a.omega_grad is None and a.dh_norm is None
+
+
+
+
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (5, 3, 2, 7), (7, 4, 6, 33)])
+@pytest.mark.parametrize("with_h0", [False, True])
+def test_matches_torch_nn_rnn(nonlinearity, shape, with_h0):
+    torch = pytest.importorskip("torch")
+    T, B, I, H = shape
+    p, dh = make(shape, with_h0=with_h0, seed=11)
+    rnn = torch.nn.RNN(I, H, nonlinearity=nonlinearity, bias=True).double()
+    with torch.no_grad():
+        rnn.weight_ih_l0.copy_(torch.from_numpy(p["W_in"]))
+        rnn.weight_hh_l0.copy_(torch.from_numpy(p["W_rec"]))
+        rnn.bias_ih_l0.copy_(torch.from_numpy(p["b"]))
+        rnn.bias_hh_l0.zero_()
+    u = torch.from_numpy(p["u"]).requires_grad_(True)
+    h0 = torch.from_numpy(p["h0"][None]).requires_grad_(True) if with_h0 else None
+    out, _ = rnn(u, h0)
+    (out * torch.from_numpy(dh)).sum().backward()
+    fwd, g = run(p, dh, nonlinearity)
+    assert_close(fwd.h, out.detach().numpy(), 1e-12, what="h")
+    assert_close(g.W_in, rnn.weight_ih_l0.grad.numpy(), 1e-10, what="W_in")
+    assert_close(g.W_rec, rnn.weight_hh_l0.grad.numpy(), 1e-10, what="W_rec")
+    assert_close(g.b, rnn.bias_ih_l0.grad.numpy(), 1e-10, what="b")
+    assert_close(g.u, u.grad.numpy(), 1e-10, what="u")
+    if with_h0:
+        assert_close(g.h0, h0.grad.numpy()[0], 1e-10, what="h0")
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "linear"])
+def test_matches_torch_autograd_for_other_activations(activation):
+    torch = pytest.importorskip("torch")
+    p, dh = make((6, 3, 4, 5), seed=2)
+    t = {k: torch.from_numpy(v).requires_grad_(True) for k, v in p.items()}
+    f = torch.sigmoid if activation == "sigmoid" else (lambda z: z)
+    h, hs = t["h0"], []
+    for step in range(6):
+        h = f(h @ t["W_rec"].T + t["u"][step] @ t["W_in"].T + t["b"])
+        hs.append(h)
+    (torch.stack(hs) * torch.from_numpy(dh)).sum().backward()
+    _, g = run(p, dh, activation)
+    for k in ("u", "W_in", "W_rec", "b", "h0"):
+        assert_close(getattr(g, k), t[k].grad.numpy(), 1e-10, what=k)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+def test_threads_give_the_same_result(schedule):
+    p, dh = make((9, 13, 5, 60), seed=4)
+    f1, g1 = run(p, dh, "tanh", num_threads=1)
+    f2, g2 = run(p, dh, "tanh", num_threads=2, _schedule=schedule)
+    np.testing.assert_allclose(f2.h, f1.h, rtol=1e-14, atol=1e-15)
+    for k in ("W_in", "W_rec", "b", "h0", "u", "omega_grad", "dh_norm"):
+        np.testing.assert_allclose(getattr(g2, k), getattr(g1, k), rtol=1e-12, atol=1e-13)
+    assert g2.omega == pytest.approx(g1.omega, rel=1e-12)
+
+
+@pytest.mark.parametrize("activation", ACTS)
+def test_float32_close_to_float64(activation):
+    p64, dh64 = make((20, 8, 5, 40), seed=6)
+    p32 = {k: (None if v is None else v.astype(np.float32)) for k, v in p64.items()}
+    f64, g64 = run(p64, dh64, activation)
+    f32, g32 = run(p32, dh64.astype(np.float32), activation)
+    assert f32.h.dtype == np.float32 and g32.W_rec.dtype == np.float32
+    assert_close(f32.h, f64.h, 1e-5, what="h")
+    for k in ("W_in", "W_rec", "b", "h0", "u", "omega_grad"):
+        assert getattr(g32, k).dtype == np.float32
+        assert_close(getattr(g32, k), getattr(g64, k), 1e-4, what=k)
+    assert g32.omega == pytest.approx(g64.omega, rel=1e-4, abs=1e-6)
+
+
+def test_segments_carry_state():
+    # Truncated BPTT: two segments, the first's last state as the second's h0, give the same
+    # states as one pass over the whole sequence.
+    p, _ = make((10, 3, 2, 6))
+    whole = rnnfast.forward(p["u"], p["W_in"], p["W_rec"], p["b"], p["h0"])
+    first = rnnfast.forward(p["u"][:4], p["W_in"], p["W_rec"], p["b"], p["h0"])
+    second = rnnfast.forward(p["u"][4:], p["W_in"], p["W_rec"], p["b"], first.h_last)
+    np.testing.assert_allclose(np.concatenate([first.h, second.h]), whole.h, rtol=1e-14)
+
+
+def test_final_state_does_not_store_all_steps():
+    p, _ = make((50, 4, 3, 8))
+    whole = rnnfast.forward(p["u"], p["W_in"], p["W_rec"], p["b"], p["h0"])
+    for chunk in (1, 32, 33, 10 ** 9):  # one step, several, partial last, everything
+        last = rnnfast.final_state(p["u"], p["W_in"], p["W_rec"], p["b"], p["h0"],
+                                   chunk_elements=chunk)
+        np.testing.assert_allclose(last, whole.h_last, rtol=1e-14)
+
+
+def test_non_contiguous_and_fortran_inputs_are_accepted():
+    p, dh = make((5, 4, 3, 6))
+    fwd_c, g_c = run(p, dh, "tanh")
+    q = dict(p)
+    q["W_rec"] = np.asfortranarray(p["W_rec"])
+    q["W_in"] = np.asfortranarray(p["W_in"])
+    big = np.zeros((5, 8, 3))
+    big[:, ::2] = p["u"]
+    q["u"] = big[:, ::2]  # strided view
+    fwd, g = run(q, np.asfortranarray(dh), "tanh")
+    np.testing.assert_array_equal(fwd.h, fwd_c.h)
+    for k in ("W_in", "W_rec", "b", "h0", "u"):
+        np.testing.assert_array_equal(getattr(g, k), getattr(g_c, k))
+
+
+def test_c_contiguous_inputs_are_not_copied():
+    p, dh = make((5, 4, 3, 6))
+    fwd = rnnfast.forward(p["u"], p["W_in"], p["W_rec"], p["b"], p["h0"])
+    for k in ("u", "W_in", "W_rec", "b"):
+        assert np.shares_memory(getattr(fwd, k), p[k]), k
+
+
+def test_two_python_threads_at_once():
+    cases = [make((30, 8, 4, 40), seed=s) for s in range(4)]
+    expected = [run(p, dh, "tanh", num_threads=1)[1].W_rec for p, dh in cases]
+    results, errors = [None] * 4, []
+
+    def work(i):
+        try:
+            for _ in range(5):
+                results[i] = run(*cases[i], "tanh", num_threads=2)[1].W_rec
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for r, e in zip(results, expected):
+        np.testing.assert_allclose(r, e, rtol=1e-12)
+
+
+def test_nan_and_inf_propagate_as_values():
+    p, dh = make((4, 3, 2, 5))
+    p["u"][1, 0, 0] = np.nan
+    p["u"][2, 2, 1] = np.inf
+    fwd, g = run(p, dh, "tanh")
+    assert np.isnan(fwd.h[1:, 0]).all() and np.isfinite(fwd.h[:, 1]).all()
+    assert np.isnan(g.W_rec).any()
+    assert np.isfinite(g.u[:, 1]).all()
+
+
+def test_default_threads_setting():
+    before = rnnfast.get_num_threads()
+    try:
+        rnnfast.set_num_threads(1)
+        assert rnnfast.get_num_threads() == 1
+    finally:
+        rnnfast.set_num_threads(None)
+    assert rnnfast.get_num_threads() == before
+
+
+def test_build_info():
+    info = rnnfast.build_info()
+    for k in ("compiler", "flags", "instruction_sets", "eigen_version", "openmp", "version",
+              "float32_lanes", "default_threads"):
+        assert k in info
+    assert info["eigen_version"].startswith("3.")
+
+
+# ---- bad input --------------------------------------------------------------------------------
+
+def _args():
+    p, dh = make((3, 2, 4, 5))
+    return p, dh
+
+
+@pytest.mark.parametrize("name,value,exc,match", [
+    ("u", np.zeros((3, 2)), ValueError, r"u: expected shape \(T, B, I\)"),
+    ("u", np.zeros((0, 2, 4)), ValueError, "at least one time step"),
+    ("u", np.zeros((3, 0, 4)), ValueError, "at least one time step"),
+    ("u", np.zeros((3, 2, 4), dtype=np.int64), TypeError, "u: expected a float32 or float64"),
+    ("u", np.zeros((3, 2, 4), dtype=object), TypeError, "u: expected a float32 or float64"),
+    ("W_in", np.zeros((5, 3)), ValueError, r"W_in: expected shape \(H, I\)"),
+    ("W_in", np.zeros((5, 4), dtype=np.float32), TypeError, "W_in: dtype float32 differs"),
+    ("W_rec", np.zeros((5, 4)), ValueError, "W_rec: expected a square"),
+    ("W_rec", np.zeros(5), ValueError, r"W_rec: expected shape \(H, H\)"),
+    ("b", np.zeros(4), ValueError, r"b: expected shape \(H,\)"),
+    ("b", np.zeros((5, 1)), ValueError, r"b: expected shape \(H,\)"),
+    ("h0", np.zeros((3, 5)), ValueError, r"h0: expected shape \(B, H\)"),
+    ("h0", np.zeros((2, 5), dtype=np.float32), TypeError, "h0: dtype float32 differs"),
+])
+def test_bad_forward_arguments(name, value, exc, match):
+    p, _ = _args()
+    p[name] = value
+    with pytest.raises(exc, match=match):
+        rnnfast.forward(p["u"], p["W_in"], p["W_rec"], p["b"], p["h0"])
+
+
+@pytest.mark.parametrize("kw,exc,match", [
+    (dict(activation="softplus"), ValueError, "activation: expected one of"),
+    (dict(num_threads=0), ValueError, "num_threads: expected a positive int"),
+    (dict(num_threads=-2), ValueError, "num_threads: expected a positive int"),
+    (dict(num_threads=1.5), TypeError, "num_threads: expected a positive int"),
+    (dict(num_threads=True), TypeError, "num_threads: expected a positive int"),
+])
+def test_bad_forward_options(kw, exc, match):
+    p, _ = _args()
+    with pytest.raises(exc, match=match):
+        rnnfast.forward(p["u"], p["W_in"], p["W_rec"], p["b"], p["h0"], **kw)
+
+
+def test_bad_backward_arguments():
+    p, dh = _args()
+    fwd = rnnfast.forward(p["u"], p["W_in"], p["W_rec"], p["b"], p["h0"])
+    with pytest.raises(TypeError, match="fwd: expected the ForwardResult"):
+        rnnfast.backward(fwd.h, dh)
+    with pytest.raises(ValueError, match="give dh"):
+        rnnfast.backward(fwd)
+    with pytest.raises(ValueError, match=r"dh: expected shape \(T, B, H\) of fwd"):
+        rnnfast.backward(fwd, dh[:2])
+    with pytest.raises(ValueError, match=r"dh: expected shape \(T, B, H\)"):
+        rnnfast.backward(fwd, dh[0])
+    with pytest.raises(TypeError, match="dh: dtype float32 differs"):
+        rnnfast.backward(fwd, dh.astype(np.float32))
+    with pytest.raises(ValueError, match=r"dh_last: expected shape \(B, H\) of fwd"):
+        rnnfast.backward(fwd, dh_last=dh[0, :1])
+    with pytest.raises(ValueError, match="num_threads"):
+        rnnfast.backward(fwd, dh, num_threads=0)
+    with pytest.raises(ValueError, match="omega_bound"):
+        rnnfast.backward(fwd, dh, omega=True, omega_bound=float("nan"))
+
+
+def test_private_core_rechecks_buffers():
+    # The C++ entry points validate on their own: a wrong buffer raises, never reads out of
+    # bounds.
+    from rnnfast import _core
+    p, _ = _args()
+    h = np.empty((3, 2, 5))
+    with pytest.raises(ValueError, match="h: expected shape"):
+        _core.forward(p["u"], p["W_in"], p["W_rec"], p["b"], None, h[:2], None, 0, 1, 0)
+    with pytest.raises(TypeError, match="W_in: expected a numpy array of float64"):
+        _core.forward(p["u"], p["W_in"].astype(np.float32), p["W_rec"], p["b"], None, h, None,
+                      0, 1, 0)
+    with pytest.raises(ValueError, match="W_in: expected a C-contiguous"):
+        _core.forward(p["u"], np.asfortranarray(p["W_in"]), p["W_rec"], p["b"], None, h, None,
+                      0, 1, 0)
+
+
+def test_results_do_not_depend_on_where_arrays_live():
+    # Same values at different addresses (offset by 8 bytes) give bit-identical results: a
+    # resumed training run relies on it.
+    p, dh = make((6, 5, 3, 7))
+
+    def shifted(a, k):
+        raw = np.empty(a.size + 8, np.float64)
+        out = raw[k:k + a.size].reshape(a.shape)
+        out[...] = a
+        return out
+
+    results = []
+    for k in range(4):
+        q = {n: shifted(v, k) for n, v in p.items()}
+        results.append(run(q, shifted(dh, k), "tanh"))
+    for fwd, g in results[1:]:
+        np.testing.assert_array_equal(fwd.h, results[0][0].h)
+        for n in ("W_in", "W_rec", "b", "h0", "u", "dx", "omega_grad", "dh_norm"):
+            np.testing.assert_array_equal(getattr(g, n), getattr(results[0][1], n))
