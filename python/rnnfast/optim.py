@@ -1,0 +1,289 @@
+"""Optimisers and schedules (learning rate and the Ω weight α).
+
+Optimiser
+---------
+:class:`SGD` covers the three update rules, all in place on a dict of
+parameters (``params[name] -= ...``):
+
+plain SGD (the paper's "MSGD", ``momentum=0``)
+    ``θ ← θ − lr·g``
+classical momentum
+    ``v ← μ v − lr·g;  θ ← θ + v``
+Nesterov momentum (``nesterov=True``; Sutskever et al. 2013 in the
+reformulation of Bengio et al. 2012, where the gradient is taken at the
+stored parameters)
+    ``v ← μ v − lr·g;  θ ← θ + μ v − lr·g``
+
+Schedules
+---------
+A schedule maps the update index ``t`` (0-based) to a value, and may react to
+validation results through :meth:`Schedule.observe`:
+
+- :class:`Constant` — ``value``.
+- :class:`StepDecay` — ``value · gamma^⌊t / step⌋``.
+- :class:`InverseTime` — ``value · t0 / (t0 + t)``, the "1/t" decay the paper
+  uses for α on the natural tasks (``value=0.5, t0=1`` gives ``1/(2(1+t))``).
+- :class:`HalveOnRise` — ``value``, multiplied by ``factor`` (½) every time the
+  observed validation error rises above the previous one (the paper's music
+  runs).
+
+:func:`make_schedule` parses the command-line form of each.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = [
+    "SGD",
+    "Schedule",
+    "Constant",
+    "StepDecay",
+    "InverseTime",
+    "HalveOnRise",
+    "make_schedule",
+    "as_schedule",
+]
+
+
+def _positive(name, v, allow_zero=False):
+    v = float(v)
+    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+        raise ValueError(f"{name} must be {'non-negative' if allow_zero else 'positive'}, got {v}")
+    return v
+
+
+class SGD:
+    """Minibatch SGD with optional classical or Nesterov momentum.
+
+    Parameters
+    ----------
+    lr : float
+        Learning rate (the trainer overwrites ``.lr`` from its schedule).
+    momentum : float in [0, 1)
+        μ; 0 is the paper's plain SGD.
+    nesterov : bool
+        Nesterov momentum instead of classical (needs ``momentum > 0``).
+    """
+
+    def __init__(self, lr=0.01, momentum=0.0, nesterov=False):
+        self.lr = _positive("lr", lr, allow_zero=True)
+        m = float(momentum)
+        if not 0.0 <= m < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        if nesterov and m == 0.0:
+            raise ValueError("nesterov=True needs momentum > 0")
+        self.momentum = m
+        self.nesterov = bool(nesterov)
+        self.velocity = {}
+        self.steps = 0
+
+    def step(self, params, grads, lr=None):
+        """Apply one update in place.
+
+        Parameters
+        ----------
+        params : dict name -> ndarray
+            Parameters, updated in place.
+        grads : dict name -> ndarray
+            Gradients of the same shapes (every key of params must be present).
+        lr : float, optional
+            Learning rate for this step (default ``self.lr``).
+        """
+        lr = self.lr if lr is None else float(lr)
+        for name, p in params.items():
+            if name not in grads:
+                raise KeyError(f"no gradient for parameter {name!r}")
+            g = grads[name]
+            if g.shape != p.shape:
+                raise ValueError(f"gradient of {name!r} has shape {g.shape}, expected {p.shape}")
+            lr_t = p.dtype.type(lr)
+            if self.momentum == 0.0:
+                p -= lr_t * g
+                continue
+            mu = p.dtype.type(self.momentum)
+            v = self.velocity.get(name)
+            if v is None:
+                v = self.velocity[name] = np.zeros_like(p)
+            v *= mu
+            v -= lr_t * g
+            if self.nesterov:
+                p += mu * v - lr_t * g
+            else:
+                p += v
+        self.steps += 1
+
+    def state_dict(self):
+        """Serializable state: hyper-parameters, step count and velocity arrays."""
+        return {
+            "lr": self.lr,
+            "momentum": self.momentum,
+            "nesterov": self.nesterov,
+            "steps": self.steps,
+            "velocity": {k: v.copy() for k, v in self.velocity.items()},
+        }
+
+    def load_state_dict(self, state):
+        """Restore :meth:`state_dict` output (hyper-parameters must match)."""
+        if float(state["momentum"]) != self.momentum or bool(state["nesterov"]) != self.nesterov:
+            raise ValueError(
+                f"optimizer state is for momentum={state['momentum']}, nesterov={state['nesterov']}; "
+                f"this optimizer has momentum={self.momentum}, nesterov={self.nesterov}"
+            )
+        self.lr = float(state["lr"])
+        self.steps = int(state["steps"])
+        self.velocity = {k: np.array(v, copy=True) for k, v in state["velocity"].items()}
+
+
+class Schedule:
+    """Base class: ``schedule(t)`` is the value at update t (0-based)."""
+
+    def __call__(self, t):
+        raise NotImplementedError
+
+    def observe(self, metric):
+        """React to a validation metric (lower is better); default: nothing."""
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+class Constant(Schedule):
+    """A constant value."""
+
+    def __init__(self, value):
+        self.value = _positive("value", value, allow_zero=True)
+
+    def __call__(self, t):
+        return self.value
+
+    def __repr__(self):
+        return f"Constant({self.value})"
+
+
+class StepDecay(Schedule):
+    """``value · gamma^⌊t / step⌋``."""
+
+    def __init__(self, value, step, gamma=0.5):
+        self.value = _positive("value", value, allow_zero=True)
+        if int(step) < 1:
+            raise ValueError(f"step must be >= 1, got {step}")
+        self.step = int(step)
+        self.gamma = _positive("gamma", gamma)
+
+    def __call__(self, t):
+        return self.value * self.gamma ** (int(t) // self.step)
+
+    def __repr__(self):
+        return f"StepDecay({self.value}, step={self.step}, gamma={self.gamma})"
+
+
+class InverseTime(Schedule):
+    """``value · t0 / (t0 + t)``: 1/t decay with time constant t0."""
+
+    def __init__(self, value, t0=1.0):
+        self.value = _positive("value", value, allow_zero=True)
+        self.t0 = _positive("t0", t0)
+
+    def __call__(self, t):
+        return self.value * self.t0 / (self.t0 + float(t))
+
+    def __repr__(self):
+        return f"InverseTime({self.value}, t0={self.t0})"
+
+
+class HalveOnRise(Schedule):
+    """Multiply by ``factor`` whenever the observed validation error rises.
+
+    Parameters
+    ----------
+    value : float
+        Initial value.
+    factor : float in (0, 1)
+        Multiplier applied on a rise (½ halves).
+    min_value : float
+        Floor.
+    """
+
+    def __init__(self, value, factor=0.5, min_value=0.0):
+        self.value = _positive("value", value, allow_zero=True)
+        f = float(factor)
+        if not 0.0 < f < 1.0:
+            raise ValueError(f"factor must be in (0, 1), got {factor}")
+        self.factor = f
+        self.min_value = _positive("min_value", min_value, allow_zero=True)
+        self.last = None
+        self.current = self.value
+
+    def __call__(self, t):
+        return self.current
+
+    def observe(self, metric):
+        metric = float(metric)
+        if self.last is not None and metric > self.last:
+            self.current = max(self.current * self.factor, self.min_value)
+        self.last = metric
+
+    def state_dict(self):
+        return {"last": self.last, "current": self.current}
+
+    def load_state_dict(self, state):
+        self.last = None if state["last"] is None else float(state["last"])
+        self.current = float(state["current"])
+
+    def __repr__(self):
+        return f"HalveOnRise({self.value}, factor={self.factor})"
+
+
+def make_schedule(spec, value):
+    """Build a schedule from its command-line form.
+
+    Parameters
+    ----------
+    spec : str
+        ``"constant"``, ``"step:STEP[:GAMMA]"``, ``"inverse[:T0]"`` or
+        ``"halve[:FACTOR]"``.
+    value : float
+        Initial value.
+
+    Returns
+    -------
+    Schedule
+    """
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"schedule must be a non-empty string, got {spec!r}")
+    kind, *args = spec.split(":")
+    try:
+        nums = [float(a) for a in args]
+    except ValueError:
+        raise ValueError(f"schedule {spec!r}: arguments after ':' must be numbers") from None
+    if kind == "constant" and not nums:
+        return Constant(value)
+    if kind == "step" and 1 <= len(nums) <= 2:
+        if nums[0] != int(nums[0]):
+            raise ValueError(f"schedule {spec!r}: STEP must be an integer")
+        return StepDecay(value, int(nums[0]), *nums[1:])
+    if kind == "inverse" and len(nums) <= 1:
+        return InverseTime(value, *nums)
+    if kind == "halve" and len(nums) <= 1:
+        return HalveOnRise(value, *nums)
+    raise ValueError(
+        f"schedule {spec!r} is unknown; expected 'constant', 'step:STEP[:GAMMA]', "
+        "'inverse[:T0]' or 'halve[:FACTOR]'"
+    )
+
+
+def as_schedule(x):
+    """A Schedule from a Schedule, a number (constant) or None (None)."""
+    if x is None or isinstance(x, Schedule):
+        return x
+    if isinstance(x, (int, float, np.floating, np.integer)) and not isinstance(x, bool):
+        return Constant(x)
+    if callable(x):
+        return x
+    raise TypeError(f"expected a Schedule, a number or None, got {type(x).__name__}")
