@@ -263,6 +263,10 @@ class AutoThreshold:
         self.factor = float(factor)
         self.avg = RunningAverage(warmup, decay)
 
+    def __repr__(self):
+        return (f"AutoThreshold(factor={self.factor}, warmup={self.avg.warmup}, "
+                f"decay={self.avg.decay})")
+
     @property
     def threshold(self):
         """Threshold now in force, or None during warm-up."""

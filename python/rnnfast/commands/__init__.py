@@ -1,0 +1,1 @@
+"""Subcommands of the ``rnnfast`` command line; each module exposes ``register(subparsers)``."""

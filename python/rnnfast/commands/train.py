@@ -1,0 +1,325 @@
+"""``rnnfast train``: train an RNN on one task with SGD, SGD-C or SGD-CR.
+
+Defaults are the paper's temporal-order settings (PAPER.md, Fig. 7): 50 hidden
+units, lr 0.01 without momentum, minibatch 20, norm clipping at 1.0, Ω weight
+α = 4, up to 5M updates, success at < 1% errors on 10,000 fresh sequences.
+
+Outputs (in ``--out DIR``): ``config.json`` (the options), ``checkpoint.npz``
+(atomic, for ``--resume``), ``history.json`` / ``history.csv`` (per-update
+loss, pre-clip norm, clipped, Ω, ρ(W_rec), explosions; validations) and
+``model.npz`` (the final model, :meth:`rnnfast.model.RNNModel.load`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+__all__ = ["register", "build_parser", "main"]
+
+METHODS = {
+    # method: (clip threshold, alpha)
+    "sgd": (None, 0.0),
+    "sgd-c": (1.0, 0.0),
+    "sgd-cr": (1.0, 4.0),
+}
+
+# options that control how long / how loudly a run goes; everything else must
+# match the stored config when resuming
+_RUN_CONTROL = ("max_updates", "time_limit", "progress", "quiet", "threads", "resume", "out")
+
+
+def _positive_int(s):
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
+    return v
+
+
+def _nonneg_int(s):
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {s!r}")
+    return v
+
+
+def _positive_float(s):
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}")
+    return v
+
+
+def _nonneg_float(s):
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s!r}") from None
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s!r}")
+    return v
+
+
+def _clip_arg(s):
+    if s in ("none", "off"):
+        return "none"
+    if s == "auto" or s.startswith("auto:"):
+        if s != "auto":
+            _positive_float(s[5:])
+        return s
+    _positive_float(s)
+    return s
+
+
+def add_arguments(p):
+    """Add the train options to an argparse parser."""
+    from ..init import INIT_SCHEMES
+
+    g = p.add_argument_group("task and model")
+    g.add_argument("--task", default="temporal_order",
+                   help="task name from rnnfast.tasks (default: temporal_order)")
+    g.add_argument("--min-length", type=_positive_int, default=None,
+                   help="shortest training sequence; each minibatch draws its length from "
+                        "[min, max) (default: the task's, 50 in the authors' code)")
+    g.add_argument("--max-length", type=_positive_int, default=None,
+                   help="upper end (exclusive) of the length range (default: the task's, 200)")
+    g.add_argument("--hidden", type=_positive_int, default=50, help="hidden units (paper: 50)")
+    g.add_argument("--init", choices=INIT_SCHEMES, default="smart_tanh",
+                   help="initialisation (paper's Fig. 7: sigmoid, basic_tanh, smart_tanh; "
+                        "default smart_tanh as in the authors' code)")
+    g.add_argument("--activation", choices=("tanh", "sigmoid", "relu", "linear"), default=None,
+                   help="hidden activation (default: the one the init is meant for)")
+    g.add_argument("--sparse-per", choices=("incoming", "outgoing"), default="incoming",
+                   help="smart_tanh: 15 non-zeros per row (incoming, paper) or per column "
+                        "(outgoing, authors' code) of W_rec")
+    g.add_argument("--h0", choices=("zeros", "learned"), default="zeros",
+                   help="initial hidden state: zeros (paper) or a learned vector")
+    g.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                   help="floating-point type (default float32, as the authors ran)")
+
+    g = p.add_argument_group("method")
+    g.add_argument("--method", choices=tuple(METHODS), default="sgd-cr",
+                   help="sgd: no clipping, no Ω; sgd-c: clipping; sgd-cr: clipping + Ω "
+                        "(default). --clip and --alpha override the method's values")
+    g.add_argument("--clip", type=_clip_arg, default=None,
+                   help="norm-clipping threshold (paper: 1.0), 'auto[:FACTOR]' for FACTOR (1) "
+                        "times the running average norm after a 100-update warm-up, or 'none'")
+    g.add_argument("--clip-mode", choices=("norm", "elementwise"), default="norm",
+                   help="norm: Algorithm 1 (rescale all gradients); elementwise: clamp each entry")
+    g.add_argument("--strict-clip", action="store_true",
+                   help="clip when norm > threshold (authors' code) instead of >= (paper)")
+    g.add_argument("--nonfinite", choices=("shrink", "skip", "raise"), default="shrink",
+                   help="when the norm is NaN, Inf or > 1e10: shrink (authors: step = 0.02*W_rec "
+                        "on W_rec, 0 elsewhere), skip the update, or raise an error")
+    g.add_argument("--alpha", type=_nonneg_float, default=None,
+                   help="weight of the regularizer Omega (paper: 4 for temporal order; 0 turns "
+                        "Omega off)")
+    g.add_argument("--alpha-schedule", default="constant",
+                   help="constant, or inverse[:T0] for alpha*T0/(T0+t) (the 1/t decay)")
+    g.add_argument("--omega-bound", type=_positive_float, default=1e-20,
+                   help="leave pairs with |dE/dh|^2 below this out of Omega (authors: 1e-20)")
+
+    g = p.add_argument_group("optimiser")
+    g.add_argument("--lr", type=_positive_float, default=0.01, help="learning rate (paper: 0.01)")
+    g.add_argument("--lr-schedule", default="constant",
+                   help="constant, step:STEP[:GAMMA], inverse[:T0], or halve[:FACTOR] "
+                        "(halve when the validation loss rises)")
+    g.add_argument("--momentum", type=_nonneg_float, default=0.0,
+                   help="momentum (paper: 0, plain minibatch SGD)")
+    g.add_argument("--nesterov", action="store_true", help="Nesterov momentum (needs --momentum)")
+    g.add_argument("--batch-size", type=_positive_int, default=20, help="minibatch size (paper: 20)")
+
+    g = p.add_argument_group("run")
+    g.add_argument("--max-updates", type=_positive_int, default=5_000_000,
+                   help="stop after this many updates in total (paper: 5M)")
+    g.add_argument("--time-limit", type=_positive_float, default=None,
+                   help="stop after this many minutes (the run can be resumed)")
+    g.add_argument("--valid-every", type=_nonneg_int, default=1000,
+                   help="validate every this many updates (0: never)")
+    g.add_argument("--valid-size", type=_positive_int, default=10000,
+                   help="fresh sequences per validation (paper: 10,000)")
+    g.add_argument("--valid-batch", type=_positive_int, default=1000,
+                   help="sequences evaluated at once during validation")
+    g.add_argument("--success-error", type=_nonneg_float, default=0.01,
+                   help="stop when the validation error rate is below this (paper: 0.01; "
+                        "0 never stops early)")
+    g.add_argument("--rho-every", type=_nonneg_int, default=100,
+                   help="record the spectral radius of W_rec every this many updates")
+    g.add_argument("--explosion-factor", type=_positive_float, default=10.0,
+                   help="flag updates whose pre-clip norm exceeds this multiple of the running "
+                        "average norm")
+    g.add_argument("--seed", type=_nonneg_int, default=0, help="random seed")
+    g.add_argument("--threads", type=_positive_int, default=None,
+                   help="threads for the C++ core (default: the library's)")
+    g.add_argument("--out", default=None,
+                   help="output directory: config.json, checkpoint.npz, history.json/.csv, "
+                        "model.npz (default: no files)")
+    g.add_argument("--checkpoint-every", type=_positive_int, default=10000,
+                   help="checkpoint every this many updates (with --out)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its checkpoint (same options)")
+    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar (default: when stderr is a terminal and tqdm is installed)")
+    g.add_argument("--quiet", action="store_true", help="do not print validation lines")
+
+
+def register(subparsers):
+    """Add ``train`` to an argparse subparsers object."""
+    p = subparsers.add_parser(
+        "train",
+        help="train an RNN on a task with SGD / SGD-C / SGD-CR",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(p)
+    p.set_defaults(func=run)
+    return p
+
+
+def build_parser():
+    """A standalone parser (``python -m rnnfast.commands.train``)."""
+    p = argparse.ArgumentParser(prog="rnnfast train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    p.set_defaults(func=run)
+    return p
+
+
+def _get_task(args):
+    from .. import tasks as _tasks
+
+    kwargs = {}
+    if args.min_length is not None:
+        kwargs["min_length"] = args.min_length
+    if args.max_length is not None:
+        kwargs["max_length"] = args.max_length
+    try:
+        task = _tasks.get_task(args.task, **kwargs)
+    except TypeError as e:
+        raise SystemExit(f"rnnfast train: task {args.task!r} does not take these options: {e}")
+    except (KeyError, ValueError) as e:
+        raise SystemExit(f"rnnfast train: {e}")
+    return task
+
+
+def _resolve_method(args):
+    clip, alpha = METHODS[args.method]
+    if args.clip is not None:
+        clip = None if args.clip == "none" else args.clip
+    if args.alpha is not None:
+        alpha = args.alpha
+    return clip, alpha
+
+
+def _config_of(args):
+    return {k: v for k, v in vars(args).items() if k not in _RUN_CONTROL and k != "func"}
+
+
+def build(args):
+    """Build (task, model, trainer) from parsed options."""
+    from ..clipping import AutoThreshold, GradientClipper
+    from ..model import RNNModel
+    from ..optim import SGD, make_schedule
+    from ..trainer import Trainer
+
+    task = _get_task(args)
+    ss = np.random.SeedSequence(args.seed)
+    init_seed = ss.spawn(3)[2]  # children 0 and 1 are the trainer's streams
+    init_kwargs = {"sparse_per": args.sparse_per} if args.init == "smart_tanh" else {}
+    model = RNNModel(task.n_in, args.hidden, task.n_out, init=args.init, activation=args.activation,
+                     loss=task.loss, at=task.at, h0=args.h0, dtype=args.dtype,
+                     rng=np.random.default_rng(init_seed), init_kwargs=init_kwargs)
+    clip, alpha = _resolve_method(args)
+    if isinstance(clip, str) and clip.startswith("auto"):
+        clip = AutoThreshold(float(clip[5:]) if ":" in clip else 1.0)
+    elif clip is not None:
+        clip = float(clip)
+    clipper = GradientClipper(clip, mode=args.clip_mode, strict=args.strict_clip,
+                              nonfinite=args.nonfinite)
+    try:
+        lr = make_schedule(args.lr_schedule, args.lr)
+        alpha_s = make_schedule(args.alpha_schedule, alpha) if alpha > 0 else None
+        opt = SGD(args.lr, momentum=args.momentum, nesterov=args.nesterov)
+    except ValueError as e:
+        raise SystemExit(f"rnnfast train: {e}")
+    out = args.out
+    log = None if args.quiet else (lambda line: print(line, flush=True))
+    trainer = Trainer(
+        model, task, opt, lr=lr, clip=clipper, alpha=alpha_s, batch_size=args.batch_size,
+        valid_every=args.valid_every, valid_size=args.valid_size, valid_batch=args.valid_batch,
+        success_error=args.success_error if args.success_error > 0 else None,
+        omega_bound=args.omega_bound, rho_every=args.rho_every,
+        explosion_factor=args.explosion_factor, seed=args.seed,
+        checkpoint_path=os.path.join(out, "checkpoint.npz") if out else None,
+        checkpoint_every=args.checkpoint_every if out else None,
+        history_path=os.path.join(out, "history") if out else None,
+        progress=args.progress, log=log, num_threads=args.threads,
+    )
+    return task, model, trainer
+
+
+def run(args):
+    """Entry point of ``rnnfast train`` (argparse ``func``)."""
+    from ..model import atomic_write
+
+    if args.nesterov and args.momentum == 0:
+        raise SystemExit("rnnfast train: --nesterov needs --momentum > 0")
+    if args.resume:
+        if not args.out:
+            raise SystemExit("rnnfast train: --resume needs --out DIR")
+        cfg_path = os.path.join(args.out, "config.json")
+        try:
+            with open(cfg_path) as f:
+                stored = json.load(f)
+        except FileNotFoundError:
+            raise SystemExit(f"rnnfast train: nothing to resume: {cfg_path} does not exist") from None
+        except ValueError as e:
+            raise SystemExit(f"rnnfast train: {cfg_path} is not valid JSON: {e}") from None
+        for k, v in stored.items():  # the stored run's settings win
+            setattr(args, k, v)
+    task, model, trainer = build(args)
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        if args.resume:
+            trainer.load_checkpoint(os.path.join(args.out, "checkpoint.npz"))
+            if not args.quiet:
+                print(f"resumed at update {trainer.update}", flush=True)
+        else:
+            text = json.dumps(_config_of(args), indent=2, sort_keys=True)
+            atomic_write(os.path.join(args.out, "config.json"), lambda f: f.write(text.encode()))
+    limit = None if args.time_limit is None else 60.0 * args.time_limit
+    result = trainer.run(args.max_updates, time_limit=limit)
+    if args.out:
+        model.save(os.path.join(args.out, "model.npz"))
+    summary = {
+        "task": args.task, "method": args.method, "init": args.init,
+        "updates": result.updates, "solved": result.solved, "stopped": result.stopped,
+        "best_error": result.best_error, "seconds": round(result.seconds, 3),
+        "last_validation": result.last_validation,
+    }
+    from ..trainer import _json_safe
+
+    print(json.dumps(_json_safe(summary)), flush=True)
+    return 0
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
