@@ -73,7 +73,7 @@ std::pair<double, double> backward(const py::array& u, const py::object& W_in,
                                    const py::object& dW_in, const py::object& dW_rec,
                                    const py::object& db, const py::object& dh0,
                                    const py::object& du, const py::object& omega_grad,
-                                   double omega_bound, const py::object& delta_norm,
+                                   double omega_bound, const py::object& dh_norm,
                                    int activation, int num_threads, int schedule) {
   if (u.ndim() != 3) throw py::value_error("u: expected shape (T, B, I)");
   const Index T = u.shape(0), B = u.shape(1), I = u.shape(2);
@@ -94,7 +94,7 @@ std::pair<double, double> backward(const py::array& u, const py::object& W_in,
   S* pdh0 = buffer<S>(dh0, "dh0", {B, H}, false, true);
   S* pdu = buffer<S>(du, "du", {T, B, I}, false, true);
   S* pog = buffer<S>(omega_grad, "omega_grad", {H, H}, true, true);
-  double* pdn = buffer<double>(delta_norm, "delta_norm", {T, B}, true, true);
+  double* pdn = buffer<double>(dh_norm, "dh_norm", {T, B}, true, true);
   py::gil_scoped_release nogil;
   const auto r = rnnfast::backward<S>(pu, pWi, pWr, ph0, ph, pdh, pdhl, pdx, pdWi, pdWr, pdb,
                                       pdh0, pdu, pog, omega_bound, pdn, T, B, I, H,
@@ -169,20 +169,20 @@ PYBIND11_MODULE(_core, m) {
       [](const py::array& u, py::object W_in, py::object W_rec, py::object h0, py::object h,
          py::object dh, py::object dh_last, py::object dx, py::object dW_in, py::object dW_rec,
          py::object db, py::object dh0, py::object du, py::object omega_grad, double omega_bound,
-         py::object delta_norm, int activation, int num_threads, int schedule) {
+         py::object dh_norm, int activation, int num_threads, int schedule) {
         dispatch_check(u);
         if (py::isinstance<py::array_t<float>>(u))
           return backward<float>(u, W_in, W_rec, h0, h, dh, dh_last, dx, dW_in, dW_rec, db, dh0,
-                                 du, omega_grad, omega_bound, delta_norm, activation,
+                                 du, omega_grad, omega_bound, dh_norm, activation,
                                  num_threads, schedule);
         return backward<double>(u, W_in, W_rec, h0, h, dh, dh_last, dx, dW_in, dW_rec, db, dh0,
-                                du, omega_grad, omega_bound, delta_norm, activation, num_threads,
+                                du, omega_grad, omega_bound, dh_norm, activation, num_threads,
                                 schedule);
       },
       py::arg("u").noconvert(), py::arg("W_in"), py::arg("W_rec"), py::arg("h0"), py::arg("h"),
       py::arg("dh"), py::arg("dh_last"), py::arg("dx"), py::arg("dW_in"), py::arg("dW_rec"),
       py::arg("db"), py::arg("dh0"), py::arg("du"), py::arg("omega_grad"),
-      py::arg("omega_bound"), py::arg("delta_norm"), py::arg("activation"),
+      py::arg("omega_bound"), py::arg("dh_norm"), py::arg("activation"),
       py::arg("num_threads"), py::arg("schedule"));
   m.def("max_threads", []() { return omp_get_max_threads(); },
         "OpenMP's default team size (OMP_NUM_THREADS or the number of cores)");

@@ -55,15 +55,19 @@ class PackedMatrix {
   Index panels() const { return panels_; }
   const S* panel(Index p) const { return data_.data() + p * K_ * NR; }
 
-  // Packs panels [p0, p1) of the matrix with element (k, j) = src[k·rs + j·cs].
-  // Different threads may pack disjoint panel ranges concurrently.
-  void pack(const S* src, Index rs, Index cs, Index p0, Index p1) {
+  // Packs rows [0, k_rows) of panels [p0, p1) of the matrix with element (k, j) =
+  // src[k·rs + j·cs]. Different threads may pack disjoint panel ranges concurrently.
+  void pack(const S* src, Index rs, Index cs, Index p0, Index p1, Index k_rows = -1) {
+    if (k_rows < 0) k_rows = K_;
     for (Index p = p0; p < p1; ++p) {
       S* dst = data_.data() + p * K_ * NR;
       const Index j0 = p * NR, jn = std::min<Index>(NR, N_ - j0);
-      for (Index k = 0; k < K_; ++k) {
+      for (Index k = 0; k < k_rows; ++k) {
         const S* row = src + k * rs + j0 * cs;
-        for (Index j = 0; j < jn; ++j) dst[k * NR + j] = row[j * cs];
+        if (cs == 1)
+          std::copy(row, row + jn, dst + k * NR);
+        else
+          for (Index j = 0; j < jn; ++j) dst[k * NR + j] = row[j * cs];
         for (Index j = jn; j < NR; ++j) dst[k * NR + j] = S(0);
       }
     }
@@ -76,11 +80,13 @@ class PackedMatrix {
 
 namespace detail {
 
-// One register tile: rows [0, MROWS) of X against one panel; Y = C + X·panel on columns
+// One register tile: MROWS rows of X against one panel; Y = C + X·panel on columns
 // [0, ncols) of the panel (ncols < NR only for the last, partial panel).
+// X[i, k] is at X[i·xr + k·xk]: (ldx, 1) for a row-major block, (1, MR) for a packed one.
+// C may be null (zero), equal Y, or have row stride 0 (one row broadcast, e.g. a bias).
 template <typename S, int MROWS>
-inline void tile(Index K, const S* X, Index ldx, const S* panel, const S* C, Index ldc, S* Y,
-                 Index ldy, Index ncols) {
+EIGEN_DONT_INLINE void tile(Index K, const S* X, Index xr, Index xk, const S* panel, const S* C, Index ldc,
+                 S* Y, Index ldy, Index ncols) {
   using Sh = PanelShape<S>;
   using Packet = typename Sh::Packet;
   using namespace Eigen::internal;
@@ -90,12 +96,18 @@ inline void tile(Index K, const S* X, Index ldx, const S* panel, const S* C, Ind
   for (int i = 0; i < MROWS; ++i)
     for (int q = 0; q < NP; ++q) acc[i][q] = pset1<Packet>(S(0));
 
+  // Fully unrolled over the tile so that the accumulators live in registers (GCC otherwise
+  // may keep them on the stack and store them every iteration).
   for (Index k = 0; k < K; ++k) {
     const S* w = panel + k * NR;
     Packet w_[NP];
+#pragma GCC unroll 8
     for (int q = 0; q < NP; ++q) w_[q] = pload<Packet>(w + q * PS);
+    const S* xk_ = X + k * xk;
+#pragma GCC unroll 16
     for (int i = 0; i < MROWS; ++i) {
-      const Packet xi = pset1<Packet>(X[i * ldx + k]);
+      const Packet xi = pset1<Packet>(xk_[i * xr]);
+#pragma GCC unroll 8
       for (int q = 0; q < NP; ++q) acc[i][q] = pmadd(xi, w_[q], acc[i][q]);
     }
   }
@@ -116,19 +128,21 @@ inline void tile(Index K, const S* X, Index ldx, const S* panel, const S* C, Ind
   }
 }
 
+// tile<S, m> for a run-time m ≤ MROWS.
 template <typename S, int MROWS>
-inline void tile_rows_upto(int m, Index K, const S* X, Index ldx, const S* panel, const S* C,
-                           Index ldc, S* Y, Index ldy, Index ncols) {
+inline void tile_rows(int m, Index K, const S* X, Index xr, Index xk, const S* panel,
+                      const S* C, Index ldc, S* Y, Index ldy, Index ncols) {
   if constexpr (MROWS >= 1) {
-    if (m == MROWS) return tile<S, MROWS>(K, X, ldx, panel, C, ldc, Y, ldy, ncols);
-    if constexpr (MROWS > 1) tile_rows_upto<S, MROWS - 1>(m, K, X, ldx, panel, C, ldc, Y, ldy, ncols);
+    if (m == MROWS) return tile<S, MROWS>(K, X, xr, xk, panel, C, ldc, Y, ldy, ncols);
+    if constexpr (MROWS > 1) tile_rows<S, MROWS - 1>(m, K, X, xr, xk, panel, C, ldc, Y, ldy, ncols);
   }
 }
 
 }  // namespace detail
 
 // Y[r, j] = C[r, j] + Σ_k X[r, k] · M[k, j] for r < rows and j in panels [p0, p1).
-//   X (rows, K) row stride ldx;  C, Y (rows, N) row strides ldc, ldy;  C may equal Y or be null.
+//   X (rows, K) row stride ldx;  C, Y (rows, N) row strides ldc, ldy.
+//   C may equal Y, be null (zero), or have ldc = 0 (the same row added to every row).
 template <typename S>
 void packed_gemm(Index rows, const S* X, Index ldx, const PackedMatrix<S>& M, Index p0, Index p1,
                  const S* C, Index ldc, S* Y, Index ldy) {
@@ -139,9 +153,57 @@ void packed_gemm(Index rows, const S* X, Index ldx, const PackedMatrix<S>& M, In
     const Index j0 = p * NR, ncols = std::min<Index>(NR, N - j0);
     for (Index r = 0; r < rows; r += MR) {
       const int m = static_cast<int>(std::min<Index>(MR, rows - r));
-      detail::tile_rows_upto<S, MR>(m, K, X + r * ldx, ldx, panel,
-                                    C ? C + r * ldc + j0 : nullptr, ldc, Y + r * ldy + j0, ldy,
-                                    ncols);
+      detail::tile_rows<S, MR>(m, K, X + r * ldx, ldx, 1, panel, C ? C + r * ldc + j0 : nullptr,
+                               ldc, Y + r * ldy + j0, ldy, ncols);
+    }
+  }
+}
+
+// Weight-gradient product over many rows: for output rows i in [i0, i1),
+//   Y[i, j] = Σ_r s_r · A[r, i] · Bm[r, j]      (Y = Aᵀ diag(s) Bm),   r < R, j < N
+//   A (R, Ma) row stride lda;  Bm (R, N) row stride ldb;  s (R) or null (ones);  Y row stride ldy.
+// With `lower`, only the tiles that touch the lower triangle (j < i + MR) are computed, for a
+// symmetric result (A = Bm). With `accumulate`, Y += instead of Y =. The R rows are taken in chunks of KC; each chunk of A and Bm is
+// packed once (scaled by s while packing) so the tile streams contiguous memory from L1/L2.
+template <typename S>
+void gemm_tn(Index R, Index N, const S* A, Index lda, const S* Bm, Index ldb, const double* s,
+             S* Y, Index ldy, Index i0, Index i1, bool lower = false, bool accumulate = false) {
+  constexpr int MR = PanelShape<S>::MR, NR = PanelShape<S>::NR;
+  constexpr Index KC = 256;
+  const Index mi = i1 - i0;
+  if (mi <= 0) return;
+  if (R == 0) {
+    if (!accumulate)
+      for (Index i = i0; i < i1; ++i) std::fill(Y + i * ldy, Y + i * ldy + N, S(0));
+    return;
+  }
+  const Index ipanels = (mi + MR - 1) / MR;
+  PackedMatrix<S> Bp(KC, N);
+  std::vector<S, Eigen::aligned_allocator<S>> Ap(size_t(ipanels * KC * MR));
+  for (Index r0 = 0; r0 < R; r0 += KC) {
+    const Index kc = std::min<Index>(KC, R - r0);
+    Bp.pack(Bm + r0 * ldb, ldb, 1, 0, Bp.panels(), kc);
+    for (Index ip = 0; ip < ipanels; ++ip) {  // Ap[ip][k][i] = s_r · A[r0 + k, i0 + ip·MR + i]
+      S* dst = Ap.data() + ip * KC * MR;
+      const Index ib = i0 + ip * MR, in = std::min<Index>(MR, i1 - ib);
+      for (Index k = 0; k < kc; ++k) {
+        const S* src = A + (r0 + k) * lda + ib;
+        const S sk = s ? S(s[r0 + k]) : S(1);
+        for (Index i = 0; i < in; ++i) dst[k * MR + i] = sk * src[i];
+        for (Index i = in; i < MR; ++i) dst[k * MR + i] = S(0);
+      }
+    }
+    // Panel of Bm outer (it stays in L1), packed rows of A streamed from L2.
+    for (Index p = 0; p < Bp.panels(); ++p) {
+      const Index j0 = p * NR, ncols = std::min<Index>(NR, N - j0);
+      for (Index ip = 0; ip < ipanels; ++ip) {
+        const Index ib = i0 + ip * MR;
+        const int m = static_cast<int>(std::min<Index>(MR, i1 - ib));
+        if (lower && j0 >= ib + m) continue;  // tile entirely above the diagonal
+        S* y = Y + ib * ldy + j0;
+        detail::tile_rows<S, MR>(m, kc, Ap.data() + ip * KC * MR, 1, MR, Bp.panel(p),
+                                 (r0 || accumulate) ? y : nullptr, ldy, y, ldy, ncols);
+      }
     }
   }
 }

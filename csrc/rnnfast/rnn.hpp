@@ -20,9 +20,12 @@
 //   term (r − 1)², and, with a_t and δ_t held constant, ∂term/∂W_rec = 4(r−1)/‖δ_t‖² · a_tᵀ v_t.
 //   Pairs with ‖δ_t‖² < bound are dropped; Ω is the mean over the remaining (t, b) pairs.
 //
-// Work split: the time-parallel products (input projection, weight gradients, ∂E/∂u) are
-// single large GEMMs over all T·B rows; only the (rows × H)(H × H) recurrent product stays in
-// the time loop, against W_rec packed once per call (packed_gemm.hpp).
+// Work split: W_rec and W_in are packed once per call (packed_gemm.hpp) and every per-step
+// product runs against the packed panels: in the forward step, b + u_t W_inᵀ + h_{t-1} W_recᵀ;
+// in the backward step, a_{t+1} W_rec and ∂E/∂u_{t+1} = a_{t+1} W_in. The weight gradients
+// (Σ_t a_tᵀ h_{t-1}, Σ_t a_tᵀ u_t, and Ω's Σ c a_tᵀ a_t) are single products over all T·B rows
+// after the sweep (gemm_tn). Ω's W_rec gradient uses Σ c a_tᵀ v_t = (Σ c a_tᵀ a_t) W_rec: a
+// symmetric product (half the work of a general one) and no stored v_t.
 #pragma once
 
 #include <omp.h>
@@ -151,36 +154,29 @@ void forward(const S* u, const S* W_in, const S* W_rec, const S* b, const S* h0,
              Index T, Index B, Index I, Index H, Activation act, int num_threads,
              Schedule forced = Schedule::Auto) {
   const Plan plan = make_plan(T, B, I, H, num_threads, forced);
-  PackedMatrix<S> Wt(H, H);  // W_recᵀ: X_t += H_{t-1} · W_recᵀ
-  S* z = x ? x : h;          // pre-activations are built in place (in h when x is not kept)
+  PackedMatrix<S> Wrt(H, H);  // W_recᵀ (k = from-unit, j = to-unit)
+  PackedMatrix<S> Wit(I, H);  // W_inᵀ
+  S* z = x ? x : h;           // pre-activations are built in place (in h when x is not kept)
   const Index BH = B * H;
 
 #pragma omp parallel num_threads(plan.threads)
   {
     const int nt = omp_get_num_threads(), tid = omp_get_thread_num();
-    // Phase 1 (split any way): Z = U W_inᵀ + b over all T·B rows, and pack W_recᵀ.
-    Index r0, r1;
-    share(T * B, tid, nt, r0, r1);
-    if (r1 > r0) {
-      auto Z = view(z + r0 * H, r1 - r0, H, H);
-      Z.noalias() = cview(u + r0 * I, r1 - r0, I, I) * cview(W_in, H, I, I).transpose();
-      Z.rowwise() += CMapRow<S>(b, H);
-    }
     Index p0, p1;
-    share(Wt.panels(), tid, nt, p0, p1);
-    Wt.pack(W_rec, /*rs=*/1, /*cs=*/H, p0, p1);  // element (k, j) of W_recᵀ is W_rec[j, k]
+    share(Wrt.panels(), tid, nt, p0, p1);
+    Wrt.pack(W_rec, /*rs=*/1, /*cs=*/H, p0, p1);  // element (k, j) of W_recᵀ is W_rec[j, k]
+    Wit.pack(W_in, /*rs=*/1, /*cs=*/I, p0, p1);   // same panels: both have H columns
 #pragma omp barrier
 
-    // Phase 2: the recurrence. Batch split: rows [b0, b1) of every step, no barrier.
-    // Hidden split: columns of panels [p0, p1) of every step, one barrier per step.
+    // Batch split: rows [b0, b1) of every step, no barrier. Hidden split: the columns of
+    // panels [p0, p1) of every step, one barrier per step.
     const bool by_rows = plan.schedule != Schedule::Hidden;
     Index b0 = 0, b1 = B, c0 = 0, c1 = H;
     if (by_rows) {
       share(B, tid, nt, b0, b1);
       p0 = 0;
-      p1 = Wt.panels();
+      p1 = Wrt.panels();
     } else {
-      share(Wt.panels(), tid, nt, p0, p1);
       c0 = std::min<Index>(p0 * PanelShape<S>::NR, H);
       c1 = std::min<Index>(p1 * PanelShape<S>::NR, H);
     }
@@ -188,8 +184,12 @@ void forward(const S* u, const S* W_in, const S* W_rec, const S* b, const S* h0,
     for (Index t = 0; t < T; ++t) {
       S* zt = z + t * BH + b0 * H;
       const S* hprev = t > 0 ? h + (t - 1) * BH + b0 * H : (h0 ? h0 + b0 * H : nullptr);
-      if (hprev && nb > 0) packed_gemm<S>(nb, hprev, H, Wt, p0, p1, zt, H, zt, H);
-      if (nb > 0 && nc > 0) activate(act, zt + c0, H, h + t * BH + b0 * H + c0, H, nb, nc);
+      if (nb > 0 && nc > 0) {
+        // z = b + u_t W_inᵀ (b broadcast: row stride 0), then z += h_{t-1} W_recᵀ.
+        packed_gemm<S>(nb, u + (t * B + b0) * I, I, Wit, p0, p1, b, 0, zt, H);
+        if (hprev) packed_gemm<S>(nb, hprev, H, Wrt, p0, p1, zt, H, zt, H);
+        activate(act, zt + c0, H, h + t * BH + b0 * H + c0, H, nb, nc);
+      }
       if (!by_rows) {
 #pragma omp barrier
       }
@@ -204,6 +204,15 @@ struct BackwardOut {
   double omega_pairs = 0.0; // number of valid (t, b) pairs
 };
 
+// Contiguous shares of the rows of a lower-triangular (n × n) result with about equal area.
+inline void share_lower(Index n, int tid, int nt, Index& begin, Index& end) {
+  auto edge = [&](int k) {
+    return k >= nt ? n : Index(std::llround(double(n) * std::sqrt(double(k) / double(nt))));
+  };
+  begin = edge(tid);
+  end = edge(tid + 1);
+}
+
 //   u       (T, B, I)   W_in (H, I)   W_rec (H, H)   h0 (B, H) or null (zeros)
 //   h       (T, B, H)   hidden states from forward
 //   dh      (T, B, H)   direct loss gradients ∂⁺E/∂h_t, or null (none)
@@ -211,41 +220,48 @@ struct BackwardOut {
 //   outputs: dx (T, B, H) = ∂E/∂x_t;  dW_in (H, I);  dW_rec (H, H);  db (H);  dh0 (B, H);
 //            du (T, B, I)
 //   omega_grad (H, H) or null: ∂Ω/∂W_rec — computing it turns Ω on
-//   delta_norm (T, B) or null: out, ‖δ_t‖ per sequence (double)
+//   dh_norm (T, B) or null: out, ‖δ_t‖ per sequence (double)
 template <typename S>
 BackwardOut backward(const S* u, const S* W_in, const S* W_rec, const S* h0, const S* h,
                      const S* dh, const S* dh_last, S* dx, S* dW_in, S* dW_rec, S* db, S* dh0,
-                     S* du, S* omega_grad, double omega_bound, double* delta_norm, Index T,
+                     S* du, S* omega_grad, double omega_bound, double* dh_norm, Index T,
                      Index B, Index I, Index H, Activation act, int num_threads,
                      Schedule forced = Schedule::Auto) {
   const Plan plan = make_plan(T, B, I, H, num_threads, forced);
   const int NT = plan.threads;
   const bool omega = omega_grad != nullptr;
-  const bool norms = omega || delta_norm != nullptr;
+  const bool norms = omega || dh_norm != nullptr;
   const Index BH = B * H, TB = T * B;
-  PackedMatrix<S> Wp(H, H);  // W_rec itself: v = a · W_rec
+  PackedMatrix<S> Wr(H, H);  // W_rec:  v = a · W_rec
+  PackedMatrix<S> Wi(H, I);  // W_in:   ∂E/∂u = a · W_in
 
-  // Workspace: v_t = a_t W_rec for Ω (T·B·H), and per-thread partial row norms (NT·T·B each).
-  std::vector<S, Eigen::aligned_allocator<S>> v(omega ? size_t(TB * H) : 0);
+  // Workspace, all O(B·H + H² + T·B): v of one step for Ω's norms, per-thread partial row
+  // norms (threads of the hidden split each see a block of columns), Ω's pair coefficients
+  // and its symmetric product G = Σ c a_tᵀ a_t.
+  std::vector<S, Eigen::aligned_allocator<S>> v(omega ? size_t(BH) : 0);
   std::vector<double> dn2(norms ? size_t(NT * TB) : 0, 0.0);  // ‖δ_t‖² partials
   std::vector<double> vn2(omega ? size_t(NT * TB) : 0, 0.0);  // ‖v_t‖² partials
   std::vector<double> coef(omega ? size_t(TB) : 0, 0.0);      // 4(r−1)/‖δ‖² / pairs, or 0
+  std::vector<S, Eigen::aligned_allocator<S>> G(omega ? size_t(H * H) : 0);
   BackwardOut out;
 
 #pragma omp parallel num_threads(NT)
   {
     const int nt = omp_get_num_threads(), tid = omp_get_thread_num();
-    Index p0, p1;
-    share(Wp.panels(), tid, nt, p0, p1);
-    Wp.pack(W_rec, /*rs=*/H, /*cs=*/1, p0, p1);
+    Index p0, p1, q0, q1;  // panels of W_rec and of W_in this thread packs (and, if split, owns)
+    share(Wr.panels(), tid, nt, p0, p1);
+    share(Wi.panels(), tid, nt, q0, q1);
+    Wr.pack(W_rec, /*rs=*/H, /*cs=*/1, p0, p1);
+    Wi.pack(W_in, /*rs=*/I, /*cs=*/1, q0, q1);
 #pragma omp barrier
 
     const bool by_rows = plan.schedule != Schedule::Hidden;
     Index b0 = 0, b1 = B, c0 = 0, c1 = H;
     if (by_rows) {
       share(B, tid, nt, b0, b1);
-      p0 = 0;
-      p1 = Wp.panels();
+      p0 = q0 = 0;
+      p1 = Wr.panels();
+      q1 = Wi.panels();
     } else {
       c0 = std::min<Index>(p0 * PanelShape<S>::NR, H);
       c1 = std::min<Index>(p1 * PanelShape<S>::NR, H);
@@ -254,35 +270,37 @@ BackwardOut backward(const S* u, const S* W_in, const S* W_rec, const S* h0, con
     double* my_dn2 = norms ? dn2.data() + tid * TB : nullptr;
     double* my_vn2 = omega ? vn2.data() + tid * TB : nullptr;
 
-    // Step t (0-based, state h[t] = h_{t+1}): δ = dh[t] + v_{t+1}, then a = δ ⊙ σ'.
+    // Step t (0-based; h[t] is h_{t+1}): δ_t = dh[t] + a[t+1] W_rec, then a[t] = δ_t ⊙ σ'.
+    // The last iteration (t = −1) gives ∂E/∂h_0 = a[0] W_rec.
     for (Index t = T - 1; t >= -1; --t) {
-      // v of the pair (t+1 → t) = a[t+1] · W_rec; for t = -1 it is ∂E/∂h_0.
-      const bool has_v = t + 1 < T;
       S* d = t >= 0 ? dx + t * BH + b0 * H : dh0 + b0 * H;  // δ_t is built in place, then a_t
       const S* dht = (t >= 0 && dh) ? dh + t * BH + b0 * H : nullptr;
-      if (nb > 0 && nc > 0) {
-        if (has_v) {
+      if (nb > 0) {
+        if (t + 1 < T) {
           const S* a_next = dx + (t + 1) * BH + b0 * H;
-          if (omega) {
-            S* vt = v.data() + (t + 1) * BH + b0 * H;
-            packed_gemm<S>(nb, a_next, H, Wp, p0, p1, nullptr, H, vt, H);
-            row_sqnorms(vt + c0, H, nb, nc, my_vn2 + (t + 1) * B + b0);
-            if (t >= 0 && dht)
-              view(d + c0, nb, nc, H) = cview(vt + c0, nb, nc, H) + cview(dht + c0, nb, nc, H);
-            else
-              view(d + c0, nb, nc, H) = cview(vt + c0, nb, nc, H);
+          packed_gemm<S>(nb, a_next, H, Wi, q0, q1, nullptr, I, du + (t + 1) * B * I + b0 * I, I);
+          if (omega) {  // v = a[t+1] W_rec kept apart for its norm, then δ = dh + v
+            S* vt = v.data() + b0 * H;
+            packed_gemm<S>(nb, a_next, H, Wr, p0, p1, nullptr, H, vt, H);
+            if (nc > 0) {
+              row_sqnorms(vt + c0, H, nb, nc, my_vn2 + (t + 1) * B + b0);
+              if (dht)
+                view(d + c0, nb, nc, H) = cview(vt + c0, nb, nc, H) + cview(dht + c0, nb, nc, H);
+              else
+                view(d + c0, nb, nc, H) = cview(vt + c0, nb, nc, H);
+            }
           } else {
-            packed_gemm<S>(nb, a_next, H, Wp, p0, p1, dht, H, d, H);
+            packed_gemm<S>(nb, a_next, H, Wr, p0, p1, dht, H, d, H);
           }
-        } else {  // t == T-1: no later step
+        } else if (nc > 0) {  // t == T-1: no later step
           if (dht)
             view(d + c0, nb, nc, H) = cview(dht + c0, nb, nc, H);
           else
             view(d + c0, nb, nc, H).setZero();
         }
-        if (t == T - 1 && dh_last)
+        if (nc > 0 && t == T - 1 && dh_last)
           view(d + c0, nb, nc, H) += cview(dh_last + b0 * H + c0, nb, nc, H);
-        if (t >= 0) {
+        if (nc > 0 && t >= 0) {
           if (norms) row_sqnorms(d + c0, H, nb, nc, my_dn2 + t * B + b0);
           times_derivative(act, d + c0, H, h + t * BH + b0 * H + c0, H, d + c0, H, nb, nc);
         }
@@ -297,8 +315,8 @@ BackwardOut backward(const S* u, const S* W_in, const S* W_rec, const S* h0, con
   if (norms) {
     for (int k = 1; k < NT; ++k)
       for (Index i = 0; i < TB; ++i) dn2[i] += dn2[k * TB + i];
-    if (delta_norm)
-      for (Index i = 0; i < TB; ++i) delta_norm[i] = std::sqrt(dn2[i]);
+    if (dh_norm)
+      for (Index i = 0; i < TB; ++i) dh_norm[i] = std::sqrt(dn2[i]);
   }
   if (omega) {
     for (int k = 1; k < NT; ++k)
@@ -315,41 +333,31 @@ BackwardOut backward(const S* u, const S* W_in, const S* W_rec, const S* h0, con
       for (Index i = 0; i < TB; ++i) coef[i] /= out.omega_pairs;
   }
 
-  // Time-parallel products, each thread owning rows of the outputs (no reductions needed).
+  // Products over all T·B rows, each thread owning rows of the outputs (no reductions).
 #pragma omp parallel num_threads(NT)
   {
     const int nt = omp_get_num_threads(), tid = omp_get_thread_num();
-    auto A = cview(dx, TB, H, H);  // all a_t as (T·B, H)
-    if (omega) {                   // scale v rows by their pair coefficient
-      Index r0, r1;
-      share(TB, tid, nt, r0, r1);
-      for (Index r = r0; r < r1; ++r)
-        view(v.data() + r * H, 1, H, H) *= S(coef[r]);
-    }
     Index i0, i1;
     share(H, tid, nt, i0, i1);
-    const Index ni = i1 - i0;
-    if (ni > 0) {
-      auto Ai = A.middleCols(i0, ni).transpose();  // (ni, T·B)
-      auto dWr = view(dW_rec + i0 * H, ni, H, H);
-      if (T > 1)
-        dWr.noalias() = A.bottomRows(TB - B).middleCols(i0, ni).transpose() *
-                        cview(h, TB - B, H, H);
-      else
-        dWr.setZero();
-      if (h0) dWr.noalias() += A.topRows(B).middleCols(i0, ni).transpose() * cview(h0, B, H, H);
-      view(dW_in + i0 * I, ni, I, I).noalias() = Ai * cview(u, TB, I, I);
-      Eigen::Map<Eigen::Matrix<S, 1, Eigen::Dynamic>>(db + i0, ni) =
-          A.middleCols(i0, ni).colwise().sum();
+    // ∂E/∂W_rec = Σ_{t≥2} a_tᵀ h_{t-1} + a_1ᵀ h_0;  ∂E/∂W_in = Σ_t a_tᵀ u_t;  ∂E/∂b = Σ a_t
+    gemm_tn<S>(TB - B, H, dx + BH, H, h, H, nullptr, dW_rec, H, i0, i1);
+    if (h0) gemm_tn<S>(B, H, dx, H, h0, H, nullptr, dW_rec, H, i0, i1, false, true);
+    gemm_tn<S>(TB, I, dx, H, u, I, nullptr, dW_in, I, i0, i1);
+    if (i1 > i0)
+      Eigen::Map<Eigen::Matrix<S, 1, Eigen::Dynamic>>(db + i0, i1 - i0) =
+          cview(dx, TB, H, H).middleCols(i0, i1 - i0).colwise().sum();
+    if (omega) {
+      // G = Σ c a_tᵀ a_t (lower triangle, rows shared by area), then ∂Ω/∂W_rec = G W_rec.
+      Index l0, l1;
+      share_lower(H, tid, nt, l0, l1);
+      gemm_tn<S>(TB, H, dx, H, dx, H, coef.data(), G.data(), H, l0, l1, /*lower=*/true);
+#pragma omp barrier
+      for (Index i = i0; i < i1; ++i)  // mirror: writes only above the diagonal, reads below
+        for (Index j = i + 1; j < H; ++j) G[i * H + j] = G[j * H + i];
+#pragma omp barrier
+      packed_gemm<S>(i1 - i0, G.data() + i0 * H, H, Wr, 0, Wr.panels(), nullptr, H,
+                     omega_grad + i0 * H, H);
     }
-#pragma omp barrier  // v scaled by every thread before Ω's product reads it
-    if (omega && ni > 0)
-      view(omega_grad + i0 * H, ni, H, H).noalias() =
-          A.middleCols(i0, ni).transpose() * cview(v.data(), TB, H, H);
-    Index r0, r1;
-    share(TB, tid, nt, r0, r1);
-    if (r1 > r0)
-      view(du + r0 * I, r1 - r0, I, I).noalias() = A.middleRows(r0, r1 - r0) * cview(W_in, H, I, I);
   }
   return out;
 }
