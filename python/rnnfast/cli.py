@@ -1,0 +1,38 @@
+"""The ``rnnfast`` command line: one subcommand per module in :mod:`rnnfast.commands`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+#: Modules of rnnfast.commands; each exposes ``register(subparsers)``.
+COMMANDS = ("train", "figures")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="rnnfast",
+        description="Fast CPU training of vanilla RNNs, with the gradient clipping and Ω "
+                    "regularizer of Pascanu, Mikolov & Bengio (ICML 2013).",
+    )
+    parser.add_argument("--version", action="version", version=f"rnnfast {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"rnnfast.commands.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
