@@ -80,13 +80,24 @@ class PackedMatrix {
 
 namespace detail {
 
-// One register tile: MROWS rows of X against one panel; Y = C + X·panel on columns
-// [0, ncols) of the panel (ncols < NR only for the last, partial panel).
-// X[i, k] is at X[i·xr + k·xk]: (ldx, 1) for a row-major block, (1, MR) for a packed one.
-// C may be null (zero), equal Y, or have row stride 0 (one row broadcast, e.g. a bias).
+// One operand of a tile product: X (rows, K) with X[i, k] at X[i·xr + k·xk] — (ldx, 1) for a
+// row-major block, (1, MR) for a packed one — against one panel (K rows of NR columns).
+template <typename S>
+struct Operand {
+  Index K;
+  const S* X;
+  Index xr, xk;
+  const S* panel;
+};
+
+// One register tile: Y = C + X1·panel1 + X2·panel2 for MROWS rows, on columns [0, ncols) of
+// the panels (ncols < NR only for the last, partial panel). Two operands let the forward step
+// add u_t W_inᵀ and h_{t-1} W_recᵀ in registers with a single store. C may be null (zero),
+// equal Y, or have row stride 0 (one row broadcast, e.g. a bias).
+// Kept out of line: inlined into larger loops, GCC was seen to spill the accumulators.
 template <typename S, int MROWS>
-EIGEN_DONT_INLINE void tile(Index K, const S* X, Index xr, Index xk, const S* panel, const S* C, Index ldc,
-                 S* Y, Index ldy, Index ncols) {
+EIGEN_DONT_INLINE void tile(const Operand<S>& o1, const Operand<S>& o2, const S* C, Index ldc,
+                            S* Y, Index ldy, Index ncols) {
   using Sh = PanelShape<S>;
   using Packet = typename Sh::Packet;
   using namespace Eigen::internal;
@@ -96,19 +107,22 @@ EIGEN_DONT_INLINE void tile(Index K, const S* X, Index xr, Index xk, const S* pa
   for (int i = 0; i < MROWS; ++i)
     for (int q = 0; q < NP; ++q) acc[i][q] = pset1<Packet>(S(0));
 
-  // Fully unrolled over the tile so that the accumulators live in registers (GCC otherwise
-  // may keep them on the stack and store them every iteration).
-  for (Index k = 0; k < K; ++k) {
-    const S* w = panel + k * NR;
-    Packet w_[NP];
+  for (int seg = 0; seg < 2; ++seg) {
+    const Operand<S>& o = seg ? o2 : o1;
+    const Index xr = o.xr, xk = o.xk;
+    // Fully unrolled over the tile so that the accumulators live in registers.
+    for (Index k = 0; k < o.K; ++k) {
+      const S* w = o.panel + k * NR;
+      Packet w_[NP];
 #pragma GCC unroll 8
-    for (int q = 0; q < NP; ++q) w_[q] = pload<Packet>(w + q * PS);
-    const S* xk_ = X + k * xk;
+      for (int q = 0; q < NP; ++q) w_[q] = pload<Packet>(w + q * PS);
+      const S* xk_ = o.X + k * xk;
 #pragma GCC unroll 16
-    for (int i = 0; i < MROWS; ++i) {
-      const Packet xi = pset1<Packet>(xk_[i * xr]);
+      for (int i = 0; i < MROWS; ++i) {
+        const Packet xi = pset1<Packet>(xk_[i * xr]);
 #pragma GCC unroll 8
-      for (int q = 0; q < NP; ++q) acc[i][q] = pmadd(xi, w_[q], acc[i][q]);
+        for (int q = 0; q < NP; ++q) acc[i][q] = pmadd(xi, w_[q], acc[i][q]);
+      }
     }
   }
 
@@ -130,31 +144,36 @@ EIGEN_DONT_INLINE void tile(Index K, const S* X, Index xr, Index xk, const S* pa
 
 // tile<S, m> for a run-time m ≤ MROWS.
 template <typename S, int MROWS>
-inline void tile_rows(int m, Index K, const S* X, Index xr, Index xk, const S* panel,
-                      const S* C, Index ldc, S* Y, Index ldy, Index ncols) {
+inline void tile_rows(int m, const Operand<S>& o1, const Operand<S>& o2, const S* C, Index ldc,
+                      S* Y, Index ldy, Index ncols) {
   if constexpr (MROWS >= 1) {
-    if (m == MROWS) return tile<S, MROWS>(K, X, xr, xk, panel, C, ldc, Y, ldy, ncols);
-    if constexpr (MROWS > 1) tile_rows<S, MROWS - 1>(m, K, X, xr, xk, panel, C, ldc, Y, ldy, ncols);
+    if (m == MROWS) return tile<S, MROWS>(o1, o2, C, ldc, Y, ldy, ncols);
+    if constexpr (MROWS > 1) tile_rows<S, MROWS - 1>(m, o1, o2, C, ldc, Y, ldy, ncols);
   }
 }
 
 }  // namespace detail
 
-// Y[r, j] = C[r, j] + Σ_k X[r, k] · M[k, j] for r < rows and j in panels [p0, p1).
-//   X (rows, K) row stride ldx;  C, Y (rows, N) row strides ldc, ldy.
-//   C may equal Y, be null (zero), or have ldc = 0 (the same row added to every row).
+// Y[r, j] = C[r, j] + Σ_k X[r, k] · M[k, j] (+ Σ_k X2[r, k] · M2[k, j]) for r < rows and j in
+// panels [p0, p1).
+//   X (rows, K) row stride ldx;  X2 (rows, K2) row stride ldx2, or null;  M2 has M's columns.
+//   C, Y (rows, N) row strides ldc, ldy; C may equal Y, be null (zero), or have ldc = 0 (the
+//   same row added to every row).
 template <typename S>
 void packed_gemm(Index rows, const S* X, Index ldx, const PackedMatrix<S>& M, Index p0, Index p1,
-                 const S* C, Index ldc, S* Y, Index ldy) {
+                 const S* C, Index ldc, S* Y, Index ldy, const S* X2 = nullptr, Index ldx2 = 0,
+                 const PackedMatrix<S>* M2 = nullptr) {
   constexpr int MR = PanelShape<S>::MR, NR = PanelShape<S>::NR;
-  const Index K = M.rows(), N = M.cols();
+  const Index N = M.cols();
   for (Index p = p0; p < p1; ++p) {
-    const S* panel = M.panel(p);
     const Index j0 = p * NR, ncols = std::min<Index>(NR, N - j0);
     for (Index r = 0; r < rows; r += MR) {
       const int m = static_cast<int>(std::min<Index>(MR, rows - r));
-      detail::tile_rows<S, MR>(m, K, X + r * ldx, ldx, 1, panel, C ? C + r * ldc + j0 : nullptr,
-                               ldc, Y + r * ldy + j0, ldy, ncols);
+      const detail::Operand<S> o1{M.rows(), X + r * ldx, ldx, 1, M.panel(p)};
+      const detail::Operand<S> o2{X2 ? M2->rows() : 0, X2 ? X2 + r * ldx2 : nullptr, ldx2, 1,
+                                  X2 ? M2->panel(p) : nullptr};
+      detail::tile_rows<S, MR>(m, o1, o2, C ? C + r * ldc + j0 : nullptr, ldc, Y + r * ldy + j0,
+                               ldy, ncols);
     }
   }
 }
@@ -201,8 +220,10 @@ void gemm_tn(Index R, Index N, const S* A, Index lda, const S* Bm, Index ldb, co
         const int m = static_cast<int>(std::min<Index>(MR, i1 - ib));
         if (lower && j0 >= ib + m) continue;  // tile entirely above the diagonal
         S* y = Y + ib * ldy + j0;
-        detail::tile_rows<S, MR>(m, kc, Ap.data() + ip * KC * MR, 1, MR, Bp.panel(p),
-                                 (r0 || accumulate) ? y : nullptr, ldy, y, ldy, ncols);
+        const detail::Operand<S> o1{kc, Ap.data() + ip * KC * MR, 1, MR, Bp.panel(p)};
+        const detail::Operand<S> none{0, nullptr, 0, 0, nullptr};
+        detail::tile_rows<S, MR>(m, o1, none, (r0 || accumulate) ? y : nullptr, ldy, y, ldy,
+                                 ncols);
       }
     }
   }

@@ -185,9 +185,9 @@ void forward(const S* u, const S* W_in, const S* W_rec, const S* b, const S* h0,
       S* zt = z + t * BH + b0 * H;
       const S* hprev = t > 0 ? h + (t - 1) * BH + b0 * H : (h0 ? h0 + b0 * H : nullptr);
       if (nb > 0 && nc > 0) {
-        // z = b + u_t W_inᵀ (b broadcast: row stride 0), then z += h_{t-1} W_recᵀ.
-        packed_gemm<S>(nb, u + (t * B + b0) * I, I, Wit, p0, p1, b, 0, zt, H);
-        if (hprev) packed_gemm<S>(nb, hprev, H, Wrt, p0, p1, zt, H, zt, H);
+        // z = b + u_t W_inᵀ + h_{t-1} W_recᵀ in one pass (b broadcast: row stride 0).
+        packed_gemm<S>(nb, u + (t * B + b0) * I, I, Wit, p0, p1, b, 0, zt, H, hprev, H,
+                       hprev ? &Wrt : nullptr);
         activate(act, zt + c0, H, h + t * BH + b0 * H + c0, H, nb, nc);
       }
       if (!by_rows) {
