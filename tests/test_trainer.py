@@ -120,8 +120,9 @@ def test_one_update_adds_omega_before_clipping_then_steps():
     task = TinyOrder()
     m = make_model()
     ref = m.copy()
-    tr = Trainer(m, task, O.SGD(0.1), lr=0.1, clip=0.05, alpha=3.0, batch_size=4, seed=0,
+    tr = Trainer(m, task, O.SGD(0.1), clip=0.05, alpha=3.0, batch_size=4, seed=0,
                  valid_every=0, num_threads=1)
+    assert tr.lr(0) == 0.1  # lr=None keeps the optimiser's
     # replay the trainer's first batch
     rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(0).spawn(2)[0]))
     b = task.generate(rng, 4, task.sample_length(rng))
@@ -215,6 +216,15 @@ def test_early_stop_at_success():
     res = tr.run(1000)
     assert res.solved and res.stopped == "solved" and res.updates == 5
     assert res.best_error == 0.0 and res.last_validation["sequences"] == 30
+
+
+def test_sgd_cr_learns_a_short_temporal_order():
+    # end to end: the loop must actually learn (fails if any gradient or step is wrong)
+    tr = Trainer(make_model(hidden=16, seed=0, init="smart_tanh"), TinyOrder(10, 14), O.SGD(0.1),
+                 clip=1.0, alpha=2.0, batch_size=20, valid_every=250, valid_size=400,
+                 valid_batch=400, success_error=0.01, seed=0, num_threads=1)
+    res = tr.run(4000)
+    assert res.solved and res.stopped == "solved", tr.validations[-1]
 
 
 def test_validation_uses_its_own_stream():

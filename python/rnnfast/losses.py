@@ -196,7 +196,7 @@ def check_targets(targets, kind, at, T, B, n_out, mask=None):
     t = np.asarray(targets)
     rows = (B,) if at == "last" else (T, B)
     if kind == "softmax_ce":
-        if t.dtype == bool or not np.issubdtype(t.dtype, np.integer):
+        if t.dtype.kind not in "iu":
             raise TypeError(
                 f"targets for softmax_ce must be integer class indices, got dtype {t.dtype}"
             )
@@ -210,7 +210,7 @@ def check_targets(targets, kind, at, T, B, n_out, mask=None):
             check = flat[counted]
         else:
             check = flat
-        if check.size and (check.min() < 0 or check.max() >= n_out):
+        if check.size and (check.min() < 0 or check.max() >= n_out):  # two cheap reductions
             bad = check[(check < 0) | (check >= n_out)][0]
             raise ValueError(
                 f"targets hold class {int(bad)}, outside the valid range [0, {n_out})"
@@ -218,7 +218,7 @@ def check_targets(targets, kind, at, T, B, n_out, mask=None):
         if mask is not None:
             flat = np.where(counted, flat, 0)
         return flat
-    if not np.issubdtype(t.dtype, np.floating):
+    if t.dtype.kind != "f":
         raise TypeError(f"targets for {kind} must be floating point, got dtype {t.dtype}")
     shape = rows + (n_out,)
     if t.shape != shape:

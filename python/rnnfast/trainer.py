@@ -213,8 +213,9 @@ class Trainer:
         epochs and resumes exactly, a one-shot iterator stops when exhausted.
     optimizer : SGD, optional
         Default ``SGD(lr)`` (plain SGD).
-    lr : float or Schedule
-        Learning rate or schedule (default 0.01, the paper's temporal order).
+    lr : float, Schedule or None
+        Learning rate or schedule; None (default) keeps the optimiser's ``lr``
+        (``SGD()``'s is 0.01, the paper's temporal order).
     clip : float, "auto", GradientClipper or None
         Norm clipping threshold (default 1.0, the paper's); "auto" = a multiple
         of the running average norm; None = no clipping (the non-finite policy
@@ -249,7 +250,10 @@ class Trainer:
         Record ρ(W_rec) every this many updates (0: never).
     explosion_factor : float
         Flag an update whose pre-clip norm exceeds this multiple of the running
-        average norm.
+        average norm (the arithmetic mean of the first 20 finite norms, then an
+        exponential average with factor 0.99 in which a norm above
+        ``explosion_factor`` × average counts as that cap; see
+        :class:`~rnnfast.clipping.RunningAverage`).
     seed : int, numpy.random.SeedSequence or None
         Seed of the two random streams.
     checkpoint_path : str, optional
@@ -267,7 +271,7 @@ class Trainer:
         Threads for the core (fix it for bit-exact resume).
     """
 
-    def __init__(self, model, data, optimizer=None, *, lr=0.01, clip=1.0, alpha=None,
+    def __init__(self, model, data, optimizer=None, *, lr=None, clip=1.0, alpha=None,
                  nonfinite="shrink", strict_clip=False, batch_size=20, task=None, valid=None,
                  valid_every=1000, valid_size=10000, valid_batch=1000, valid_length=None,
                  success_error=0.01, monitor="loss", omega_bound=1e-20, rho_every=100,
@@ -282,13 +286,14 @@ class Trainer:
             raise TypeError("data must be a Task (sample_length + generate) or an iterable of batches")
         if self.task is not None:
             self._check_task(self.task)
-        self.optimizer = optimizer if optimizer is not None else _optim.SGD(
-            lr if isinstance(lr, (int, float)) else 0.01)
-        if not hasattr(self.optimizer, "step"):
+        if optimizer is None:
+            optimizer = _optim.SGD(lr if isinstance(lr, (int, float)) else 0.01)
+        if not hasattr(optimizer, "step"):
             raise TypeError("optimizer must have a step(params, grads, lr=...) method")
+        self.optimizer = optimizer
+        if lr is None:
+            lr = getattr(optimizer, "lr", 0.01)
         self.lr = _optim.as_schedule(lr)
-        if self.lr is None:
-            raise ValueError("lr must be a number or a Schedule")
         if isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and alpha == 0:
             alpha = None
         self.alpha = _optim.as_schedule(alpha)
@@ -401,7 +406,7 @@ class Trainer:
         if res.omega_grad is not None:
             gw = grads["W_rec"]
             gw += gw.dtype.type(alpha) * res.omega_grad  # before clipping (authors)
-        avg = self.norm_avg.value if self.norm_avg.count >= 1 else None
+        avg = self.norm_avg.value if self.norm_avg.ready else None  # after a 20-update warm-up
         cr = self.clipper(grads, m.params)
         explosion = bool(avg is not None and avg > 0 and (not math.isfinite(cr.norm)
                                                           or cr.norm > self.explosion_factor * avg))
