@@ -461,6 +461,8 @@ def test_cli_run_and_resume(tmp_path, capsys):
     assert {"config.json", "checkpoint.npz", "history.json", "history.csv", "model.npz"} <= set(
         os.listdir(a))
     assert _cli(SHORT + ["--out", str(b), "--max-updates", "12"]) == 0
+    with pytest.raises(SystemExit, match="already holds a run"):
+        _cli(SHORT + ["--out", str(b), "--max-updates", "12"])
     assert _cli(["--out", str(b), "--resume", "--max-updates", "25", "--quiet"]) == 0
     capsys.readouterr()
     ha = json.loads((a / "history.json").read_text())["columns"]

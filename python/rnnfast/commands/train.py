@@ -30,7 +30,8 @@ METHODS = {
 
 # options that control how long / how loudly a run goes; everything else must
 # match the stored config when resuming
-_RUN_CONTROL = ("max_updates", "time_limit", "progress", "quiet", "threads", "resume", "out")
+_RUN_CONTROL = ("max_updates", "time_limit", "progress", "quiet", "threads", "resume", "out",
+                "overwrite")
 
 
 def _positive_int(s):
@@ -171,6 +172,8 @@ def add_arguments(p):
                    help="checkpoint every this many updates (with --out)")
     g.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its checkpoint (same options)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start afresh even if --out already holds a run (it is replaced)")
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: when stderr is a terminal and tqdm is installed)")
     g.add_argument("--quiet", action="store_true", help="do not print validation lines")
@@ -290,6 +293,9 @@ def run(args):
             raise SystemExit(f"rnnfast train: {cfg_path} is not valid JSON: {e}") from None
         for k, v in stored.items():  # the stored run's settings win
             setattr(args, k, v)
+    elif args.out and not args.overwrite and os.path.exists(os.path.join(args.out, "checkpoint.npz")):
+        raise SystemExit(f"rnnfast train: {args.out} already holds a run; use --resume to continue "
+                         "it, --overwrite to replace it, or another --out")
     task, model, trainer = build(args)
     if args.out:
         os.makedirs(args.out, exist_ok=True)
