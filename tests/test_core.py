@@ -443,3 +443,26 @@ def test_results_do_not_depend_on_where_arrays_live():
         np.testing.assert_array_equal(fwd.h, results[0][0].h)
         for n in ("W_in", "W_rec", "b", "h0", "u", "dx", "omega_grad", "dh_norm"):
             np.testing.assert_array_equal(getattr(g, n), getattr(results[0][1], n))
+
+
+@pytest.mark.parametrize("dtype,ulps", [(np.float64, 4), (np.float32, 8)])
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid"])
+def test_activation_accuracy(dtype, ulps, activation):
+    # One step with W_in = I, W_rec = 0, b = 0 gives h = σ(u): compare with NumPy, relative to
+    # each value (tiny inputs included), and the special values.
+    x = np.concatenate([np.geomspace(1e-30, 30.0, 2001), [0.0, 0.3, 0.6249, 0.625, 0.6251, 700.0]])
+    x = np.concatenate([x, -x]).astype(dtype)
+    n = x.size
+    h = rnnfast.forward(x.reshape(1, 1, n), np.eye(n, dtype=dtype), np.zeros((n, n), dtype),
+                        np.zeros(n, dtype), activation=activation).h.ravel()
+    xd = x.astype(np.float64)
+    want = np.tanh(xd) if activation == "tanh" else 1.0 / (1.0 + np.exp(-xd))
+    tol = ulps * np.finfo(dtype).eps * np.maximum(np.abs(want), np.finfo(dtype).tiny)
+    assert (np.abs(h - want) <= tol).all(), np.abs((h - want) / want).max()
+    special = np.array([np.inf, -np.inf, np.nan], dtype)
+    # through b: in u·W_in an infinite input would meet zeros and give NaN
+    hs = rnnfast.forward(np.zeros((1, 1, 1), dtype), np.zeros((3, 1), dtype),
+                         np.zeros((3, 3), dtype), special, activation=activation).h.ravel()
+    expect = [1.0, -1.0] if activation == "tanh" else [1.0, 0.0]
+    np.testing.assert_array_equal(hs[:2], expect)
+    assert np.isnan(hs[2])

@@ -34,6 +34,7 @@
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
+#include <type_traits>
 #include <vector>
 
 #include "rnnfast/packed_gemm.hpp"
@@ -101,18 +102,76 @@ inline void share(Index n, int tid, int nt, Index& begin, Index& end) {
   end = begin + q + (tid < r ? 1 : 0);
 }
 
+// tanh of a float64 packet (Eigen 3.4 vectorises tanh for float only). Cephes' rational
+// approximation x + x³P(x²)/Q(x²) below |x| = 0.625, 1 − 2/(e^{2|x|} + 1) above: full double
+// precision, NaN propagates, ±inf give ±1.
+template <typename Packet>
+inline Packet ptanh_f64(const Packet& x) {
+  using namespace Eigen::internal;
+  const Packet ax = pabs(x), z = pmul(x, x), one = pset1<Packet>(1.0);
+  Packet p = pset1<Packet>(-9.64399179425052238628E-1);
+  p = pmadd(p, z, pset1<Packet>(-9.92877231001918586564E1));
+  p = pmadd(p, z, pset1<Packet>(-1.61468768441708447952E3));
+  Packet q = padd(z, pset1<Packet>(1.12811678491632931402E2));
+  q = pmadd(q, z, pset1<Packet>(2.23548839060100448583E3));
+  q = pmadd(q, z, pset1<Packet>(4.84406305325125486048E3));
+  const Packet small = pmadd(pmul(x, z), pdiv(p, q), x);
+  Packet big = psub(one, pdiv(pset1<Packet>(2.0), padd(pexp(padd(ax, ax)), one)));
+  big = pselect(pcmp_lt(x, pzero(x)), pnegate(big), big);
+  return pselect(pcmp_lt(ax, pset1<Packet>(0.625)), small, big);
+}
+
+// h = f(x) on a (rows, cols) block, one SIMD packet at a time from the start of each row; the
+// row tail goes through the same packet code on a padded copy. Every element is computed the
+// same way wherever the arrays lie in memory (no alignment peeling).
+template <typename S, typename PacketOp, typename ScalarOp>
+inline void map_rows(const S* x, Index ldx, S* h, Index ldh, Index rows, Index cols,
+                     PacketOp packet_op, ScalarOp scalar_op) {
+  using Packet = typename PanelShape<S>::Packet;
+  constexpr int PS = PanelShape<S>::PS;
+  using namespace Eigen::internal;
+  for (Index r = 0; r < rows; ++r) {
+    const S* xr = x + r * ldx;
+    S* hr = h + r * ldh;
+    if constexpr (PS == 1) {
+      for (Index j = 0; j < cols; ++j) hr[j] = scalar_op(xr[j]);
+    } else {
+      Index j = 0;
+      for (; j + PS <= cols; j += PS) pstoreu(hr + j, packet_op(ploadu<Packet>(xr + j)));
+      if (j < cols) {
+        alignas(64) S buf[PS] = {};
+        std::copy(xr + j, xr + cols, buf);
+        pstore(buf, packet_op(pload<Packet>(buf)));
+        std::copy(buf, buf + (cols - j), hr + j);
+      }
+    }
+  }
+}
+
 // h = σ(x) on a (rows, cols) block; x and h may be the same memory.
 template <typename S>
 inline void activate(Activation act, const S* x, Index ldx, S* h, Index ldh, Index rows,
                      Index cols) {
-  auto X = cview(x, rows, cols, ldx);
-  auto Hm = view(h, rows, cols, ldh);
+  using Packet = typename PanelShape<S>::Packet;
+  using namespace Eigen::internal;
   switch (act) {
-    case Activation::Tanh: Hm = X.array().tanh().matrix(); break;
-    case Activation::Sigmoid: Hm = X.array().logistic().matrix(); break;
-    case Activation::Relu: Hm = X.array().template max<Eigen::PropagateNaN>(S(0)).matrix(); break;
+    case Activation::Tanh:
+      map_rows(x, ldx, h, ldh, rows, cols, [](const Packet& v) {
+        if constexpr (std::is_same<S, float>::value) return ptanh(v); else return ptanh_f64(v);
+      }, [](S v) { return std::tanh(v); });
+      break;
+    case Activation::Sigmoid:  // 1 / (1 + e^{−x}): 0 for x → −∞, 1 for x → +∞, NaN stays NaN
+      map_rows(x, ldx, h, ldh, rows, cols, [](const Packet& v) {
+        const Packet one = pset1<Packet>(S(1));
+        return pdiv(one, padd(one, pexp(pnegate(v))));
+      }, [](S v) { return S(1) / (S(1) + std::exp(-v)); });
+      break;
+    case Activation::Relu:
+      view(h, rows, cols, ldh) =
+          cview(x, rows, cols, ldx).array().template max<Eigen::PropagateNaN>(S(0)).matrix();
+      break;
     case Activation::Linear:
-      if (x != h) Hm = X;
+      if (x != h) view(h, rows, cols, ldh) = cview(x, rows, cols, ldx);
       break;
   }
 }
