@@ -259,6 +259,77 @@ def test_masked_task_runs_and_validates():
     assert 0.0 <= tr.validations[-1]["error"] <= 1.0
 
 
+class StreamBatch(NamedTuple):
+    u: np.ndarray
+    targets: np.ndarray
+    mask: Optional[np.ndarray]
+    reset: bool
+
+
+class TinyStream:
+    """B parallel streams cut into segments; each continues the previous one
+    (the data helper's CharStream protocol: carries_state, batch.reset)."""
+
+    carries_state = True
+
+    def __init__(self, n_seg=4, T=6, B=3, seed=0):
+        rng = np.random.default_rng(seed)
+        u = rng.normal(size=(n_seg * T, B, 2))
+        t = 0.1 * np.cumsum(u[..., :1], axis=0)  # needs memory across segments
+        self.segs = [StreamBatch(u[i * T:(i + 1) * T], t[i * T:(i + 1) * T], None, i == 0)
+                     for i in range(n_seg)]
+
+    def __iter__(self):
+        return iter(self.segs)
+
+
+def test_state_carries_across_segments():
+    data = TinyStream()
+    m = make_model(TinyRegress)
+    seen = []
+    real = m.loss_and_grad
+
+    def spy(u, targets, mask=None, **kw):
+        r = real(u, targets, mask, **kw)
+        seen.append((kw.get("h0"), r.h_last.copy()))
+        return r
+
+    m.loss_and_grad = spy
+    tr = Trainer(m, data, O.SGD(0.01), clip=1.0, valid_every=0, seed=0)
+    tr.run(6)  # one epoch and a half: the 5th batch is a reset
+    assert seen[0][0] is None and seen[4][0] is None
+    for i in (1, 2, 3, 5):
+        assert np.array_equal(seen[i][0], seen[i - 1][1]), i
+    # validation over a carrying stream chains the segments too
+    m.loss_and_grad = real
+    tr2 = Trainer(m, data, O.SGD(0.01), valid=data, task=TinyRegress(), valid_every=0, seed=0)
+    rec = tr2.validate()
+    full_u = np.concatenate([b.u for b in data])
+    full_t = np.concatenate([b.targets for b in data])
+    y = m.outputs(full_u)
+    per_seg = [np.mean(np.sum((y[i * 6:(i + 1) * 6] - full_t[i * 6:(i + 1) * 6]) ** 2, axis=-1))
+               for i in range(4)]
+    assert rec["loss"] == pytest.approx(np.mean(per_seg), rel=1e-12)
+
+
+def test_resume_mid_stream_restores_carried_state(tmp_path):
+    data = TinyStream(n_seg=5)
+
+    def mk(seed=1, **kw):
+        return Trainer(make_model(TinyRegress, seed=seed), data, O.SGD(0.02, momentum=0.9),
+                       clip=1.0, alpha=0.5, valid_every=0, seed=0, num_threads=1, **kw)
+
+    full = mk()
+    full.run(13)
+    part = mk(checkpoint_path=str(tmp_path / "c.npz"))
+    part.run(7)
+    rest = mk(seed=3)
+    rest.load_checkpoint(tmp_path / "c.npz")
+    assert np.array_equal(rest.h_carry, part.h_carry)
+    rest.run(13)
+    assert_same_state(full, rest)
+
+
 # --------------------------------------------------------- files and resume
 def test_history_files(tmp_path):
     task = TinyOrder()

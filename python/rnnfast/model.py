@@ -361,7 +361,7 @@ class RNNModel:
 
     predict = outputs
 
-    def evaluate(self, u, targets, mask=None, h0=None, *, num_threads=None):
+    def evaluate(self, u, targets, mask=None, h0=None, *, num_threads=None, return_state=False):
         """Loss and outputs without gradients (forward only).
 
         Parameters
@@ -370,10 +370,14 @@ class RNNModel:
         targets : ndarray
             As for :meth:`loss_and_grad`.
         mask : ndarray (T, B) or None
+        h0 : ndarray (B, H) or None
+            Explicit initial state (overrides the policy).
+        return_state : bool
+            Also return the final state h_T (B, H).
 
         Returns
         -------
-        (loss, y) : (float, ndarray (B, O) or (T, B, O))
+        (loss, y) : (float, ndarray (B, O) or (T, B, O)), or (loss, y, h_last)
         """
         u = self._input(u)
         p = self.params
@@ -387,6 +391,8 @@ class RNNModel:
             h = self.forward(u, h0, num_threads=num_threads).h
         r = _losses.loss_and_grad(h, p["W_out"], p["b_out"], targets, kind=self.loss,
                                   at=self.at, mask=mask, normalize=self.normalize)
+        if return_state:
+            return r.loss, r.y, np.array(h if h.ndim == 2 else h[-1])
         return r.loss, r.y
 
     def loss_and_grad(self, u, targets, mask=None, *, omega=False, omega_bound=1e-20,

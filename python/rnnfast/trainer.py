@@ -211,6 +211,9 @@ class Trainer:
         ``(u, targets[, mask])`` tuples); a re-iterable (a list, or an object
         whose ``__iter__`` yields the same batches each time) runs for several
         epochs and resumes exactly, a one-shot iterator stops when exhausted.
+        If the iterable has ``carries_state = True`` (segments of long streams,
+        truncated BPTT), each batch starts from the previous batch's final state
+        unless ``batch.reset`` is true; the carried state is checkpointed.
     optimizer : SGD, optional
         Default ``SGD(lr)`` (plain SGD).
     lr : float, Schedule or None
@@ -344,9 +347,14 @@ class Trainer:
         self.validations = []
         self.best_error = None
         self.solved = False
-        self._exhausted = False
+        self.h_carry = None  # final state of the last batch, for data with carries_state
 
     # ---------------------------------------------------------------- helpers
+    @staticmethod
+    def _carries(data):
+        """Whether a data source's batches continue each other's sequences."""
+        return bool(getattr(data, "carries_state", False))
+
     def _check_task(self, task):
         m = self.model
         for attr, want in (("n_in", m.n_in), ("n_out", m.n_out), ("loss", m.loss), ("at", m.at)):
@@ -386,7 +394,7 @@ class Trainer:
             return (*_as_batch(b), b)
 
     # ------------------------------------------------------------------ steps
-    def train_step(self, u, targets, mask=None):
+    def train_step(self, u, targets, mask=None, h0=None):
         """One update on one minibatch; returns the history row (a dict).
 
         Parameters
@@ -395,13 +403,17 @@ class Trainer:
         targets : ndarray
             As for :meth:`RNNModel.loss_and_grad`.
         mask : ndarray (T, B) or None
+        h0 : ndarray (B, H) or None
+            Initial state (truncated BPTT); None follows the model's h0 policy.
         """
         t0 = time.perf_counter()
         m = self.model
         k = self.update
         alpha = float(self.alpha(k)) if self.omega_on else 0.0
         res = m.loss_and_grad(u, targets, mask, omega=self.omega_on and alpha > 0,
-                              omega_bound=self.omega_bound, num_threads=self.num_threads)
+                              omega_bound=self.omega_bound, h0=h0, num_threads=self.num_threads)
+        if self._carries(self.data):
+            self.h_carry = np.array(res.h_last)  # state before this update's step (TBPTT)
         grads = res.grads
         if res.omega_grad is not None:
             gw = grads["W_rec"]
@@ -460,9 +472,13 @@ class Trainer:
         n_seq = 0
         n_err = 0
         have_err = self.task is not None and hasattr(self.task, "errors")
+        carry = self.valid is not None and self._carries(self.valid)
+        h = None
         for b in self._valid_batches():
             u, targets, mask = _as_batch(b)
-            loss, y = self.model.evaluate(u, targets, mask, num_threads=self.num_threads)
+            h0 = h if (carry and not getattr(b, "reset", False)) else None
+            loss, y, h = self.model.evaluate(u, targets, mask, h0=h0, num_threads=self.num_threads,
+                                             return_state=True)
             B = np.shape(u)[1]
             tot_loss += loss * B
             n_seq += B
@@ -540,8 +556,11 @@ class Trainer:
                 if nb is None:
                     stopped = "solved" if self.solved else "exhausted"
                     break
-                u, targets, mask, _ = nb
-                row = self.train_step(u, targets, mask)
+                u, targets, mask, b = nb
+                h0 = None
+                if self._carries(self.data) and not getattr(b, "reset", False):
+                    h0 = self.h_carry
+                row = self.train_step(u, targets, mask, h0=h0)
                 if bar is not None:
                     bar.update(1)
                     if self.update % 50 == 0:
@@ -662,6 +681,8 @@ class Trainer:
         arrays = {f"param.{k}": v for k, v in self.model.params.items()}
         arrays.update({f"velocity.{k}": v for k, v in velocity.items()})
         arrays.update({f"history.{k}": v for k, v in self.history.arrays().items()})
+        if self.h_carry is not None:
+            arrays["h_carry"] = self.h_carry
         write_npz(path, arrays, _json_safe(meta))
         if self.history_path:
             self.save_history()
@@ -729,6 +750,7 @@ class Trainer:
         self._iter = None
         self.history = new_hist
         self.validations = list(meta["validations"])
+        self.h_carry = arrays.get("h_carry")
         self.best_error = meta["best_error"]
         self.solved = bool(meta["solved"])
 
