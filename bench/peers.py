@@ -474,11 +474,6 @@ PEER_CLASSES = {c.name: c for c in (RnnfastPeer, TorchPeer, JaxPeer, NumpyPeer)}
 # Timing, ceiling, memory
 # --------------------------------------------------------------------------------------------
 
-def _cpu_seconds() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
 def time_call(fn, *, warmup: int, repeats: int, budget: float, min_sample: float = 2e-3,
               min_repeats: int = 5) -> dict:
     """Median time of ``fn()`` with its spread.
@@ -488,7 +483,9 @@ def time_call(fn, *, warmup: int, repeats: int, budget: float, min_sample: float
     (enough for ``min_sample`` seconds) and reports the mean per call; samples =
     ``repeats`` capped by ``budget`` seconds but at least ``min(min_repeats, repeats)``.
     The garbage collector is off while timing. Also returns the process's CPU time over wall
-    time during the samples (≈ threads busy).
+    time during the samples (≈ threads busy) and the median process CPU time per call
+    (``cpu_median_s``: on one thread and a busy machine, a better estimate of the
+    undisturbed time than the wall clock).
     """
     tw = time.perf_counter()
     for _ in range(warmup):
@@ -500,17 +497,16 @@ def time_call(fn, *, warmup: int, repeats: int, budget: float, min_sample: float
     one = max(time.perf_counter() - t0, 1e-7)
     number = max(1, math.ceil(min_sample / one))
     samples = int(min(repeats, max(min(min_repeats, repeats), budget // (one * number))))
-    times = []
+    times, cpus = [], []
     gc_was = gc.isenabled()
     gc.disable()
     try:
-        c0, w0 = _cpu_seconds(), time.perf_counter()
         for _ in range(samples):
-            t = time.perf_counter()
+            c, t = time.process_time(), time.perf_counter()
             for _ in range(number):
                 fn()
             times.append((time.perf_counter() - t) / number)
-        cpu = (_cpu_seconds() - c0) / max(time.perf_counter() - w0, 1e-9)
+            cpus.append((time.process_time() - c) / number)
     finally:
         if gc_was:
             gc.enable()
@@ -518,7 +514,8 @@ def time_call(fn, *, warmup: int, repeats: int, budget: float, min_sample: float
     q1, med, q3 = np.percentile(a, [25, 50, 75])
     return {"median_s": float(med), "q1_s": float(q1), "q3_s": float(q3),
             "min_s": float(a.min()), "max_s": float(a.max()), "samples": samples,
-            "number": number, "cpu_util": float(cpu)}
+            "number": number, "cpu_util": float(sum(cpus) / max(a.sum(), 1e-12)),
+            "cpu_median_s": float(np.median(cpus))}
 
 
 def gemm_ceiling(dtype: str, threads: int, ns=(1024, 2048, 3072), budget: float = 3.0) -> dict:
@@ -1110,6 +1107,26 @@ def format_tables(data: dict) -> str:
                     lines.append(f"| {name} ({T},{B},{I},{H}) | {n} | " + " | ".join(cells)
                                  + " |")
             lines.append("")
+    disturbed = [r for r in res if r["threads"] == 1
+                 and r.get("foreign_cpus", 0) > meta["max_foreign"]]
+    if disturbed:
+        lines.append("### 1 thread, process CPU time per call (ms): the cells marked * above "
+                     "ran while other processes used the CPUs; on one thread the CPU time a "
+                     "call got is closer to its undisturbed time than the wall clock "
+                     "(caches are still shared)")
+        lines.append("")
+        lines.append("| size | dtype | mode | " + " | ".join(peers) + " |")
+        lines.append("|---|---|---|" + "---|" * len(peers))
+        for dt in data["dtypes"]:
+            for mode in MODES:
+                for name in data["sizes"]:
+                    cells = []
+                    for p in peers:
+                        r = idx.get((p, name, dt, 1, mode))
+                        cells.append("—" if r is None else
+                                     _ms(r["cpu_median_s"]) + ("*" if r in disturbed else ""))
+                    lines.append(f"| {name} | {dt} | {mode} | " + " | ".join(cells) + " |")
+        lines.append("")
     if len(data["threads"]) > 1 and 1 in data["threads"]:
         n2 = max(data["threads"])
         lines.append(f"### Thread scaling, fwd+BPTT: time at 1 thread ÷ time at {n2}")
@@ -1186,8 +1203,12 @@ def draw_chart(data: dict, path: Path) -> str | None:
             for k, p in enumerate(peers):
                 vals = [100 * idx[(p, s, dt, n, mode)]["frac_ceiling"]
                         if (p, s, dt, n, mode) in idx else 0 for s in names]
-                ax.bar(x + (k - (len(peers) - 1) / 2) * width, vals, width, label=p,
-                       color=colors.get(p))
+                xs = x + (k - (len(peers) - 1) / 2) * width
+                ax.bar(xs, vals, width, label=p, color=colors.get(p))
+                for xx, v, s in zip(xs, vals, names):
+                    r = idx.get((p, s, dt, n, mode))
+                    if r is not None and r.get("foreign_cpus", 0) > data["meta"]["max_foreign"]:
+                        ax.text(xx, v, "*", ha="center", va="bottom", fontsize=8)
             ax.set_xticks(x, names)
             ax.set_title(f"{dt}, {mode}, {n} thread{'s' if n > 1 else ''}", fontsize=10)
             ax.grid(axis="y", alpha=0.3)
@@ -1195,7 +1216,8 @@ def draw_chart(data: dict, path: Path) -> str | None:
                 ax.set_ylabel("% of GEMM ceiling")
     axes[0][0].legend(fontsize=8)
     fig.suptitle("RNN forward / forward+BPTT throughput as % of NumPy GEMM ceiling "
-                 f"({data['meta']['cpu']['model']})", fontsize=11)
+                 f"({data['meta']['cpu']['model']}; * = disturbed by other processes)",
+                 fontsize=11)
     fig.tight_layout()
     import io
     buf = io.BytesIO()
