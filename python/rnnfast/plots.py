@@ -13,6 +13,17 @@ Main entry points:
 * :func:`plot_history` — loss, pre-clip gradient norm with clipping events, Ω and spectral
   radius of a saved training history;
 * :func:`write_figures` — all of the above into a folder (used by ``rnnfast figures``).
+
+Gradient-flow diagnostics (:mod:`rnnfast.diagnostics`; these need the C++ core):
+
+* :func:`plot_gradient_flow` — ‖∂E/∂h_k‖ over k (log scale) with the bound (γλ₁)^{T−k};
+* :func:`plot_omega_ratios` — the Ω ratios r_k over k against 1;
+* :func:`plot_temporal_contributions` — ‖∂E_t/∂h_t · ∂h_t/∂h_k‖ for several t (eq. 4-5);
+* :func:`plot_spectrum` — λ₁ and ρ of W_rec against 1/γ; :func:`plot_spectral_history` —
+  the same over the updates of a saved training history;
+* :func:`plot_diagnostics` — one model's four panels;
+* :func:`write_gradient_figures` — freshly initialised models under the paper's three
+  initialisations, compared, into a folder (``rnnfast figures --gradients``).
 """
 
 from __future__ import annotations
@@ -39,6 +50,13 @@ __all__ = [
     "load_history",
     "plot_history",
     "write_figures",
+    "plot_gradient_flow",
+    "plot_omega_ratios",
+    "plot_temporal_contributions",
+    "plot_spectrum",
+    "plot_spectral_history",
+    "plot_diagnostics",
+    "write_gradient_figures",
 ]
 
 _MPL_MISSING = ("rnnfast.plots needs matplotlib, an optional dependency: install it with "
@@ -611,6 +629,392 @@ def plot_history(history, path=None, *, title=None, dpi=120):
     return _finish(fig, path, dpi)
 
 
+# --------------------------------------------------------------------------- gradient flow
+
+_CYCLE = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
+          "tab:pink", "tab:olive", "tab:cyan", "tab:gray")
+
+
+def _as_flow_map(obj, what):
+    """label -> object, from one object or a mapping; Diagnostics give their ``what`` part."""
+    from . import diagnostics as _diag
+
+    items = dict(obj) if isinstance(obj, Mapping) else {None: obj}
+    if not items:
+        raise ValueError(f"{what}: nothing to plot (empty mapping)")
+    out = {}
+    for k, v in items.items():
+        if isinstance(v, _diag.Diagnostics):
+            v = {"flow": v.flow, "contributions": v.contributions, "spectrum": v.spectrum}[what]
+        elif what == "spectrum" and isinstance(v, _diag.GradientFlow):
+            v = v.spectrum
+        want = {"flow": _diag.GradientFlow, "contributions": _diag.TemporalContributions,
+                "spectrum": _diag.SpectralReport}[what]
+        if not isinstance(v, want):
+            raise TypeError(f"expected a {want.__name__} (or Diagnostics, or a mapping of "
+                            f"them), got {type(v).__name__}")
+        out[k] = v
+    return out
+
+
+def _band(a):
+    """Median and quartiles over axis 1 of (N, B), positive finite values only (log axes)."""
+    a = np.where(np.isfinite(a) & (a > 0), a, np.nan)
+    ok = ~np.all(np.isnan(a), axis=1)
+    med = np.full(a.shape[0], np.nan)
+    q1 = med.copy()
+    q3 = med.copy()
+    if ok.any():
+        med[ok] = np.nanmedian(a[ok], axis=1)
+        q1[ok], q3[ok] = np.nanpercentile(a[ok], [25, 75], axis=1)
+    return med, q1, q3
+
+
+def _log_limits(ax, arrays, floor_decades=None):
+    vals = np.concatenate([np.ravel(a) for a in arrays]) if arrays else np.array([])
+    vals = vals[np.isfinite(vals) & (vals > 0)]
+    if vals.size:
+        lo, hi = float(vals.min()), float(vals.max())
+        if floor_decades is not None:
+            lo = max(lo, hi * 10.0 ** -floor_decades)
+        ax.set_ylim(lo / 3.0, hi * 3.0)
+
+
+def plot_gradient_flow(flows, path=None, *, relative=True, bound=True, ax=None, title=None,
+                       dpi=120):
+    """Draw the gradient-flow profile ‖∂E/∂h_k‖ over the steps k (log scale).
+
+    One curve per flow: the median over the minibatch, with the 25-75 % band. With
+    ``relative=True`` each example is divided by its value at the last step T, so models
+    with different loss scales compare (for a cost read at the last step this is
+    ‖∂E/∂h_T · ∂h_T/∂h_k‖ / ‖∂E/∂h_T‖). With ``bound=True`` (relative only) the paper's bound
+    (γλ₁)^{T−k} is drawn dashed in the same colour (ρ^{T−k} for a linear network).
+
+    Parameters
+    ----------
+    flows : diagnostics.GradientFlow or Diagnostics, or a mapping label -> one of them
+    path : str or os.PathLike, optional
+    relative : bool
+    bound : bool
+    ax : matplotlib.axes.Axes, optional
+    title : str, optional
+    dpi : int
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    flows = _as_flow_map(flows, "flow")
+    fig, ax = _axes(ax, (6.5, 4.5))
+    drawn = []
+    for i, (label, f) in enumerate(flows.items()):
+        c = _CYCLE[i % len(_CYCLE)]
+        y = f.relative() if relative else f.dh_norm
+        med, q1, q3 = _band(y)
+        k = f.steps
+        name = label if label is not None else "median over the batch"
+        if np.isfinite(med[0]):
+            name += f" ({med[0]:.1e} at k = 1)"
+        elif np.isfinite(med).any():
+            name += f" (norm underflows to 0 for k ≤ {int(np.flatnonzero(np.isfinite(med))[0])})"
+        ax.semilogy(k, med, color=c, lw=1.8, label=name)
+        ax.fill_between(k, q1, q3, color=c, alpha=0.18, lw=0)
+        drawn += [med, q1, q3]
+        rate = f.spectrum.per_step_bound
+        if relative and bound and np.isfinite(rate) and rate > 0:
+            T = k[-1]
+            with np.errstate(over="ignore", under="ignore"):
+                yb = np.exp((T - k) * math.log(rate))
+            sym = "ρ" if f.spectrum.activation == "linear" else "γλ₁"
+            ax.semilogy(k, yb, color=c, lw=1.0, ls="--",
+                        label=f"bound ({sym})$^{{T-k}}$, {sym} = {rate:.3g}")
+    _log_limits(ax, drawn)
+    ax.set_xlabel("step k")
+    ax.set_ylabel("‖∂E/∂h$_k$‖ / ‖∂E/∂h$_T$‖" if relative else "‖∂E/∂h$_k$‖")
+    ax.set_title(title or "gradient flow back through time")
+    ax.legend(loc="best", fontsize=7)
+    ax.grid(alpha=0.3, which="both")
+    return _finish(fig, path, dpi)
+
+
+def plot_omega_ratios(flows, path=None, *, space="h", ax=None, title=None, dpi=120):
+    """Draw the Ω ratios r_k = ‖∂E/∂h_{k+1} · ∂h_{k+1}/∂h_k‖ / ‖∂E/∂h_{k+1}‖ over k.
+
+    Median over the minibatch with the 25-75 % band, the line r = 1 that Ω pulls towards,
+    and the per-step bound γλ₁ (dotted, same colour) that no ratio exceeds.
+
+    Parameters
+    ----------
+    flows : diagnostics.GradientFlow or Diagnostics, or a mapping label -> one of them
+    path : str or os.PathLike, optional
+    space : {"h", "x"}
+        The h-space ratio (authors' code, ``ratio``) or the paper's x-space one (``ratio_x``).
+    ax : matplotlib.axes.Axes, optional
+    title : str, optional
+    dpi : int
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    if space not in ("h", "x"):
+        raise ValueError(f"space: expected 'h' or 'x', got {space!r}")
+    flows = _as_flow_map(flows, "flow")
+    fig, ax = _axes(ax, (6.5, 4.5))
+    drawn = []
+    for i, (label, f) in enumerate(flows.items()):
+        c = _CYCLE[i % len(_CYCLE)]
+        r = f.ratio if space == "h" else f.ratio_x
+        med, q1, q3 = _band(r)
+        k = np.arange(r.shape[0])
+        ax.semilogy(k, med, color=c, lw=1.5,
+                    label=(f"{label}: Ω = {f.omega:.3g}" if label is not None
+                           else f"median, Ω = {f.omega:.3g}"))
+        ax.fill_between(k, q1, q3, color=c, alpha=0.18, lw=0)
+        rate = f.spectrum.per_step_bound
+        if np.isfinite(rate) and rate > 0 and f.spectrum.activation != "linear":
+            ax.axhline(rate, color=c, lw=0.9, ls=":")
+        drawn += [med, q1, q3]
+    ax.axhline(1.0, color="0.2", lw=1.0, ls="--", label="r = 1 (Ω's target)")
+    _log_limits(ax, drawn + [np.array([1.0])])
+    ax.set_xlabel("step k (pair h$_k$ → h$_{k+1}$)")
+    ax.set_ylabel("r$_k$" + (" (x-space)" if space == "x" else ""))
+    ax.set_title(title or "Ω ratios: error kept from one step to the previous (dotted: γλ₁)")
+    ax.legend(loc="best", fontsize=7)
+    ax.grid(alpha=0.3, which="both")
+    return _finish(fig, path, dpi)
+
+
+def plot_temporal_contributions(contributions, path=None, *, relative=True, ax=None,
+                                title=None, dpi=120):
+    """Draw ‖∂E_t/∂h_t · ∂h_t/∂h_k‖ over k ≤ t for each chosen step t (log scale).
+
+    Parameters
+    ----------
+    contributions : diagnostics.TemporalContributions or Diagnostics
+    path : str or os.PathLike, optional
+    relative : bool
+        Divide by the injected error's norm ‖∂E_t/∂h_t‖ (so every curve starts at 1).
+    ax : matplotlib.axes.Axes, optional
+    title : str, optional
+    dpi : int
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    tc = _as_flow_map(contributions, "contributions")
+    if len(tc) != 1:
+        raise ValueError("contributions: expected one TemporalContributions (plot several "
+                         "into separate axes)")
+    tc = next(iter(tc.values()))
+    fig, ax = _axes(ax, (6.5, 4.5))
+    y = tc.relative() if relative else tc.norms
+    drawn = []
+    for i, t in enumerate(tc.steps):
+        c = _CYCLE[i % len(_CYCLE)]
+        med, q1, q3 = _band(y[i, : t + 1])
+        k = np.arange(1, t + 2)
+        ax.semilogy(k, med, color=c, lw=1.5, label=f"t = {t + 1}")
+        ax.fill_between(k, q1, q3, color=c, alpha=0.15, lw=0)
+        ax.plot([t + 1], [med[-1]], "o", color=c, ms=4)
+        drawn += [med]
+    _log_limits(ax, drawn)
+    ax.set_xlim(0, y.shape[1] + 1)
+    ax.set_xlabel("step k")
+    who = {"loss": "∂E$_t$/∂h$_t$", "random": "p$_t$ (random unit)", "given": "p$_t$"}[tc.probe]
+    ax.set_ylabel(f"‖{who} · ∂h$_t$/∂h$_k$‖" + (" / ‖·$_t$‖" if relative and tc.probe != "random"
+                                                  else ""))
+    ax.set_title(title or "temporal contributions (eq. 4-5)")
+    ax.legend(loc="best", fontsize=7)
+    ax.grid(alpha=0.3, which="both")
+    return _finish(fig, path, dpi)
+
+
+def plot_spectrum(reports, path=None, *, ax=None, title=None, dpi=120):
+    """Draw λ₁ (largest singular value) and ρ (spectral radius) of W_rec against 1/γ.
+
+    One group of two bars per model; the bound 1/γ of its activation is drawn across its
+    group (λ₁ below it: vanishing guaranteed; above it: explosion possible), and ρ = 1 as a
+    dashed line.
+
+    Parameters
+    ----------
+    reports : diagnostics.SpectralReport, GradientFlow or Diagnostics, or a mapping
+        label -> one of them
+    path : str or os.PathLike, optional
+    ax : matplotlib.axes.Axes, optional
+    title : str, optional
+    dpi : int
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    reps = _as_flow_map(reports, "spectrum")
+    fig, ax = _axes(ax, (1.6 + 1.5 * len(reps), 4.5))
+    vals = []
+    for i, (label, r) in enumerate(reps.items()):
+        s = max(r.sigma_max, 1e-12) if np.isfinite(r.sigma_max) else np.nan
+        p = max(r.rho, 1e-12) if np.isfinite(r.rho) else np.nan
+        ax.bar(i - 0.18, s, 0.34, color="tab:blue", label="λ₁ (largest singular value)"
+               if i == 0 else None)
+        ax.bar(i + 0.18, p, 0.34, color="tab:orange", label="ρ (spectral radius)"
+               if i == 0 else None)
+        ax.hlines(r.bound, i - 0.45, i + 0.45, color="tab:red", lw=2.0,
+                  label="1/γ (tanh 1, sigmoid 4)" if i == 0 else None)
+        sym = "ρ" if r.activation == "linear" else "λ₁"
+        lim = "1" if r.activation == "linear" else "1/γ"
+        verdict = (f"{sym} < {lim}:\nvanishing\nguaranteed" if r.vanishing_guaranteed else
+                   f"{sym} > {lim}:\nexplosion\npossible" if r.explosion_possible else
+                   "at the bound")
+        ax.annotate(verdict, (i, max(v for v in (s, p, r.bound) if np.isfinite(v))),
+                    xytext=(0, 6), textcoords="offset points", ha="center", fontsize=7)
+        vals += [s, p, r.bound]
+    ax.axhline(1.0, color="0.3", lw=0.8, ls="--", label="ρ = 1")
+    ax.set_yscale("log")
+    fin = [v for v in vals if np.isfinite(v)]
+    if fin:
+        ax.set_ylim(min(fin) / 2.0, max(fin) * 4.0)
+    names = [str(k) if k is not None else "W_rec" for k in reps]
+    ax.set_xticks(range(len(reps)), [f"{n}\n({r.activation})" for n, r in zip(names,
+                                                                              reps.values())])
+    ax.set_ylabel("value")
+    ax.set_title(title or "W_rec spectrum vs the bound 1/γ")
+    ax.legend(loc="lower left", fontsize=7)
+    ax.grid(alpha=0.3, which="both", axis="y")
+    return _finish(fig, path, dpi)
+
+
+def _history_activation(history):
+    """The hidden activation recorded in a trainer history's summary, or None."""
+    if isinstance(history, Mapping):
+        summ = history.get("summary")
+        if isinstance(summ, Mapping) and isinstance(summ.get("model"), Mapping):
+            act = summ["model"].get("activation")
+            if isinstance(act, str):
+                return act
+    return None
+
+
+def plot_spectral_history(history, path=None, *, activation=None, ax=None, title=None,
+                          dpi=120):
+    """Draw ρ(W_rec) (and λ₁ when logged) over the updates of a training run, against 1/γ.
+
+    Recognised keys: ``rho`` (per update, NaN where not logged, and in the validation
+    records), ``sigma_max`` (or ``sigma``) if logged; updates flagged ``explosion`` are
+    marked along the bottom.
+
+    Parameters
+    ----------
+    history : dict, list or the trainer's saved dict, or a path to a saved history
+    path : str or os.PathLike, optional
+    activation : str, optional
+        For the bound 1/γ; default: the one in the trainer's saved ``summary.model`` (no
+        bound drawn when unknown).
+    ax : matplotlib.axes.Axes, optional
+    title : str, optional
+    dpi : int
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Raises
+    ------
+    ValueError
+        If the history logs neither ρ nor λ₁.
+    """
+    from . import diagnostics as _diag
+
+    if isinstance(history, (str, os.PathLike)):
+        history = _read_history_file(history)
+    if activation is None:
+        activation = _history_activation(history)
+    per_update, valid = _split(history)
+    h = _columns(per_update)
+    v = _columns(valid) if valid is not None else None
+    sig_key = next((k for k in ("sigma_max", "sigma") if _has(h, k)), None)
+    if not (_has(h, "rho") or _has(v, "rho") or sig_key):
+        raise ValueError("history logs neither 'rho' nor 'sigma_max' (got keys "
+                         f"{sorted(h)})")
+    fig, ax = _axes(ax, (7.5, 4.0))
+    ys = [np.array([1.0])]
+    note = "" if sig_key else " ≤ λ₁ (λ₁ not logged)"
+    if _has(h, "rho"):
+        x, y = _xy(h, "rho")
+        ax.plot(x, y, ".-" if x.size < 200 else "-", ms=3, lw=1, color="tab:orange",
+                label="ρ(W_rec)" + note)
+        ys.append(y)
+    elif _has(v, "rho"):
+        x, y = _xy(v, "rho")
+        ax.plot(x, y, "o-", ms=3, lw=1, color="tab:orange",
+                label="ρ(W_rec) (validation)" + note)
+        ys.append(y)
+    if sig_key:
+        x, y = _xy(h, sig_key)
+        ax.plot(x, y, ".-" if x.size < 200 else "-", ms=3, lw=1, color="tab:blue",
+                label="λ₁(W_rec)")
+        ys.append(y)
+    ax.axhline(1.0, color="0.3", lw=0.8, ls="--", label="1")
+    if activation is not None:
+        g = _diag.gamma(activation)
+        if g != 1.0:
+            ax.axhline(1.0 / g, color="tab:red", lw=1.5, label=f"1/γ = {1 / g:g} ({activation})")
+            ys.append(np.array([1.0 / g]))
+        else:
+            ax.get_lines()[-1].set_label(f"1 = 1/γ ({activation})")
+    for k in _EVENT_KEYS:
+        if k in h:
+            e = np.nan_to_num(h[k]) > 0
+            upd = h.get("update")
+            if e.any():
+                xe = (upd if upd is not None and upd.shape[0] == e.shape[0]
+                      else np.arange(e.shape[0], dtype=np.float64))[e]
+                ax.vlines(xe, 0.0, 0.06, transform=ax.get_xaxis_transform(), color="tab:red",
+                          lw=1.0, label=f"explosion ({int(e.sum())})")
+            break
+    fin = np.concatenate(ys)
+    fin = fin[np.isfinite(fin)]
+    ax.set_ylim(0.0, float(fin.max()) * 1.15)
+    ax.set_xlabel("update")
+    ax.set_ylabel("value")
+    ax.set_title(title or "spectrum of W_rec during training")
+    ax.legend(loc="best", fontsize=8)
+    ax.grid(alpha=0.3)
+    return _finish(fig, path, dpi)
+
+
+def plot_diagnostics(diag, path=None, *, title=None, dpi=120):
+    """One model's gradient diagnostics in four panels: profile, Ω ratios, temporal
+    contributions and spectrum.
+
+    Parameters
+    ----------
+    diag : diagnostics.Diagnostics
+    path : str or os.PathLike, optional
+    title : str, optional
+    dpi : int
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    from . import diagnostics as _diag
+
+    if not isinstance(diag, _diag.Diagnostics):
+        raise TypeError(f"diag: expected a diagnostics.Diagnostics, got {type(diag).__name__}")
+    fig = _figure((13.0, 9.0))
+    (a1, a2), (a3, a4) = fig.subplots(2, 2)
+    plot_gradient_flow(diag.flow, ax=a1)
+    plot_omega_ratios(diag.flow, ax=a2)
+    plot_temporal_contributions(diag.contributions, ax=a3)
+    plot_spectrum(diag.spectrum, ax=a4)
+    if title:
+        fig.suptitle(title)
+    return _finish(fig, path, dpi)
+
+
 # --------------------------------------------------------------------------- all figures
 
 
@@ -659,4 +1063,63 @@ def write_figures(outdir, *, history=None, dpi=120):
     if history is not None:
         written["history"] = os.path.join(outdir, "history.png")
         plot_history(history, path=written["history"], dpi=dpi)
+    return written
+
+
+def write_gradient_figures(outdir, *, task="temporal_order", inits=("basic_tanh", "smart_tanh",
+                                                                    "sigmoid"),
+                           length=100, batch=20, hidden=50, seed=0, dpi=120):
+    """Write the gradient-flow figures of freshly initialised models as PNGs.
+
+    The models (one per initialisation, ``hidden`` units, all on the same minibatch of
+    ``task`` at ``length`` steps) are diagnosed by :func:`rnnfast.diagnostics.init_comparison`.
+    Files written in ``outdir`` (created if needed):
+
+    * ``gradient_flow.png`` — the relative profiles ‖∂E/∂h_k‖/‖∂E/∂h_T‖ with their bounds
+      (γλ₁)^{T−k}, and the Ω ratios per step;
+    * ``temporal_contributions.png`` — one panel per initialisation, ‖p_t ∂h_t/∂h_k‖ for
+      t = T/4, T/2, 3T/4, T (random unit p_t for a task read at the last step);
+    * ``spectrum.png`` — λ₁ and ρ of each W_rec against 1/γ.
+
+    Parameters
+    ----------
+    outdir : str or os.PathLike
+    task : str or Task
+    inits : sequence of str
+    length, batch, hidden, seed : int
+    dpi : int
+
+    Returns
+    -------
+    dict of str -> str
+        Figure name -> path written.
+    """
+    from . import diagnostics as _diag
+
+    outdir = os.fspath(outdir)
+    os.makedirs(outdir, exist_ok=True)
+    diags = _diag.init_comparison(task, inits=inits, length=length, batch=batch,
+                                  hidden=hidden, seed=seed)
+    tname = task if isinstance(task, str) else getattr(task, "name", type(task).__name__)
+    setting = f"{tname}, T = {length}, B = {batch}, H = {hidden}, fresh init"
+    written = {}
+
+    fig = _figure((13.0, 4.8))
+    a1, a2 = fig.subplots(1, 2)
+    plot_gradient_flow(diags, ax=a1, title=f"gradient flow ({setting})")
+    plot_omega_ratios(diags, ax=a2)
+    written["gradient_flow"] = save_figure(fig, os.path.join(outdir, "gradient_flow.png"),
+                                           dpi=dpi)
+
+    fig = _figure((5.2 * len(diags), 4.6))
+    axes = np.atleast_1d(fig.subplots(1, len(diags)))
+    for ax, (name, d) in zip(axes, diags.items()):
+        plot_temporal_contributions(d, ax=ax, title=f"{name}: temporal contributions")
+    fig.suptitle(f"temporal contributions, {setting}")
+    written["temporal_contributions"] = save_figure(
+        fig, os.path.join(outdir, "temporal_contributions.png"), dpi=dpi)
+
+    written["spectrum"] = os.path.join(outdir, "spectrum.png")
+    plot_spectrum(diags, path=written["spectrum"], dpi=dpi,
+                  title=f"W_rec at initialisation (H = {hidden})")
     return written

@@ -1,11 +1,19 @@
-"""``rnnfast figures``: write the paper's dynamical-systems and geometry figures as PNG files.
+"""``rnnfast figures``: write the paper's dynamical-systems, geometry and gradient-flow figures.
 
 Writes, in ``--out DIR`` (default ``figures``): ``one_neuron.png`` (bifurcation diagram of
 ``x = w σ(x) + b`` over ``b`` at ``w = 5``, the map's graph, the basins), ``bifurcation_w.png``
 (the diagram over ``w`` at ``b = -2.5``) and ``wall.png`` (the error surface of the paper's
 Fig. 6 with plain and clipped SGD). With ``--history FILE`` (a ``history.json`` / ``.csv``
-written by ``rnnfast train``, repeatable) it also plots each training history. Needs
-matplotlib (the ``plot`` extra).
+written by ``rnnfast train``, repeatable) it also plots each training history.
+
+With ``--gradients`` it adds the gradient-flow diagnostics of freshly initialised models
+under the paper's three initialisations (``basic_tanh``, ``smart_tanh``, ``sigmoid``) on one
+minibatch of ``--task`` at ``--length`` steps: ``gradient_flow.png`` (‖∂E/∂h_k‖ over k and the
+Ω ratios), ``temporal_contributions.png`` and ``spectrum.png`` (λ₁ and ρ of W_rec against
+1/γ), and for each ``--history`` a ``spectral_<run>.png`` (ρ over the updates against 1/γ,
+explosion events marked). ``--model FILE`` (a ``model.npz`` from ``rnnfast train``,
+repeatable) writes ``diagnostics_<run>.png``: the same diagnostics for that model on a fresh
+minibatch. Needs matplotlib (the ``plot`` extra).
 """
 
 from __future__ import annotations
@@ -36,18 +44,53 @@ def _add_arguments(p):
     p.add_argument("--no-dynamics", action="store_true",
                    help="skip the one-neuron and wall figures (only plot --history files)")
     p.add_argument("--dpi", type=_positive_int, default=120, help="resolution (default 120)")
+    g = p.add_argument_group("gradient-flow diagnostics")
+    g.add_argument("--gradients", action="store_true",
+                   help="also write gradient_flow.png, temporal_contributions.png and "
+                        "spectrum.png (fresh models under the paper's three inits) and a "
+                        "spectral_<run>.png for each --history")
+    g.add_argument("--model", action="append", default=[], metavar="FILE",
+                   help="write diagnostics_<run>.png for this saved model (model.npz from "
+                        "'rnnfast train'); repeatable")
+    g.add_argument("--task", default="temporal_order",
+                   help="task whose minibatch is diagnosed (default: temporal_order)")
+    g.add_argument("--length", type=_positive_int, default=100,
+                   help="sequence length T of that minibatch (default 100)")
+    g.add_argument("--batch", type=_positive_int, default=20,
+                   help="minibatch size B (default 20)")
+    g.add_argument("--hidden", type=_positive_int, default=50,
+                   help="hidden units of the fresh models (default 50, the paper's)")
+    g.add_argument("--seed", type=int, default=0,
+                   help="seed of the minibatch and of the fresh models (default 0)")
 
 
-def _history_name(path, used):
-    base = os.path.basename(os.path.dirname(os.path.abspath(path))) or "history"
+def _history_name(path, used, prefix="history", default_stem="history"):
+    base = os.path.basename(os.path.dirname(os.path.abspath(path))) or prefix
     stem = os.path.splitext(os.path.basename(path))[0]
-    name = f"history_{base}" if stem == "history" else f"history_{stem}"
+    name = f"{prefix}_{base}" if stem == default_stem else f"{prefix}_{stem}"
     name = "".join(c if (c.isalnum() or c in "-_.") else "_" for c in name)
     out, k = name, 2
     while out in used:
         out, k = f"{name}_{k}", k + 1
     used.add(out)
     return out
+
+
+def _model_diagnostics(path, args):
+    """Diagnostics of a saved model on a fresh minibatch of ``args.task``."""
+    import numpy as np
+
+    from .. import diagnostics, tasks
+    from ..model import RNNModel
+
+    model = RNNModel.load(path)
+    task = tasks.get_task(args.task)
+    if task.n_in != model.n_in or task.n_out != model.n_out:
+        raise ValueError(f"{path}: the model has {model.n_in} inputs / {model.n_out} outputs, "
+                         f"task {task.name!r} {task.n_in} / {task.n_out} (give --task)")
+    batch = task.generate(np.random.default_rng(args.seed), args.batch, args.length,
+                          dtype=model.dtype)
+    return diagnostics.diagnose(model, batch.u, batch.targets, batch.mask)
 
 
 def run(args):
@@ -57,19 +100,42 @@ def run(args):
     except ImportError as exc:  # matplotlib missing: the message says how to install it
         print(f"rnnfast figures: {exc}", file=sys.stderr)
         return 2
-    if args.no_dynamics and not args.history:
-        print("rnnfast figures: nothing to do (--no-dynamics without --history)",
-              file=sys.stderr)
+    gradients = getattr(args, "gradients", False)
+    models = getattr(args, "model", [])
+    if args.no_dynamics and not (args.history or gradients or models):
+        print("rnnfast figures: nothing to do (--no-dynamics without --history, --gradients "
+              "or --model)", file=sys.stderr)
         return 2
     try:
         written = {}
         if not args.no_dynamics:
             written.update(plots.write_figures(args.out, dpi=args.dpi))
+        if gradients:
+            written.update(plots.write_gradient_figures(
+                args.out, task=args.task, length=args.length, batch=args.batch,
+                hidden=args.hidden, seed=args.seed, dpi=args.dpi))
         used = set(written)
         for hpath in args.history:
             name = _history_name(hpath, used)
             dest = os.path.join(args.out, name + ".png")
             plots.plot_history(hpath, dest, title=os.path.relpath(hpath), dpi=args.dpi)
+            written[name] = dest
+            if gradients:
+                sname = _history_name(hpath, used, prefix="spectral")
+                dest = os.path.join(args.out, sname + ".png")
+                try:
+                    plots.plot_spectral_history(hpath, dest, dpi=args.dpi,
+                                                title=f"W_rec spectrum, {os.path.relpath(hpath)}")
+                    written[sname] = dest
+                except ValueError as exc:  # a history without ρ: say so, keep going
+                    print(f"rnnfast figures: {hpath}: no spectral plot ({exc})", file=sys.stderr)
+        for mpath in models:
+            name = _history_name(mpath, used, prefix="diagnostics", default_stem="model")
+            dest = os.path.join(args.out, name + ".png")
+            diag = _model_diagnostics(mpath, args)
+            plots.plot_diagnostics(diag, dest, dpi=args.dpi,
+                                   title=f"{os.path.relpath(mpath)} on {args.task}, "
+                                         f"T = {args.length}, B = {args.batch}")
             written[name] = dest
     except ImportError as exc:
         print(f"rnnfast figures: {exc}", file=sys.stderr)
@@ -85,7 +151,7 @@ def run(args):
 def register(subparsers):
     """Add the ``figures`` subcommand to an argparse ``subparsers`` object."""
     p = subparsers.add_parser(
-        "figures", help="write the bifurcation, basin and error-surface figures (PNG)",
+        "figures", help="write the bifurcation, basin, error-surface and gradient-flow figures (PNG)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_arguments(p)
     p.set_defaults(func=run)
