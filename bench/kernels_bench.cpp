@@ -1,0 +1,102 @@
+// Microbenchmarks of the C++ kernels: forward, backward, and the Ω-fused backward, at the
+// sizes of DESIGN.md (T, B, I, H). Counters: GFLOP/s of the work each kernel does
+// (forward 2·T·B·H·(H+I), backward twice that; Ω adds the symmetric product T·B·H²).
+//   cmake -S . -B build/bench -DRNNFAST_BUILD_BENCH=ON -DCMAKE_BUILD_TYPE=Release \
+//         -DCMAKE_PREFIX_PATH=$(python -c 'import sysconfig;print(sysconfig.get_paths()["purelib"])') \
+//         -Dpybind11_DIR=$(python -m pybind11 --cmakedir) -DSKBUILD_PROJECT_NAME=rnnfast \
+//         -DSKBUILD_PROJECT_VERSION=0.0 && cmake --build build/bench --target rnnfast_kernels_bench
+//   ./build/bench/bench/rnnfast_kernels_bench --benchmark_counters_tabular=true
+#include <benchmark/benchmark.h>
+
+#include <random>
+#include <vector>
+
+#include "rnnfast/rnn.hpp"
+
+namespace {
+
+using rnnfast::Activation;
+using rnnfast::Index;
+
+struct Size {
+  Index T, B, I, H;
+};
+const Size kSizes[] = {{125, 20, 6, 50},    {100, 1, 8, 50},    {100, 32, 8, 100},
+                       {200, 64, 64, 256},  {100, 32, 128, 1024}, {50, 16, 256, 2048}};
+const char* kNames[] = {"P", "S1", "S2", "S3", "S4", "S5"};
+
+template <typename S>
+struct Problem {
+  Size z;
+  std::vector<S> u, W_in, W_rec, b, h, dh, dx, dW_in, dW_rec, db, dh0, du, og;
+  explicit Problem(Size s) : z(s) {
+    std::mt19937 gen(0);
+    std::normal_distribution<double> n(0.0, 1.0);
+    auto fill = [&](std::vector<S>& v, size_t k, double scale) {
+      v.resize(k);
+      for (auto& x : v) x = S(scale * n(gen));
+    };
+    fill(u, z.T * z.B * z.I, 1.0);
+    fill(W_in, z.H * z.I, 0.1);
+    fill(W_rec, z.H * z.H, 1.0 / std::sqrt(double(z.H)));
+    fill(b, z.H, 0.0);
+    fill(dh, z.T * z.B * z.H, 1.0);
+    h.resize(z.T * z.B * z.H);
+    dx.resize(h.size());
+    dW_in.resize(W_in.size());
+    dW_rec.resize(W_rec.size());
+    db.resize(b.size());
+    dh0.resize(z.B * z.H);
+    du.resize(u.size());
+    og.resize(W_rec.size());
+  }
+  void forward(int threads) {
+    rnnfast::forward<S>(u.data(), W_in.data(), W_rec.data(), b.data(), nullptr, h.data(), nullptr,
+                        z.T, z.B, z.I, z.H, Activation::Tanh, threads);
+  }
+  void backward(int threads, bool omega) {
+    rnnfast::backward<S>(u.data(), W_in.data(), W_rec.data(), nullptr, h.data(), dh.data(),
+                         nullptr, dx.data(), dW_in.data(), dW_rec.data(), db.data(), dh0.data(),
+                         du.data(), omega ? og.data() : nullptr, 1e-20, nullptr, z.T, z.B, z.I,
+                         z.H, Activation::Tanh, threads);
+  }
+  double flops() const { return 2.0 * z.T * z.B * z.H * (z.H + z.I); }
+};
+
+template <typename S>
+void BM_forward(benchmark::State& st) {
+  Problem<S> p(kSizes[st.range(0)]);
+  const int threads = int(st.range(1));
+  for (auto _ : st) p.forward(threads);
+  st.counters["GFLOP/s"] = benchmark::Counter(p.flops() * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  st.SetLabel(kNames[st.range(0)]);
+}
+
+template <typename S, bool Omega>
+void BM_backward(benchmark::State& st) {
+  Problem<S> p(kSizes[st.range(0)]);
+  const int threads = int(st.range(1));
+  p.forward(threads);
+  for (auto _ : st) p.backward(threads, Omega);
+  const double extra = Omega ? double(p.z.T) * p.z.B * p.z.H * p.z.H : 0.0;
+  st.counters["GFLOP/s"] = benchmark::Counter((2.0 * p.flops() + extra) * 1e-9,
+                                              benchmark::Counter::kIsIterationInvariantRate);
+  st.SetLabel(kNames[st.range(0)]);
+}
+
+void sizes(benchmark::internal::Benchmark* b) {
+  for (int s = 0; s < 6; ++s)
+    for (int t : {1, 2}) b->Args({s, t});
+  b->Unit(benchmark::kMillisecond)->UseRealTime();
+}
+
+BENCHMARK(BM_forward<float>)->Apply(sizes);
+BENCHMARK(BM_backward<float, false>)->Apply(sizes);
+BENCHMARK(BM_backward<float, true>)->Apply(sizes);
+BENCHMARK(BM_forward<double>)->Apply(sizes);
+BENCHMARK(BM_backward<double, false>)->Apply(sizes);
+BENCHMARK(BM_backward<double, true>)->Apply(sizes);
+
+}  // namespace
+
+BENCHMARK_MAIN();
