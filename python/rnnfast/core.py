@@ -20,6 +20,7 @@ Python threads may run them at once.
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -102,9 +103,9 @@ def _empty(shape, dtype) -> np.ndarray:
     to the next. Aligned outputs make every result a function of the inputs alone (which a
     bit-for-bit resume of training relies on)."""
     dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    nbytes = math.prod(shape) * dtype.itemsize
     raw = np.empty(nbytes + 64, dtype=np.uint8)
-    start = -raw.ctypes.data % 64
+    start = -raw.__array_interface__["data"][0] % 64
     return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
