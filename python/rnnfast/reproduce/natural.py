@@ -1,0 +1,1360 @@
+"""Reproduce Table 1 of Pascanu, Mikolov & Bengio (ICML 2013): the natural problems.
+
+Polyphonic music prediction (Nottingham, Piano-midi.de, MuseData, JSB chorales:
+negative log-likelihood per time step, in nats) and Penn Treebank characters (bits
+per character for the next character, or for the character ``k`` steps ahead),
+each trained with SGD, SGD+C (norm clipping) or SGD+CR (clipping + the Ω
+regularizer).
+
+Default settings (PAPER.md, "Reported settings"; where the paper leaves a detail
+open our choice is marked *ours*):
+
+=============  ===========================================  ==============================
+setting        music                                        PTB characters
+=============  ===========================================  ==============================
+hidden units   300 sigmoid (400 for MuseData)               500 sigmoid
+biases         yes                                          none (``b``, ``b_out`` fixed 0)
+init           ``sigmoid``: N(0, 0.01²)                      same
+readout        88 sigmoid units, binary cross-entropy       50-way softmax
+cost           averaged over the steps of 200-step          summed over 200 steps,
+               segments of the pieces (each from h=0)       averaged over the B streams
+threshold      8 (SGD+C, SGD+CR)                            45
+lr             1.0 (0.5 MuseData), halved when the          0.01 (C), 0.05 (CR),
+               validation error of an epoch rises           0.001 (SGD), halved on a rise
+Ω weight α     α₀ / (2e) in epoch e = 1, 2, ... (α₀ = 1)    same
+minibatch      20 segments (*ours*)                         8 parallel streams (*ours*),
+                                                            state carried across segments
+=============  ===========================================  ==============================
+
+The "1/(2t) style" Ω schedule is read as a per-epoch decay α_e = α₀/(2e)
+(*ours*; see :class:`EpochInverse`). Halving the learning rate "when the epoch
+error rises" uses the validation metric measured at the end of every epoch
+(*ours*: the paper does not say which error; ``--monitor train`` uses the
+training cost of the epoch instead).
+
+Training loop
+-------------
+Every update goes through :meth:`rnnfast.trainer.Trainer.train_step` (the
+authors' order: loss and gradients from the C++ kernels, Ω's gradient added to
+W_rec's, Algorithm 1 on all gradients together, the authors' non-finite policy,
+an SGD step); the readout is one GEMM over all T·B rows. For PTB the hidden state
+of every stream carries from one 200-step segment into the next (truncated BPTT:
+no gradient flows through the boundary) and is reset to zero at the start of
+every epoch and of every split evaluated. Music segments start from h = 0.
+
+After every epoch the validation metric is measured on the whole validation
+split; the best parameters are kept, the learning rate is halved on a rise, and
+the run stops after ``patience`` epochs without improvement (early stopping),
+after ``max_epochs``, or when ``--budget`` minutes of training have passed. The
+final table evaluates the best parameters on the train, valid and test splits.
+
+Metrics (:mod:`rnnfast.data.metrics`)
+-------------------------------------
+* music: ``NLL = (1/N) Σ_t −Σ_k [v_tk log p_tk + (1−v_tk) log(1−p_tk)]`` over all
+  N predicted time steps of a split pooled together (every step of every piece
+  is predicted, the first from an all-zero input), in nats;
+* PTB: ``BPC = (1/N) Σ_i −log₂ p_i(c_i)`` over the N predicted characters
+  (end-of-line included), ``c_i`` the next character (``ahead=1``) or the one
+  ``k`` positions later (``ahead=k``). A split is read as ``eval_streams``
+  contiguous streams (default 32) carrying their state over the whole split;
+  the last ``(N − k) mod eval_streams`` characters are left out and each stream
+  starts from h = 0 (``--eval-streams 1`` scores the split as one sequence).
+
+Outputs (``--out DIR``)
+-----------------------
+``config.json``; ``checkpoint.npz`` (atomic; everything needed for an exact
+resume, including the carried PTB state and the position in the epoch);
+``history.json``/``history.csv`` (per update: loss, pre-clip norm, clipped, Ω,
+α, lr, seconds); ``epochs.json`` (per validation: train cost, valid metric,
+lr, α, ρ(W_rec), wall time); ``model.npz`` (best parameters,
+:meth:`rnnfast.model.RNNModel.load`); ``results.json`` and ``table.md`` (the
+final train/valid/test table next to the paper's Table 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Optional
+
+import numpy as np
+
+from .. import clipping as _clipping
+from .. import init as _init
+from .. import optim as _optim
+from ..data import metrics as _metrics
+from ..data.music import MusicBatches, load_music, music_path
+from ..data.ptb import CharStream, load_ptb_chars
+from ..model import CheckpointError, RNNModel, atomic_write, read_npz, write_npz
+from ..trainer import History, Trainer, _json_safe
+
+__all__ = [
+    "PAPER_TABLE1", "PAPER_SOTA", "METHODS", "MUSIC_DATASETS",
+    "NaturalConfig", "music_config", "ptb_config",
+    "EpochInverse", "MusicProblem", "PTBProblem", "NaturalRun", "RunOutcome",
+    "format_table", "readme_rows", "register_music", "register_ptb", "main",
+]
+
+#: Table 1 of the paper, train / test: {row: {method: (train, test)}}; None = n/a.
+PAPER_TABLE1 = {
+    "Piano-midi.de": {"SGD": (6.87, 7.56), "SGD+C": (6.81, 7.53), "SGD+CR": (7.01, 7.46)},
+    "Nottingham": {"SGD": (3.67, 3.80), "SGD+C": (3.21, 3.48), "SGD+CR": (2.95, 3.36)},
+    "MuseData": {"SGD": (8.25, 7.11), "SGD+C": (6.54, 7.00), "SGD+CR": (6.43, 6.97)},
+    "PTB chars, 1 step": {"SGD": (1.46, 1.50), "SGD+C": (1.34, 1.42), "SGD+CR": (1.36, 1.41)},
+    "PTB chars, 5 steps": {"SGD": None, "SGD+C": (3.76, 3.89), "SGD+CR": (3.70, 3.74)},
+}
+#: Table 1's context columns (train / test; PTB: test only): RNN state of the art then,
+#: and the overall state of the art.
+PAPER_SOTA = {
+    "Piano-midi.de": {"RNN": (7.04, 7.57), "overall": (6.32, 7.05)},
+    "Nottingham": {"RNN": (3.20, 3.43), "overall": (1.81, 2.31)},
+    "MuseData": {"RNN": (6.47, 6.99), "overall": (5.20, 5.60)},
+    "PTB chars, 1 step": {"RNN": (None, 1.41), "overall": (None, 1.37)},
+}
+
+METHODS = ("SGD", "SGD+C", "SGD+CR")
+_METHOD_ALIASES = {"sgd": "SGD", "sgd+c": "SGD+C", "sgd-c": "SGD+C", "sgdc": "SGD+C", "c": "SGD+C",
+                   "sgd+cr": "SGD+CR", "sgd-cr": "SGD+CR", "sgdcr": "SGD+CR", "cr": "SGD+CR"}
+MUSIC_DATASETS = ("Nottingham", "Piano-midi.de", "MuseData", "JSB")
+_PTB_LR = {"SGD": 0.001, "SGD+C": 0.01, "SGD+CR": 0.05}
+
+_CKPT_FORMAT = "rnnfast.NaturalCheckpoint"
+_CKPT_VERSION = 1
+
+
+def canonical_method(method):
+    """'SGD', 'SGD+C' or 'SGD+CR' from any accepted spelling (sgd-c, cr, ...)."""
+    m = _METHOD_ALIASES.get(str(method).strip().lower())
+    if m is None:
+        raise ValueError(f"method: expected one of {METHODS} (or sgd, sgd-c, sgd-cr), got {method!r}")
+    return m
+
+
+def canonical_dataset(name):
+    """The canonical music data set name (Nottingham, Piano-midi.de, MuseData, JSB)."""
+    key = "".join(ch for ch in str(name).lower() if ch.isalnum())
+    table = {"nottingham": "Nottingham", "pianomidide": "Piano-midi.de", "pianomidi": "Piano-midi.de",
+             "musedata": "MuseData", "jsb": "JSB", "jsbchorales": "JSB"}
+    if key not in table:
+        raise ValueError(f"dataset: expected one of {MUSIC_DATASETS}, got {name!r}")
+    return table[key]
+
+
+# ======================================================================= config
+@dataclass
+class NaturalConfig:
+    """Every setting of one natural-problem run (JSON-serialisable).
+
+    Attributes
+    ----------
+    problem : {"music", "ptb"}
+    dataset : str
+        Music data set name, or "PTB".
+    method : {"SGD", "SGD+C", "SGD+CR"}
+    hidden : int
+        Hidden units H.
+    activation : str
+        Hidden non-linearity ("sigmoid" in the paper).
+    init : str
+        Initialisation scheme (:mod:`rnnfast.init`).
+    biases : bool
+        Train ``b`` and ``b_out``; False keeps both at zero (PTB).
+    lr : float
+        Initial learning rate.
+    lr_schedule : {"halve", "constant"}
+        Halve when the monitored epoch error rises, or keep it constant.
+    monitor : {"valid", "train"}
+        Which epoch error the halving watches.
+    clip : float or None
+        Norm-clipping threshold (None: no clipping; the non-finite policy still applies).
+    alpha : float
+        α₀ of the Ω weight α_e = α₀/(2e) (used by SGD+CR only).
+    normalize : {"step", "sequence", "sum"}
+        Cost normalisation (:mod:`rnnfast.losses`): "step" averages over the steps
+        (music), "sequence" sums over the steps and averages over the batch (PTB).
+    seq_len : int
+        Segment length T (truncated-BPTT length).
+    batch_size : int
+        Segments (music) or parallel streams (PTB) per update.
+    ahead : int
+        PTB: predict the character ``ahead`` steps later.
+    max_epochs, patience : int
+        Stop after ``max_epochs`` epochs or ``patience`` validations without improvement.
+    valid_every : int
+        Also validate every this many updates (0: only at the end of each epoch).
+    eval_batch : int
+        Music: pieces per evaluation batch; PTB: parallel evaluation streams.
+    eval_chunk : int
+        PTB: evaluation segment length (the state carries across).
+    dtype : {"float32", "float64"}
+    seed : int
+    """
+
+    problem: str
+    dataset: str
+    method: str
+    hidden: int
+    activation: str = "sigmoid"
+    init: str = "sigmoid"
+    biases: bool = True
+    lr: float = 1.0
+    lr_schedule: str = "halve"
+    monitor: str = "valid"
+    clip: Optional[float] = 8.0
+    alpha: float = 1.0
+    normalize: str = "step"
+    seq_len: int = 200
+    batch_size: int = 20
+    ahead: int = 1
+    max_epochs: int = 200
+    patience: int = 10
+    valid_every: int = 0
+    eval_batch: int = 32
+    eval_chunk: int = 1000
+    dtype: str = "float32"
+    seed: int = 1234
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self):
+        """Raise ValueError naming the first bad setting."""
+        if self.problem not in ("music", "ptb"):
+            raise ValueError(f"problem: expected 'music' or 'ptb', got {self.problem!r}")
+        self.method = canonical_method(self.method)
+        for name in ("hidden", "seq_len", "batch_size", "ahead", "max_epochs", "eval_batch",
+                     "eval_chunk"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{name}: expected a positive int, got {v!r}")
+        for name in ("patience", "valid_every"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+                raise ValueError(f"{name}: expected a non-negative int, got {v!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr: expected a positive number, got {self.lr!r}")
+        if self.clip is not None and not (math.isfinite(self.clip) and self.clip > 0):
+            raise ValueError(f"clip: expected a positive number or None, got {self.clip!r}")
+        if not (math.isfinite(self.alpha) and self.alpha >= 0):
+            raise ValueError(f"alpha: expected a number >= 0, got {self.alpha!r}")
+        if self.lr_schedule not in ("halve", "constant"):
+            raise ValueError(f"lr_schedule: expected 'halve' or 'constant', got {self.lr_schedule!r}")
+        if self.monitor not in ("valid", "train"):
+            raise ValueError(f"monitor: expected 'valid' or 'train', got {self.monitor!r}")
+        if self.normalize not in ("step", "sequence", "sum"):
+            raise ValueError(f"normalize: expected 'step', 'sequence' or 'sum', got {self.normalize!r}")
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype: expected 'float32' or 'float64', got {self.dtype!r}")
+        if self.problem == "music" and self.ahead != 1:
+            raise ValueError("ahead: only PTB predicts more than one step ahead")
+        if self.activation not in ("tanh", "sigmoid", "relu", "linear"):
+            raise ValueError(f"activation: unknown {self.activation!r}")
+        if self.init not in _init.INIT_SCHEMES:
+            raise ValueError(f"init: expected one of {_init.INIT_SCHEMES}, got {self.init!r}")
+
+    @property
+    def uses_clipping(self):
+        return self.method in ("SGD+C", "SGD+CR")
+
+    @property
+    def uses_omega(self):
+        return self.method == "SGD+CR" and self.alpha > 0
+
+    @property
+    def table_row(self):
+        """Row name of Table 1 for this run."""
+        if self.problem == "music":
+            return self.dataset
+        return "PTB chars, 1 step" if self.ahead == 1 else f"PTB chars, {self.ahead} steps"
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"config: unknown settings {unknown}")
+        return cls(**d)
+
+
+def music_config(dataset, method="SGD+CR", **overrides):
+    """The paper's music settings for ``dataset`` and ``method``, with overrides.
+
+    Parameters
+    ----------
+    dataset : {"Nottingham", "Piano-midi.de", "MuseData", "JSB"}
+    method : {"SGD", "SGD+C", "SGD+CR"}
+    **overrides
+        Any :class:`NaturalConfig` field (None values are ignored).
+
+    Returns
+    -------
+    NaturalConfig
+    """
+    dataset = canonical_dataset(dataset)
+    method = canonical_method(method)
+    muse = dataset == "MuseData"
+    base = dict(problem="music", dataset=dataset, method=method, hidden=400 if muse else 300,
+                biases=True, lr=0.5 if muse else 1.0, clip=8.0 if method != "SGD" else None,
+                alpha=1.0, normalize="step", seq_len=200, batch_size=20, max_epochs=200,
+                patience=10, eval_batch=32)
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    if method == "SGD" and overrides.get("clip") is None:
+        base["clip"] = None
+    return NaturalConfig(**base)
+
+
+def ptb_config(method="SGD+CR", ahead=1, **overrides):
+    """The paper's PTB-character settings for ``method`` (and ``ahead``), with overrides.
+
+    Parameters
+    ----------
+    method : {"SGD", "SGD+C", "SGD+CR"}
+    ahead : int
+        1 (next character) or 5 (the paper's "5 steps").
+    **overrides
+        Any :class:`NaturalConfig` field (None values are ignored).
+
+    Returns
+    -------
+    NaturalConfig
+    """
+    method = canonical_method(method)
+    base = dict(problem="ptb", dataset="PTB", method=method, hidden=500, biases=False,
+                lr=_PTB_LR[method], clip=45.0 if method != "SGD" else None, alpha=1.0,
+                normalize="sequence", seq_len=200, batch_size=8, ahead=int(ahead),
+                max_epochs=30, patience=3, eval_batch=32, eval_chunk=1000)
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    if method == "SGD" and overrides.get("clip") is None:
+        base["clip"] = None
+    return NaturalConfig(**base)
+
+
+# ==================================================================== schedules
+class EpochInverse(_optim.Schedule):
+    """Ω weight decaying per epoch: ``α_e = value / (2 e)`` in epoch ``e = 1, 2, ...``.
+
+    Our reading of the paper's "1/(2t) style" schedule for the natural tasks (t the
+    epoch). The runner calls :meth:`set_epoch` at the start of every epoch; the update
+    index the trainer passes to ``__call__`` is ignored.
+
+    Parameters
+    ----------
+    value : float
+        α₀ (≥ 0).
+    """
+
+    def __init__(self, value):
+        self.value = float(value)
+        if not (math.isfinite(self.value) and self.value >= 0):
+            raise ValueError(f"value: expected a number >= 0, got {value!r}")
+        self.epoch = 1
+
+    def set_epoch(self, epoch):
+        """Set the 1-based epoch whose weight ``__call__`` returns."""
+        if int(epoch) < 1:
+            raise ValueError(f"epoch: expected >= 1, got {epoch!r}")
+        self.epoch = int(epoch)
+
+    def __call__(self, t):
+        return self.value / (2.0 * self.epoch)
+
+    def state_dict(self):
+        return {"epoch": self.epoch}
+
+    def load_state_dict(self, state):
+        self.epoch = int(state["epoch"])
+
+    def __repr__(self):
+        return f"EpochInverse({self.value})"
+
+
+# ======================================================================== model
+class _SegmentModel(RNNModel):
+    """RNNModel that (a) starts a training segment from a carried state and records the
+    segment's final state, and (b) keeps some parameters frozen (zero gradients).
+
+    Used from outside :class:`~rnnfast.trainer.Trainer` (whose ``train_step`` has no
+    ``h0`` argument): the runner sets ``carry`` (B, H) or None before each update.
+    """
+
+    def __init__(self, *args, frozen=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.frozen = tuple(frozen)
+        self.carry = None
+        self.record_carry = False
+
+    def loss_and_grad(self, u, targets, mask=None, *, h0=None, **kwargs):
+        if h0 is None and self.carry is not None:
+            h0 = self.carry
+        res = super().loss_and_grad(u, targets, mask, h0=h0, **kwargs)
+        if self.record_carry:
+            self.carry = np.array(res.h_last, copy=True)
+        for name in self.frozen:
+            res.grads[name][...] = 0
+        return res
+
+
+def _logits(model, h):
+    """Readout scores for hidden states h (T, B, H): ONE GEMM over all T·B rows.
+
+    Returns
+    -------
+    ndarray (T, B, O)
+    """
+    T, B, H = h.shape
+    z = h.reshape(T * B, H) @ model.params["W_out"].T
+    z += model.params["b_out"]
+    return z.reshape(T, B, -1)
+
+
+# ===================================================================== problems
+class _Batch:
+    __slots__ = ("u", "targets", "mask", "reset", "count")
+
+    def __init__(self, u, targets, mask, reset, count):
+        self.u, self.targets, self.mask, self.reset, self.count = u, targets, mask, reset, count
+
+
+class MusicProblem:
+    """Polyphonic music next-step prediction (88 sigmoid outputs, BCE).
+
+    Parameters
+    ----------
+    data : rnnfast.data.MusicData
+    config : NaturalConfig
+
+    Notes
+    -----
+    Training batches: every piece is cut into segments of ``seq_len`` predicted steps
+    (:class:`rnnfast.data.MusicBatches`), shuffled afresh each epoch by a generator
+    seeded with ``(seed, epoch)`` (so a resumed epoch replays the same order); each
+    segment starts from h = 0. Evaluation: whole pieces, sorted by length, in batches
+    of ``eval_batch``, the NLL pooled over all predicted steps.
+    """
+
+    kind = "music"
+    n_in = n_out = 88
+    loss = "sigmoid_bce"
+    carries_state = False
+    metric_name = "NLL per time step (nats)"
+
+    def __init__(self, data, config):
+        self.data = data
+        self.config = config
+        self._dtype = np.dtype(config.dtype)
+        self._eval_sets = {}
+
+    def train_batches(self, epoch):
+        """Iterator over the training batches of ``epoch`` (1-based)."""
+        rng = np.random.default_rng([int(self.config.seed), int(epoch)])
+        mb = MusicBatches(self.data.train, self.config.batch_size,
+                          segment_length=self.config.seq_len, rng=rng, dtype=self._dtype)
+        for b in mb:
+            yield _Batch(b.u, b.targets, b.mask, True, int(np.count_nonzero(b.mask)))
+
+    def n_train_batches(self):
+        return len(MusicBatches(self.data.train, self.config.batch_size,
+                                segment_length=self.config.seq_len, dtype=self._dtype))
+
+    def evaluate(self, model, split, num_threads=None, limit=None):
+        """NLL per time step (nats) of ``split`` -> (value, n_steps).
+
+        ``limit``: score only the first pieces of the split holding at most ``limit``
+        steps (at least one piece; None: all).
+        """
+        rolls = self.data.split(split)
+        if limit is not None:
+            n = np.searchsorted(np.cumsum([r.shape[0] for r in rolls]), int(limit), side="right")
+            rolls = rolls[:max(1, int(n))]
+        order = sorted(range(len(rolls)), key=lambda i: rolls[i].shape[0])
+        mb = MusicBatches([rolls[i] for i in order], self.config.eval_batch, dtype=self._dtype)
+        total, count = 0.0, 0
+        for b in mb:
+            fwd = model.forward(b.u, num_threads=num_threads)
+            t, c = _metrics.music_nll(_logits(model, fwd.h), b.targets, b.mask, logits=True,
+                                      reduce="sum")
+            total += t
+            count += c
+        return total / count, count
+
+    def cost_to_metric(self, nats_per_step):
+        return nats_per_step
+
+
+class PTBProblem:
+    """Penn Treebank characters: 50-way softmax, truncated BPTT with carried state.
+
+    Parameters
+    ----------
+    data : rnnfast.data.PTBChars
+    config : NaturalConfig
+
+    Notes
+    -----
+    Training: the train split as ``batch_size`` contiguous streams cut into
+    ``seq_len``-step segments (:class:`rnnfast.data.CharStream`), in order; the
+    state carries from one segment to the next and is reset at the start of each
+    epoch. Evaluation: each split separately as ``eval_batch`` streams read in
+    ``eval_chunk``-step pieces with the state carried, starting from zero.
+    """
+
+    kind = "ptb"
+    loss = "softmax_ce"
+    carries_state = True
+
+    def __init__(self, data, config):
+        self.data = data
+        self.config = config
+        self._dtype = np.dtype(config.dtype)
+        self.n_in = self.n_out = len(data.vocab)
+        self.metric_name = ("bits per character" if config.ahead == 1
+                            else f"bits per character, {config.ahead} steps ahead")
+
+    def _train_stream(self):
+        c = self.config
+        return CharStream(self.data.train, self.n_in, c.batch_size, c.seq_len, ahead=c.ahead,
+                          dtype=self._dtype)
+
+    def train_batches(self, epoch):
+        """Iterator over the training segments of an epoch (the same every epoch)."""
+        for b in self._train_stream():
+            yield _Batch(b.u, b.targets, None, b.reset, int(b.targets.size))
+
+    def n_train_batches(self):
+        return len(self._train_stream())
+
+    def evaluate(self, model, split, num_threads=None, limit=None):
+        """Bits per character of ``split`` -> (value, n_characters).
+
+        ``limit``: score only the first ``limit`` characters of the split (None: all).
+        """
+        c = self.config
+        data = self.data.split(split)
+        if limit is not None:
+            data = data[:int(limit)]
+        stream = CharStream(data, self.n_in, c.eval_batch, c.eval_chunk,
+                            ahead=c.ahead, dtype=self._dtype)
+        total, count = 0.0, 0
+        h = None
+        for b in stream:
+            fwd = model.forward(b.u, None if b.reset else h, num_threads=num_threads)
+            h = np.array(fwd.h_last, copy=True)
+            t, n = _metrics.bits_per_char(_logits(model, fwd.h), b.targets, logits=True,
+                                          reduce="sum")
+            total += t
+            count += n
+        return total / count, count
+
+    def cost_to_metric(self, nats_per_step):
+        return nats_per_step / math.log(2.0)
+
+
+def load_problem(config, data_dir):
+    """Load the data of ``config`` from ``data_dir`` and wrap it in a problem object.
+
+    Parameters
+    ----------
+    config : NaturalConfig
+    data_dir : str or path-like
+        Data root (holding ``music/`` and ``ptb_char/``), the ``music``/``ptb_char``
+        folder itself, or (music) the data set file.
+    """
+    data_dir = os.fspath(data_dir)
+    if config.problem == "music":
+        path = data_dir if os.path.isfile(data_dir) else music_path(data_dir, config.dataset)
+        if not os.path.exists(path):
+            mat = music_path(data_dir, config.dataset, "mat") if not os.path.isfile(data_dir) else None
+            if mat is not None and os.path.exists(mat):
+                path = mat
+            else:
+                raise FileNotFoundError(f"--data: no {config.dataset} file found under {data_dir!r} "
+                                        f"(looked for {path})")
+        return MusicProblem(load_music(path, name=config.dataset), config)
+    return PTBProblem(load_ptb_chars(data_dir), config)
+
+
+# ====================================================================== runner
+@dataclass
+class RunOutcome:
+    """What :meth:`NaturalRun.run` returns.
+
+    Attributes
+    ----------
+    stopped : str
+        "early_stop", "max_epochs", "budget" (or "done" when the checkpoint was finished).
+    epochs : int
+        Completed epochs.
+    updates : int
+        Total updates.
+    train_seconds : float
+        Training wall time over all sessions (validations included).
+    best_valid : float or None
+    results : dict or None
+        Final table (see :meth:`NaturalRun.final_results`), when computed.
+    """
+
+    stopped: str
+    epochs: int
+    updates: int
+    train_seconds: float
+    best_valid: Optional[float]
+    results: Optional[dict] = None
+
+
+class NaturalRun:
+    """One natural-problem experiment: training, validation, checkpoints, final table.
+
+    Parameters
+    ----------
+    config : NaturalConfig
+    problem : MusicProblem or PTBProblem
+    out : str, optional
+        Output folder (checkpoint, history, results). None: nothing is written.
+    num_threads : int, optional
+        Threads of the C++ kernels (fix it for a bit-exact resume).
+    progress : bool or None
+        tqdm progress bar; None: only when stderr is a terminal.
+    log : callable(str) or None
+        Receives one line per validation (and every ``log_every`` updates).
+    log_every : int
+        Log a training line every this many updates (0: never).
+    checkpoint_every : int
+        Checkpoint every this many updates (and at every validation and at the end).
+    train_eval_limit : int, optional
+        Final table: score the training split on its first this many steps/characters
+        only (its full length takes a while for PTB; None: all of it).
+    """
+
+    def __init__(self, config, problem, *, out=None, num_threads=None, progress=None, log=None,
+                 log_every=0, checkpoint_every=100, train_eval_limit=None):
+        self.train_eval_limit = None if train_eval_limit is None else int(train_eval_limit)
+        self.config = config
+        self.problem = problem
+        self.out = None if out is None else os.fspath(out)
+        self.num_threads = num_threads
+        self.progress = progress
+        self.log = log
+        self.log_every = int(log_every)
+        self.checkpoint_every = int(checkpoint_every)
+        c = config
+        frozen = () if c.biases else ("b", "b_out")
+        self.model = _SegmentModel(problem.n_in, c.hidden, problem.n_out, init=c.init,
+                                   activation=c.activation, loss=problem.loss, at="all",
+                                   normalize=c.normalize, dtype=np.dtype(c.dtype),
+                                   rng=np.random.default_rng([c.seed, 0]), frozen=frozen)
+        self.model.record_carry = problem.carries_state
+        lr = (_optim.HalveOnRise(c.lr, 0.5) if c.lr_schedule == "halve" else _optim.Constant(c.lr))
+        self.alpha = EpochInverse(c.alpha) if c.uses_omega else None
+        clipper = _clipping.GradientClipper(c.clip if c.uses_clipping else None, strict=True,
+                                            nonfinite="shrink")
+        self.trainer = Trainer(self.model, [], _optim.SGD(c.lr), lr=lr, clip=clipper,
+                               alpha=self.alpha, valid_every=0, rho_every=0, seed=c.seed,
+                               progress=False, num_threads=num_threads)
+        self.epoch = 1             # current (1-based) epoch
+        self.batch_in_epoch = 0    # batches of it already trained on
+        self.epoch_cost = [0.0, 0]  # training cost (nats) and steps so far in this epoch
+        self.records = []          # one dict per validation
+        self.best_valid = None
+        self.best_params = None
+        self.bad_validations = 0
+        self.finished = None       # stop reason once the run is over for good
+        self.train_seconds = 0.0
+
+    # ------------------------------------------------------------ helpers
+    @property
+    def updates(self):
+        return self.trainer.update
+
+    def _path(self, name):
+        return None if self.out is None else os.path.join(self.out, name)
+
+    def _say(self, msg):
+        if self.log is not None:
+            self.log(msg)
+
+    def _batch_nats(self, row_loss, batch):
+        """Training cost of one batch in total nats (undo the normalisation)."""
+        c = self.config
+        if c.normalize == "step":
+            return row_loss * batch.count
+        if c.normalize == "sequence":
+            return row_loss * np.shape(batch.u)[1]
+        return row_loss
+
+    def validate(self, *, end_of_epoch, counts=True):
+        """Measure the validation metric, update best parameters, lr and early stopping.
+
+        Parameters
+        ----------
+        end_of_epoch : bool
+            An epoch just ended (the learning-rate schedule observes the error).
+        counts : bool
+            False for the validation made when a budget interrupts an epoch: it may
+            update the best parameters but neither counts towards early stopping nor
+            moves the learning rate (so a resumed run follows the same trajectory).
+
+        Returns
+        -------
+        dict
+            The record appended to ``records``.
+        """
+        t0 = time.perf_counter()
+        value, n = self.problem.evaluate(self.model, "valid", self.num_threads)
+        tc, tn = self.epoch_cost
+        train_cost = self.problem.cost_to_metric(tc / tn) if tn else None
+        improved = math.isfinite(value) and (self.best_valid is None or value < self.best_valid)
+        if improved:
+            self.best_valid = float(value)
+            self.best_params = {k: v.copy() for k, v in self.model.params.items()}
+            self.bad_validations = 0
+        elif counts:
+            self.bad_validations += 1
+        lr_before = float(self.trainer.lr(self.updates))
+        if self.config.monitor == "valid" or train_cost is None:
+            watched = value if math.isfinite(value) else float("inf")
+        else:
+            watched = train_cost
+        observe = getattr(self.trainer.lr, "observe", None)
+        if observe is not None and counts and (end_of_epoch or self.config.valid_every):
+            observe(watched)
+        hist = self.trainer.history
+        lo = 0
+        if self.records:
+            lo = int(np.searchsorted(hist["update"], self.records[-1]["update"], side="right"))
+        norms = hist["norm"][lo:]
+        clipped = hist["clipped"][lo:]
+        rec = {
+            "epoch": self.epoch,
+            "end_of_epoch": bool(end_of_epoch),
+            "batch_in_epoch": self.batch_in_epoch,
+            "update": self.updates,
+            "train_cost": train_cost,
+            "valid": float(value),
+            "valid_count": int(n),
+            "best_valid": self.best_valid,
+            "improved": bool(improved),
+            "lr": lr_before,
+            "lr_next": float(self.trainer.lr(self.updates)),
+            "alpha": None if self.alpha is None else float(self.alpha(self.updates)),
+            "mean_norm": float(np.nanmean(norms)) if norms.size else None,
+            "clipped_fraction": float(clipped.mean()) if clipped.size else None,
+            "rho": _init.spectral_radius(self.model.params["W_rec"]),
+            "valid_seconds": time.perf_counter() - t0,
+            "train_seconds": self.train_seconds,
+        }
+        self.records.append(rec)
+        self._say(self._format_record(rec))
+        return rec
+
+    def _format_record(self, rec):
+        tc = "n/a" if rec["train_cost"] is None else f"{rec['train_cost']:.4f}"
+        where = (f"epoch {rec['epoch']:3d}" if rec["end_of_epoch"]
+                 else f"epoch {rec['epoch']:3d}+{rec['batch_in_epoch']}b")
+        return (f"{where}  update {rec['update']:7d}  train {tc}  valid {rec['valid']:.4f}"
+                f"{' *' if rec['improved'] else '  '}  lr {rec['lr']:.4g}"
+                f"{' -> ' + format(rec['lr_next'], '.4g') if rec['lr_next'] != rec['lr'] else ''}"
+                f"  alpha {rec['alpha'] if rec['alpha'] is None else format(rec['alpha'], '.3g')}"
+                f"  norm {rec['mean_norm'] if rec['mean_norm'] is None else format(rec['mean_norm'], '.3g')}"
+                f"  clipped {rec['clipped_fraction'] if rec['clipped_fraction'] is None else format(rec['clipped_fraction'], '.2f')}"
+                f"  rho {rec['rho']:.3f}  [{rec['train_seconds']:.0f}s]")
+
+    def _bar(self, total, initial):
+        if self.progress is False:
+            return None
+        if self.progress is None and not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty()):
+            return None
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            return None
+        return tqdm(total=total, initial=initial, unit="upd", dynamic_ncols=True, leave=False,
+                    desc=f"epoch {self.epoch}")
+
+    # ------------------------------------------------------------------ run
+    def run(self, *, budget=None, max_updates=None, final=True, validate_on_stop=True):
+        """Train until early stopping, ``max_epochs`` or ``budget`` seconds; then (if
+        ``final``) evaluate the best parameters on all splits and write the results.
+
+        Parameters
+        ----------
+        budget : float, optional
+            Wall-clock seconds of training (updates and validations) for this call.
+            A run stopped by its budget can be resumed (:meth:`load_checkpoint`).
+        max_updates : int, optional
+            Stop (resumably, like a budget) once the run has made this many updates in
+            total.
+        final : bool
+            Compute and write the final table.
+        validate_on_stop : bool
+            When the budget (or ``max_updates``) interrupts an epoch, validate once so
+            the partial epoch can still give the best parameters.
+
+        Returns
+        -------
+        RunOutcome
+        """
+        c = self.config
+        start = time.perf_counter()
+        base_seconds = self.train_seconds
+        stopped = self.finished
+        n_batches = self.problem.n_train_batches()
+        with _blas_single_thread():
+            while stopped is None:
+                if self.epoch > c.max_epochs:
+                    stopped = "max_epochs"
+                    break
+                if self.alpha is not None:
+                    self.alpha.set_epoch(self.epoch)
+                bar = self._bar(n_batches, self.batch_in_epoch)
+                it = self.problem.train_batches(self.epoch)
+                try:
+                    for _ in range(self.batch_in_epoch):  # resume: skip what was trained on
+                        next(it)
+                    for batch in it:
+                        if budget is not None and time.perf_counter() - start >= budget:
+                            stopped = "budget"
+                            break
+                        if max_updates is not None and self.updates >= max_updates:
+                            stopped = "max_updates"
+                            break
+                        if batch.reset:
+                            self.model.carry = None
+                        row = self.trainer.train_step(batch.u, batch.targets, batch.mask)
+                        self.batch_in_epoch += 1
+                        if math.isfinite(row["loss"]):
+                            self.epoch_cost[0] += self._batch_nats(row["loss"], batch)
+                            self.epoch_cost[1] += batch.count
+                        self.train_seconds = base_seconds + time.perf_counter() - start
+                        if bar is not None:
+                            bar.update(1)
+                            bar.set_postfix(loss=f"{row['loss']:.4g}", norm=f"{row['norm']:.3g}",
+                                            lr=f"{row['lr']:.3g}")
+                        if self.log_every and self.updates % self.log_every == 0:
+                            tc, tn = self.epoch_cost
+                            self._say(f"  update {self.updates:7d}  epoch {self.epoch} "
+                                      f"batch {self.batch_in_epoch}/{n_batches}  train "
+                                      f"{self.problem.cost_to_metric(tc / max(tn, 1)):.4f}  "
+                                      f"norm {row['norm']:.3g}  lr {row['lr']:.3g}  "
+                                      f"[{self.train_seconds:.0f}s]")
+                        if c.valid_every and self.updates % c.valid_every == 0 \
+                                and self.batch_in_epoch < n_batches:
+                            self.validate(end_of_epoch=False)
+                            if c.patience and self.bad_validations >= c.patience:
+                                stopped = "early_stop"
+                                break
+                        if self.checkpoint_every and self.updates % self.checkpoint_every == 0:
+                            self.save_checkpoint()
+                finally:
+                    if bar is not None:
+                        bar.close()
+                if stopped in ("budget", "max_updates"):
+                    if validate_on_stop and self.batch_in_epoch and (not self.records
+                                                or self.records[-1]["update"] != self.updates):
+                        self.validate(end_of_epoch=False, counts=False)  # keep the partial epoch
+                    self.train_seconds = base_seconds + time.perf_counter() - start
+                    break
+                if stopped is not None:
+                    break
+                # end of epoch
+                self.validate(end_of_epoch=True)
+                self.epoch += 1
+                self.batch_in_epoch = 0
+                self.epoch_cost = [0.0, 0]
+                self.model.carry = None
+                self.train_seconds = base_seconds + time.perf_counter() - start
+                if c.patience and self.bad_validations >= c.patience:
+                    stopped = "early_stop"
+                self.save_checkpoint()
+        self.train_seconds = base_seconds + time.perf_counter() - start
+        if stopped not in ("budget", "max_updates"):
+            self.finished = stopped
+        self.save_checkpoint()
+        self._save_model()
+        results = None
+        if final:
+            results = self.final_results(stopped)
+            self._write_results(results)
+        return RunOutcome(stopped, self.epoch - 1, self.updates, self.train_seconds,
+                          self.best_valid, results)
+
+    # --------------------------------------------------------------- results
+    def final_results(self, stopped=None):
+        """Evaluate the best parameters (the current ones if never validated) on the train,
+        valid and test splits.
+
+        Returns
+        -------
+        dict
+            ``ours`` {split: value}, ``paper`` (train, test) of this method,
+            ``paper_row`` (all methods), ``metric``, ``config``, timings.
+        """
+        t0 = time.perf_counter()
+        params = self.best_params if self.best_params is not None else self.model.params
+        model = RNNModel(**{k: v for k, v in self.model.config().items()}, params=params)
+        ours = {}
+        counts = {}
+        with _blas_single_thread():
+            for split in ("train", "valid", "test"):
+                limit = self.train_eval_limit if split == "train" else None
+                ours[split], counts[split] = self.problem.evaluate(model, split, self.num_threads,
+                                                                   limit=limit)
+        c = self.config
+        row = PAPER_TABLE1.get(c.table_row, {})
+        return {
+            "dataset": c.table_row,
+            "method": c.method,
+            "metric": self.problem.metric_name,
+            "ours": ours,
+            "counts": counts,
+            "train_eval_limit": self.train_eval_limit,
+            "paper": row.get(c.method),
+            "paper_row": row,
+            "paper_sota": PAPER_SOTA.get(c.table_row),
+            "epochs": self.epoch - 1,
+            "partial_epoch_batches": self.batch_in_epoch,
+            "updates": self.updates,
+            "stopped": stopped if stopped is not None else self.finished,
+            "best_valid": self.best_valid,
+            "train_seconds": self.train_seconds,
+            "eval_seconds": time.perf_counter() - t0,
+            "config": c.to_dict(),
+        }
+
+    def _write_results(self, results):
+        if self.out is None:
+            return
+        text = json.dumps(_json_safe(results), indent=1, allow_nan=False)
+        atomic_write(self._path("results.json"), lambda f: f.write(text.encode()))
+        table = format_table(results)
+        atomic_write(self._path("table.md"), lambda f: f.write(table.encode()))
+
+    def _save_model(self):
+        if self.out is None:
+            return
+        params = self.best_params if self.best_params is not None else self.model.params
+        RNNModel(**self.model.config(), params=params).save(self._path("model.npz"))
+
+    # ------------------------------------------------------------ checkpoint
+    def save_checkpoint(self, path=None):
+        """Write the full run state atomically (``out/checkpoint.npz`` by default), plus
+        the history and the validation records."""
+        path = path if path is not None else self._path("checkpoint.npz")
+        if path is None:
+            return
+        tr = self.trainer
+        opt = tr.optimizer.state_dict()
+        velocity = opt.pop("velocity", {})
+        meta = {
+            "format": _CKPT_FORMAT,
+            "version": _CKPT_VERSION,
+            "config": self.config.to_dict(),
+            "model": self.model.config(),
+            "update": tr.update,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "epoch_cost": list(self.epoch_cost),
+            "optimizer": opt,
+            "velocity_keys": sorted(velocity),
+            "lr_schedule": tr.lr.state_dict() if hasattr(tr.lr, "state_dict") else {},
+            "alpha_schedule": self.alpha.state_dict() if self.alpha is not None else {},
+            "clipper": tr.clipper.state_dict(),
+            "norm_avg": tr.norm_avg.state_dict(),
+            "records": self.records,
+            "best_valid": self.best_valid,
+            "bad_validations": self.bad_validations,
+            "finished": self.finished,
+            "train_seconds": self.train_seconds,
+            "has_carry": self.model.carry is not None,
+            "has_best": self.best_params is not None,
+            "num_threads": self.num_threads,
+        }
+        arrays = {f"param.{k}": v for k, v in self.model.params.items()}
+        if self.best_params is not None:
+            arrays.update({f"best.{k}": v for k, v in self.best_params.items()})
+        arrays.update({f"velocity.{k}": v for k, v in velocity.items()})
+        arrays.update({f"history.{k}": v for k, v in tr.history.arrays().items()})
+        if self.model.carry is not None:
+            arrays["carry"] = self.model.carry
+        write_npz(path, arrays, _json_safe(meta))
+        if self.out is not None:
+            tr.save_history(self._path("history"))
+            text = json.dumps(_json_safe(self.records), indent=1, allow_nan=False)
+            atomic_write(self._path("epochs.json"), lambda f: f.write(text.encode()))
+
+    def load_checkpoint(self, path=None):
+        """Restore a state written by :meth:`save_checkpoint` (same config required).
+
+        Raises
+        ------
+        FileNotFoundError, CheckpointError
+        """
+        path = path if path is not None else self._path("checkpoint.npz")
+        meta, arrays = read_npz(path, _CKPT_FORMAT)
+        src = repr(os.fspath(path))
+        if meta.get("version") != _CKPT_VERSION:
+            raise CheckpointError(f"{src}: unsupported checkpoint version {meta.get('version')!r}")
+        try:
+            if meta["config"] != _json_safe(self.config.to_dict()):
+                diff = {k: (meta["config"].get(k), v) for k, v in self.config.to_dict().items()
+                        if meta["config"].get(k) != v}
+                raise CheckpointError(f"{src}: the run's settings differ from the checkpoint's "
+                                      f"(checkpoint, now): {diff}")
+            params = {k[6:]: v for k, v in arrays.items() if k.startswith("param.")}
+            probe = RNNModel.from_config(meta["model"], params, source=src)
+            best = None
+            if meta["has_best"]:
+                best = {k[5:]: v for k, v in arrays.items() if k.startswith("best.")}
+                RNNModel.from_config(meta["model"], best, source=src)
+            velocity = {k: arrays[f"velocity.{k}"] for k in meta["velocity_keys"]}
+            hist = History()
+            hist.load_arrays({k[8:]: v for k, v in arrays.items() if k.startswith("history.")})
+            carry = arrays["carry"] if meta["has_carry"] else None
+            if carry is not None and (carry.ndim != 2 or carry.shape[1] != self.model.n_hidden):
+                raise CheckpointError(f"{src}: carried state has shape {carry.shape}")
+        except CheckpointError:
+            raise
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{src}: incomplete or inconsistent checkpoint: {e!r}") from e
+        tr = self.trainer
+        self.model.params = probe.params
+        tr.optimizer.load_state_dict({**meta["optimizer"], "velocity": velocity})
+        if hasattr(tr.lr, "load_state_dict"):
+            tr.lr.load_state_dict(meta["lr_schedule"])
+        if self.alpha is not None:
+            self.alpha.load_state_dict(meta["alpha_schedule"])
+        tr.clipper.load_state_dict(meta["clipper"])
+        tr.norm_avg.load_state_dict(meta["norm_avg"])
+        tr.history = hist
+        tr.update = int(meta["update"])
+        self.model.carry = None if carry is None else np.ascontiguousarray(carry, dtype=self.model.dtype)
+        self.epoch = int(meta["epoch"])
+        self.batch_in_epoch = int(meta["batch_in_epoch"])
+        self.epoch_cost = [float(meta["epoch_cost"][0]), int(meta["epoch_cost"][1])]
+        self.records = list(meta["records"])
+        self.best_valid = meta["best_valid"]
+        self.best_params = best
+        self.bad_validations = int(meta["bad_validations"])
+        self.finished = meta["finished"]
+        self.train_seconds = float(meta["train_seconds"])
+
+
+@contextlib.contextmanager
+def _blas_single_thread():
+    """Run NumPy's BLAS single-threaded (when threadpoolctl is installed).
+
+    The C++ kernels are already parallel; OpenBLAS's own threads on top of them make
+    the readout's ``dzᵀ·h`` product up to 25x slower on a busy 2-core machine.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - optional
+        yield
+        return
+    with threadpool_limits(1, user_api="blas"):
+        yield
+
+
+# ======================================================================= tables
+def _fmt(v, nd=2):
+    return "n/a" if v is None else f"{v:.{nd}f}"
+
+
+def format_table(results):
+    """Markdown table of one run: ours train/valid/test next to the paper's Table 1 row.
+
+    Parameters
+    ----------
+    results : dict
+        From :meth:`NaturalRun.final_results`.
+    """
+    ours = results["ours"]
+    paper = results.get("paper")
+    lines = [
+        f"### {results['dataset']}, {results['method']} — {results['metric']}",
+        "",
+        "| | train | valid | test |",
+        "|---|---|---|---|",
+        f"| ours | {_fmt(ours['train'], 3)} | {_fmt(ours['valid'], 3)} | {_fmt(ours['test'], 3)} |",
+        f"| paper ({results['method']}) | {_fmt(paper[0] if paper else None)} | n/a | "
+        f"{_fmt(paper[1] if paper else None)} |",
+    ]
+    for m, v in results.get("paper_row", {}).items():
+        if m != results["method"]:
+            lines.append(f"| paper ({m}) | {_fmt(v[0] if v else None)} | n/a | "
+                         f"{_fmt(v[1] if v else None)} |")
+    if results.get("train_eval_limit") is not None:
+        lines.append("")
+        lines.append(f"(train column: the first {results['counts']['train']} predictions of the "
+                     "training split only)")
+    mins = results["train_seconds"] / 60
+    lines += ["", f"{results['updates']} updates, stopped by {results['stopped']}; "
+                  f"training {mins:.1f} min (+{results['eval_seconds']:.0f} s final evaluation); "
+                  f"best valid {_fmt(results['best_valid'], 4)}.", ""]
+    return "\n".join(lines)
+
+
+def readme_rows(results_list):
+    """README rows, one per run: ``| data set | method | ours train/valid/test | paper train/test | wall |``.
+
+    Parameters
+    ----------
+    results_list : list of dict
+        :meth:`NaturalRun.final_results` outputs.
+    """
+    lines = ["| data set | method | ours train / valid / test | paper train / test | training time |",
+             "|---|---|---|---|---|"]
+    for r in results_list:
+        o, p = r["ours"], r.get("paper")
+        lines.append(f"| {r['dataset']} | {r['method']} | {o['train']:.2f} / {o['valid']:.2f} / "
+                     f"{o['test']:.2f} | {_fmt(p[0] if p else None)} / {_fmt(p[1] if p else None)} | "
+                     f"{r['train_seconds'] / 60:.0f} min |")
+    return "\n".join(lines) + "\n"
+
+
+# ========================================================================== CLI
+def _positive_int(s):
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
+    return v
+
+
+def _nonneg_int(s):
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {s!r}")
+    return v
+
+
+def _positive_float(s):
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}") from None
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}")
+    return v
+
+
+def _nonneg_float(s):
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s!r}") from None
+    if not (math.isfinite(v) and v >= 0):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s!r}")
+    return v
+
+
+def _clip_arg(s):
+    if s.lower() in ("none", "off"):
+        return 0.0
+    return _positive_float(s)
+
+
+def _method_arg(s):
+    try:
+        return canonical_method(s)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _dataset_arg(s):
+    try:
+        return canonical_dataset(s)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _add_common(p, problem):
+    p.add_argument("--data", required=True, metavar="DIR",
+                   help="data root holding music/ and ptb_char/ (e.g. ../shared/data), or the "
+                        + ("music folder / data set file" if problem == "music" else "ptb_char folder"))
+    p.add_argument("--method", type=_method_arg, default="SGD+CR",
+                   help="SGD, SGD+C or SGD+CR (also sgd, sgd-c, sgd-cr); default SGD+CR")
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help="output folder (checkpoint, history, results); default "
+                        "results/<dataset>-<method>")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT/checkpoint.npz when it exists (same settings required)")
+    p.add_argument("--budget", type=_positive_float, metavar="MINUTES", default=None,
+                   help="stop training after this many minutes (then evaluate); resume later "
+                        "with --resume")
+    g = p.add_argument_group("model and training (defaults: the paper's settings)")
+    g.add_argument("--hidden", type=_positive_int, default=None, help="hidden units")
+    g.add_argument("--lr", type=_positive_float, default=None, help="initial learning rate")
+    g.add_argument("--lr-schedule", choices=("halve", "constant"), default=None,
+                   help="halve the lr when the epoch error rises (default) or keep it constant")
+    g.add_argument("--monitor", choices=("valid", "train"), default=None,
+                   help="epoch error that the lr halving watches (default valid)")
+    g.add_argument("--clip", type=_clip_arg, default=None, metavar="THRESHOLD",
+                   help="norm-clipping threshold for SGD+C / SGD+CR ('none' disables)")
+    g.add_argument("--alpha", type=_nonneg_float, default=None,
+                   help="Ω weight α0 of α_e = α0/(2e) for SGD+CR (default 1)")
+    g.add_argument("--normalize", choices=("step", "sequence", "sum"), default=None,
+                   help="cost normalisation (music: step = averaged; PTB: sequence = summed over "
+                        "the steps, averaged over the batch)")
+    g.add_argument("--seq-len", type=_positive_int, default=None, help="segment length (200)")
+    g.add_argument("--batch-size", type=_positive_int, default=None,
+                   help="segments (music) or parallel streams (PTB) per update")
+    g.add_argument("--max-epochs", type=_positive_int, default=None)
+    g.add_argument("--patience", type=_nonneg_int, default=None,
+                   help="stop after this many validations without improvement (0: never)")
+    g.add_argument("--valid-every", type=_nonneg_int, default=None,
+                   help="also validate every N updates (0: only at the end of each epoch)")
+    g.add_argument("--eval-batch", type=_positive_int, default=None,
+                   help="music: pieces per evaluation batch; PTB: parallel evaluation streams")
+    g.add_argument("--dtype", choices=("float32", "float64"), default=None)
+    g.add_argument("--seed", type=int, default=None)
+    r = p.add_argument_group("running")
+    r.add_argument("--threads", type=_positive_int, default=None,
+                   help="threads of the C++ kernels (keep it fixed across a resume for "
+                        "bit-identical results)")
+    r.add_argument("--train-eval-limit", type=_positive_int, default=None, metavar="N",
+                   help="final table: score the training split on its first N steps / "
+                        "characters only (default: all)")
+    r.add_argument("--checkpoint-every", type=_positive_int, default=100, metavar="UPDATES")
+    r.add_argument("--log-every", type=_nonneg_int, default=0, metavar="UPDATES",
+                   help="print a training line every N updates (0: only validations)")
+    bar = r.add_mutually_exclusive_group()
+    bar.add_argument("--progress", dest="progress", action="store_true", default=None,
+                     help="always show the progress bar (default: on a terminal)")
+    bar.add_argument("--no-progress", dest="progress", action="store_false")
+    r.add_argument("--quiet", action="store_true", help="no log lines")
+
+
+_OVERRIDES = ("hidden", "lr", "lr_schedule", "monitor", "alpha", "normalize", "seq_len",
+              "batch_size", "max_epochs", "patience", "valid_every", "eval_batch", "dtype", "seed")
+
+
+def _overrides(args):
+    o = {k: getattr(args, k) for k in _OVERRIDES}
+    if args.clip is not None:
+        o["clip"] = None if args.clip == 0.0 else args.clip
+    return o
+
+
+def config_from_args(args):
+    """NaturalConfig from parsed ``music``/``ptb`` arguments."""
+    o = _overrides(args)
+    clip_given = "clip" in o
+    clip = o.pop("clip", None)
+    if args.problem == "music":
+        cfg = music_config(args.dataset, args.method, **o)
+    else:
+        cfg = ptb_config(args.method, args.ahead, **o)
+    if clip_given:
+        cfg.clip = clip
+        cfg.validate()
+    return cfg
+
+
+def run_from_args(args):
+    """Run (or resume) the experiment described by parsed arguments; print the table.
+
+    Returns
+    -------
+    int
+        Exit status.
+    """
+    cfg = config_from_args(args)
+    slug = (cfg.dataset if cfg.problem == "music" else f"PTB-ahead{cfg.ahead}")
+    out = args.out or os.path.join("results", f"{slug}-{cfg.method.replace('+', '')}")
+    log = None if args.quiet else (lambda s: print(s, flush=True))
+    os.makedirs(out, exist_ok=True)
+    t0 = time.perf_counter()
+    problem = load_problem(cfg, args.data)
+    if log:
+        log(f"{cfg.table_row}, {cfg.method}: H={cfg.hidden} {cfg.activation}, lr {cfg.lr} "
+            f"({cfg.lr_schedule}), clip {cfg.clip if cfg.uses_clipping else 'off'}, "
+            f"alpha0 {cfg.alpha if cfg.uses_omega else 'off'}, batch {cfg.batch_size}x{cfg.seq_len}, "
+            f"{cfg.normalize} cost, {cfg.dtype}; data loaded in {time.perf_counter() - t0:.1f}s; "
+            f"{problem.n_train_batches()} updates per epoch; out {out}")
+    run = NaturalRun(cfg, problem, out=out, num_threads=args.threads, progress=args.progress,
+                     log=log, log_every=args.log_every, checkpoint_every=args.checkpoint_every,
+                     train_eval_limit=args.train_eval_limit)
+    ckpt = os.path.join(out, "checkpoint.npz")
+    if os.path.exists(ckpt):
+        if not args.resume:
+            print(f"error: {ckpt} exists; pass --resume to continue it or choose another --out",
+                  file=sys.stderr)
+            return 2
+        run.load_checkpoint(ckpt)
+        if log:
+            log(f"resumed at epoch {run.epoch}, batch {run.batch_in_epoch}, update {run.updates}")
+    text = json.dumps(_json_safe(cfg.to_dict()), indent=1)
+    atomic_write(os.path.join(out, "config.json"), lambda f: f.write(text.encode()))
+    outcome = run.run(budget=None if args.budget is None else args.budget * 60.0)
+    print(format_table(outcome.results))
+    return 0
+
+
+def _register(subparsers, problem):
+    if problem == "music":
+        p = subparsers.add_parser(
+            "music", help="polyphonic music (Table 1: NLL per time step)",
+            description="Train a 300-unit sigmoid RNN (400 for MuseData) on a polyphonic music "
+                        "data set with SGD / SGD+C / SGD+CR and report train/valid/test NLL per "
+                        "time step next to the paper's Table 1.")
+        p.add_argument("--dataset", type=_dataset_arg, required=True,
+                       help="Nottingham, Piano-midi.de, MuseData or JSB")
+    else:
+        p = subparsers.add_parser(
+            "ptb", help="Penn Treebank characters (Table 1: bits per character)",
+            description="Train a 500-unit sigmoid RNN without biases on PTB characters with "
+                        "truncated BPTT (state carried across 200-step segments) and report "
+                        "train/valid/test bits per character next to the paper's Table 1.")
+        p.add_argument("--ahead", type=_positive_int, default=1,
+                       help="predict the character this many steps ahead (paper: 1 and 5)")
+    _add_common(p, problem)
+    p.set_defaults(func=run_from_args, problem=problem)
+    return p
+
+
+def register_music(subparsers):
+    """Add ``music`` to the subparsers of ``rnnfast reproduce`` (argparse)."""
+    return _register(subparsers, "music")
+
+
+def register_ptb(subparsers):
+    """Add ``ptb`` to the subparsers of ``rnnfast reproduce`` (argparse)."""
+    return _register(subparsers, "ptb")
+
+
+def build_parser():
+    """Stand-alone parser: ``python -m rnnfast.reproduce.natural {music,ptb} ...``."""
+    parser = argparse.ArgumentParser(prog="python -m rnnfast.reproduce.natural",
+                                     description="Reproduce the natural problems of Table 1.")
+    sub = parser.add_subparsers(dest="which", metavar="PROBLEM", required=True)
+    register_music(sub)
+    register_ptb(sub)
+    return parser
+
+
+def main(argv=None):
+    """Entry point of the stand-alone parser."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted (resume with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

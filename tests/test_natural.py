@@ -1,0 +1,374 @@
+"""Tests of rnnfast.reproduce.natural: the Table 1 runs on polyphonic music and PTB
+characters, on tiny data files written here (and light checks on ../shared/data)."""
+
+import argparse
+import json
+import os
+import pickle
+import time
+
+import numpy as np
+import pytest
+
+import rnnfast
+from rnnfast.data import CharStream, MusicBatches, bits_per_char, music_nll
+from rnnfast.model import CheckpointError, RNNModel
+from rnnfast.reproduce import natural as nat
+from conftest import SHARED_DATA
+
+THREADS = 1
+
+
+# ------------------------------------------------------------------ tiny data
+def _write_music(folder, name="Nottingham.pickle", seed=0):
+    rng = np.random.default_rng(seed)
+
+    def piece(T):
+        # a few voices walking through a small range, so there is something to learn
+        base = 60 + rng.integers(-5, 5)
+        steps = []
+        for t in range(T):
+            notes = {int(base + (t % 4)), int(base + 7 + (t // 2) % 3)}
+            if rng.random() < 0.3:
+                notes.add(int(rng.integers(40, 80)))
+            steps.append(sorted(notes))
+        return steps
+
+    data = {"train": [piece(int(rng.integers(15, 40))) for _ in range(7)],
+            "valid": [piece(int(rng.integers(10, 25))) for _ in range(2)],
+            "test": [piece(int(rng.integers(10, 25))) for _ in range(3)]}
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, name), "wb") as f:
+        pickle.dump(data, f, protocol=2)
+    return folder
+
+
+def _write_ptb(folder, seed=0):
+    rng = np.random.default_rng(seed)
+    words = ["the", "cat", "sat", "on", "a", "mat", "dog", "ran"]
+
+    def lines(n):
+        out = []
+        for _ in range(n):
+            ws = [words[i] for i in rng.integers(0, len(words), int(rng.integers(2, 6)))]
+            out.append(" ".join(" _ ".join(" ".join(w) for w in ws).split()))
+        return "\n".join(out) + "\n"
+
+    os.makedirs(folder, exist_ok=True)
+    for split, n in (("train", 60), ("valid", 12), ("test", 12)):
+        with open(os.path.join(folder, f"ptb.char.{split}.txt"), "w") as f:
+            f.write(lines(n))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def music_dir(tmp_path_factory):
+    return _write_music(str(tmp_path_factory.mktemp("music")))
+
+
+@pytest.fixture(scope="module")
+def ptb_dir(tmp_path_factory):
+    return _write_ptb(str(tmp_path_factory.mktemp("ptb")))
+
+
+def _music_cfg(**kw):
+    method = kw.pop("method", "SGD+CR")
+    base = dict(hidden=8, seq_len=10, batch_size=3, max_epochs=2, patience=0, eval_batch=2,
+                dtype="float64", seed=3)
+    base.update(kw)
+    return nat.music_config("Nottingham", method, **base)
+
+
+def _ptb_cfg(**kw):
+    method, ahead = kw.pop("method", "SGD+CR"), kw.pop("ahead", 1)
+    base = dict(hidden=10, seq_len=12, batch_size=4, max_epochs=2, patience=0, eval_batch=3,
+                eval_chunk=17, dtype="float64", seed=5)
+    base.update(kw)
+    return nat.ptb_config(method, ahead, **base)
+
+
+def _run(cfg, data_dir, out=None, **kw):
+    problem = nat.load_problem(cfg, data_dir)
+    return nat.NaturalRun(cfg, problem, out=out, num_threads=THREADS, progress=False, **kw)
+
+
+# ------------------------------------------------------------------ defaults
+def test_paper_defaults():
+    c = nat.music_config("Nottingham", "SGD+CR")
+    assert (c.hidden, c.activation, c.lr, c.clip, c.normalize, c.seq_len, c.biases) == \
+        (300, "sigmoid", 1.0, 8.0, "step", 200, True)
+    assert c.uses_omega and c.uses_clipping
+    m = nat.music_config("musedata", "sgd-c")
+    assert (m.dataset, m.hidden, m.lr, m.method, m.uses_omega) == ("MuseData", 400, 0.5, "SGD+C", False)
+    assert nat.music_config("JSB", "SGD").clip is None
+    for method, lr in (("SGD+C", 0.01), ("SGD+CR", 0.05), ("SGD", 0.001)):
+        p = nat.ptb_config(method)
+        assert (p.hidden, p.biases, p.lr, p.normalize, p.seq_len) == (500, False, lr, "sequence", 200)
+        assert p.clip == (None if method == "SGD" else 45.0)
+    assert nat.ptb_config("cr", ahead=5).table_row == "PTB chars, 5 steps"
+    with pytest.raises(ValueError, match="method"):
+        nat.music_config("Nottingham", "adam")
+    with pytest.raises(ValueError, match="dataset"):
+        nat.music_config("Bach", "SGD")
+    with pytest.raises(ValueError, match="ahead"):
+        nat.music_config("JSB", "SGD", ahead=5)
+
+
+def test_epoch_inverse_schedule():
+    s = nat.EpochInverse(1.0)
+    assert s(0) == 0.5
+    s.set_epoch(4)
+    assert s(123) == pytest.approx(1 / 8)
+    t = nat.EpochInverse(1.0)
+    t.load_state_dict(s.state_dict())
+    assert t(0) == s(0)
+    with pytest.raises(ValueError, match="value"):
+        nat.EpochInverse(-1)
+
+
+# ------------------------------------------------------------------ metrics
+def test_music_evaluate_matches_per_piece_nll(music_dir):
+    cfg = _music_cfg()
+    problem = nat.load_problem(cfg, music_dir)
+    model = RNNModel(88, 8, 88, init="basic_tanh", activation="sigmoid", loss="sigmoid_bce",
+                     at="all", rng=1)
+    value, n = problem.evaluate(model, "test")
+    total, count = 0.0, 0
+    for roll in problem.data.test:  # one piece at a time, plain loop over pieces
+        b = next(iter(MusicBatches([roll], 1)))
+        y = model.outputs(b.u)
+        t, c = music_nll(y, b.targets, b.mask, reduce="sum")
+        total, count = total + t, count + c
+    assert n == count == problem.data.n_steps("test")
+    assert value == pytest.approx(total / count, rel=1e-9)
+
+
+def test_ptb_evaluate_carries_state_and_resets_between_splits(ptb_dir):
+    cfg = _ptb_cfg(eval_batch=1, eval_chunk=7)
+    problem = nat.load_problem(cfg, ptb_dir)
+    V = problem.n_in
+    model = RNNModel(V, 10, V, init="basic_tanh", activation="sigmoid", loss="softmax_ce",
+                     at="all", rng=2)
+    # reference: the whole split as ONE sequence from h = 0
+    for split in ("valid", "test"):
+        s = problem.data.split(split)
+        u = np.eye(V)[s[:-1]][:, None, :]
+        y = model.outputs(u)[:, 0, :]
+        ref = bits_per_char(y, s[1:])
+        got, n = problem.evaluate(model, split)
+        assert n == s.size - 1
+        assert got == pytest.approx(ref, rel=1e-9)
+    # chunk length does not matter (state carried inside a split) ...
+    v1, _ = problem.evaluate(model, "test")
+    problem.config.eval_chunk = 1000
+    v2, _ = problem.evaluate(model, "test")
+    assert v1 == pytest.approx(v2, rel=1e-12)
+    # ... and a split's value does not depend on what was evaluated before (reset)
+    problem.evaluate(model, "train")
+    assert problem.evaluate(model, "test")[0] == pytest.approx(v2, rel=1e-12)
+
+
+def test_ptb_training_carries_state_across_segments(ptb_dir, monkeypatch):
+    cfg = _ptb_cfg(method="SGD+C", max_epochs=2)
+    run = _run(cfg, ptb_dir)
+    seen = []
+    orig = RNNModel.loss_and_grad
+
+    def spy(self, u, targets, mask=None, *, h0=None, **kw):
+        res = orig(self, u, targets, mask, h0=h0, **kw)
+        seen.append((None if h0 is None else np.array(h0), np.array(res.h_last)))
+        return res
+
+    monkeypatch.setattr(RNNModel, "loss_and_grad", spy)
+    run.run(final=False)
+    per_epoch = run.problem.n_train_batches()
+    assert len(seen) == 2 * per_epoch >= 4
+    for k, (h0, _) in enumerate(seen):
+        if k % per_epoch == 0:
+            assert h0 is None  # reset at the start of every epoch
+        else:
+            np.testing.assert_array_equal(h0, seen[k - 1][1])  # carried from the last segment
+    # no biases for PTB: they stay exactly zero
+    assert not run.model.params["b"].any() and not run.model.params["b_out"].any()
+
+
+# ------------------------------------------------------------------ end to end
+def test_music_end_to_end_writes_table(music_dir, tmp_path):
+    out = tmp_path / "run"
+    cfg = _music_cfg(max_epochs=3)
+    run = _run(cfg, music_dir, out=str(out))
+    outcome = run.run()
+    assert outcome.stopped == "max_epochs" and outcome.epochs == 3
+    r = outcome.results
+    assert set(r["ours"]) == {"train", "valid", "test"}
+    assert all(np.isfinite(v) and 0 < v < 88 * np.log(2) for v in r["ours"].values())
+    assert r["paper"] == (2.95, 3.36) and r["dataset"] == "Nottingham"
+    assert r["counts"]["test"] == run.problem.data.n_steps("test")
+    recs = json.loads((out / "epochs.json").read_text())
+    assert [x["epoch"] for x in recs] == [1, 2, 3]
+    assert recs[-1]["valid"] <= recs[0]["valid"] * 1.5
+    # the best parameters are the ones evaluated
+    assert r["ours"]["valid"] == pytest.approx(min(x["valid"] for x in recs), rel=1e-9)
+    table = (out / "table.md").read_text()
+    assert "3.36" in table and "| ours |" in table
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["ours"]["test"] == pytest.approx(r["ours"]["test"])
+    for name in ("checkpoint.npz", "history.json", "history.csv", "model.npz"):
+        assert (out / name).exists()
+    m = RNNModel.load(out / "model.npz")
+    assert m.n_hidden == 8
+    rows = nat.readme_rows([r])
+    assert "| Nottingham | SGD+CR |" in rows and "2.95 / 3.36" in rows
+
+
+def test_training_reduces_music_cost(music_dir):
+    cfg = _music_cfg(max_epochs=6, method="SGD+C", hidden=16)
+    run = _run(cfg, music_dir)
+    run.run(final=False)
+    v = [r["valid"] for r in run.records]
+    assert v[-1] < v[0]
+
+
+@pytest.mark.parametrize("which", ["music", "ptb"])
+def test_checkpoint_resume_continues_exactly(which, music_dir, ptb_dir, tmp_path):
+    if which == "music":
+        cfg, data = _music_cfg(max_epochs=3), music_dir
+    else:
+        cfg, data = _ptb_cfg(max_epochs=3, valid_every=3), ptb_dir
+    full = _run(cfg, data)
+    full.run(final=False)
+    n_per_epoch = full.problem.n_train_batches()
+    stop_at = n_per_epoch + 2  # inside epoch 2: a carried state, a partial epoch cost
+    out = tmp_path / which
+    a = _run(cfg, data, out=str(out))
+    oa = a.run(max_updates=stop_at, final=False)
+    assert oa.stopped == "max_updates" and a.updates == stop_at
+    if which == "ptb":
+        assert a.model.carry is not None
+    b = _run(cfg, data, out=str(out))
+    b.load_checkpoint()
+    assert b.updates == stop_at
+    b.run(final=False)
+    assert b.updates == full.updates
+    for k in full.model.params:
+        np.testing.assert_array_equal(b.model.params[k], full.model.params[k])
+        np.testing.assert_array_equal(b.best_params[k], full.best_params[k])
+    np.testing.assert_array_equal(b.trainer.history["loss"], full.trainer.history["loss"])
+    full_end = [r["valid"] for r in full.records if r["end_of_epoch"]]
+    b_end = [r["valid"] for r in b.records if r["end_of_epoch"]]
+    assert b_end == full_end
+
+
+def test_resume_refuses_other_settings(music_dir, tmp_path):
+    out = tmp_path / "r"
+    a = _run(_music_cfg(), music_dir, out=str(out))
+    a.run(max_updates=2, final=False)
+    b = _run(_music_cfg(lr=0.5), music_dir, out=str(out))
+    with pytest.raises(CheckpointError, match="lr"):
+        b.load_checkpoint()
+    (out / "bad.npz").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError):
+        b.load_checkpoint(str(out / "bad.npz"))
+
+
+def test_budget_stops_on_time_and_resumes(music_dir, tmp_path):
+    cfg = _music_cfg(max_epochs=10_000, hidden=32, method="SGD+C")
+    out = tmp_path / "b"
+    run = _run(cfg, music_dir, out=str(out))
+    t0 = time.perf_counter()
+    outcome = run.run(budget=0.5, final=False)
+    wall = time.perf_counter() - t0
+    assert outcome.stopped == "budget"
+    assert 0.5 <= outcome.train_seconds < 0.5 + 5.0
+    assert wall < 0.5 + 10.0
+    assert outcome.updates > 0 and run.finished is None
+    more = _run(cfg, music_dir, out=str(out))
+    more.load_checkpoint()
+    assert more.updates == outcome.updates
+    o2 = more.run(budget=0.3, final=False)
+    assert o2.updates > outcome.updates
+    assert o2.train_seconds > outcome.train_seconds
+
+
+def test_early_stopping_and_lr_halving(music_dir, monkeypatch):
+    cfg = _music_cfg(max_epochs=50, patience=2, lr=0.8, method="SGD+C")
+    run = _run(cfg, music_dir)
+    values = iter([5.0, 4.0, 4.5, 3.0, 3.5, 3.6, 1.0])  # valid metric per epoch
+
+    monkeypatch.setattr(run.problem, "evaluate", lambda *a, **k: (next(values), 10))
+    outcome = run.run(final=False)
+    assert outcome.stopped == "early_stop" and outcome.epochs == 6
+    assert [r["improved"] for r in run.records] == [True, True, False, True, False, False]
+    assert [r["lr"] for r in run.records] == [0.8, 0.8, 0.8, 0.4, 0.4, 0.2]
+    assert run.best_valid == 3.0
+
+
+# ------------------------------------------------------------------ CLI
+def test_cli_end_to_end(music_dir, ptb_dir, tmp_path, capsys):
+    out = tmp_path / "cli"
+    argv = ["music", "--dataset", "nottingham", "--data", music_dir, "--method", "sgd-c",
+            "--hidden", "6", "--seq-len", "8", "--batch-size", "4", "--max-epochs", "2",
+            "--dtype", "float64", "--threads", "1", "--out", str(out), "--quiet", "--no-progress"]
+    assert nat.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "Nottingham, SGD+C" in text and "3.48" in text
+    assert nat.main(argv) == 2  # a checkpoint exists: needs --resume
+    assert "--resume" in capsys.readouterr().err
+    assert nat.main(argv + ["--resume"]) == 0  # finished run: table again
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["clip"] == 8.0 and cfg["hidden"] == 6
+    out2 = tmp_path / "cli-ptb"
+    assert nat.main(["ptb", "--data", ptb_dir, "--ahead", "5", "--method", "cr", "--hidden", "6",
+                     "--seq-len", "9", "--batch-size", "2", "--max-epochs", "1", "--clip", "none",
+                     "--dtype", "float64", "--threads", "1", "--out", str(out2), "--quiet",
+                     "--no-progress"]) == 0
+    res = json.loads((out2 / "results.json").read_text())
+    assert res["dataset"] == "PTB chars, 5 steps" and res["config"]["clip"] is None
+    assert res["paper"] == [3.70, 3.74]
+
+
+def test_register_functions_hook_into_a_parser():
+    parser = argparse.ArgumentParser(prog="rnnfast reproduce")
+    sub = parser.add_subparsers(dest="what", required=True)
+    nat.register_music(sub)
+    nat.register_ptb(sub)
+    a = parser.parse_args(["music", "--dataset", "Piano-midi.de", "--data", "x", "--budget", "2"])
+    assert a.func is nat.run_from_args and a.problem == "music" and a.budget == 2.0
+    cfg = nat.config_from_args(a)
+    assert cfg.dataset == "Piano-midi.de" and cfg.hidden == 300 and cfg.method == "SGD+CR"
+    p = parser.parse_args(["ptb", "--data", "x", "--ahead", "5", "--method", "SGD+C"])
+    cfg = nat.config_from_args(p)
+    assert (cfg.ahead, cfg.lr, cfg.clip, cfg.biases) == (5, 0.01, 45.0, False)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["music", "--dataset", "Bach", "--data", "x"])
+    with pytest.raises(SystemExit):
+        parser.parse_args(["ptb", "--data", "x", "--budget", "-1"])
+
+
+# ------------------------------------------------------------------ real data
+@pytest.mark.skipif(not (SHARED_DATA / "music" / "Nottingham.pickle").exists(),
+                    reason="../shared/data/music not present")
+def test_real_nottingham_one_update():
+    cfg = nat.music_config("Nottingham", "SGD+CR")
+    problem = nat.load_problem(cfg, SHARED_DATA)
+    assert len(problem.data.train) == 694 and problem.data.n_steps("train") == 176_561
+    run = nat.NaturalRun(cfg, problem, num_threads=None, progress=False)
+    assert run.model.n_hidden == 300 and run.model.activation == "sigmoid"
+    run.run(max_updates=1, final=False, validate_on_stop=False)
+    assert run.updates == 1 and np.isfinite(run.trainer.history["loss"][0])
+    assert np.isfinite(run.trainer.history["omega"][0])
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "ptb_char" / "ptb.char.valid.txt").exists(),
+                    reason="../shared/data/ptb_char not present")
+def test_real_ptb_problem():
+    cfg = nat.ptb_config("SGD+C")
+    problem = nat.load_problem(cfg, SHARED_DATA)
+    assert problem.n_in == problem.n_out == 50
+    n = problem.data.train.size
+    assert problem.n_train_batches() == -(-((n - 1) // 8) // 200)
+    model = RNNModel(50, 4, 50, init="sigmoid", loss="softmax_ce", at="all", rng=0,
+                     dtype=np.float32)
+    value, count = problem.evaluate(model, "valid", limit=5000)
+    assert count == (5000 - 1) // 32 * 32
+    assert value == pytest.approx(np.log2(50), abs=0.05)  # untrained: uniform guess
