@@ -492,6 +492,27 @@ def test_quiet_without_terminal(capsys):
     assert len(lines) == 2 and "valid error" in lines[0]
 
 
+def test_progress_bar_on_a_terminal(monkeypatch):
+    pytest.importorskip("tqdm")
+    import io
+    import sys
+
+    class FakeTTY(io.StringIO):
+        def isatty(self):
+            return True
+
+    tty = FakeTTY()
+    monkeypatch.setattr(sys, "stderr", tty)
+    tr = make_trainer(make_model(), TinyOrder(), valid_every=0)
+    tr.run(60)
+    assert "60/60" in tty.getvalue()
+    quiet = make_trainer(make_model(), TinyOrder(), valid_every=0, progress=False)
+    tty.truncate(0)
+    tty.seek(0)
+    quiet.run(5)
+    assert tty.getvalue() == ""
+
+
 # --------------------------------------------------------------------- CLI
 def _cli(argv):
     from rnnfast.commands import train
