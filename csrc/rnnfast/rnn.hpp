@@ -193,13 +193,29 @@ inline void times_derivative(Activation act, const S* delta, Index ldd, const S*
   }
 }
 
-// Σ_j row_j² per row, in double so that float32 gradients cannot overflow the norm.
+// out[r] += Σ_j p[r, j]² for each row. Summed in SIMD packets of S; a float32 row whose sum
+// overflows (elements beyond ~1e19) is summed again in double, so norms never overflow.
 template <typename S>
 inline void row_sqnorms(const S* p, Index ld, Index rows, Index cols, double* out) {
-  for (Index r = 0; r < rows; ++r)
-    out[r] += Eigen::Map<const Eigen::Matrix<S, Eigen::Dynamic, 1>>(p + r * ld, cols)
-                  .template cast<double>()
-                  .squaredNorm();
+  using Packet = typename PanelShape<S>::Packet;
+  constexpr int PS = PanelShape<S>::PS;
+  using namespace Eigen::internal;
+  for (Index r = 0; r < rows; ++r) {
+    const S* row = p + r * ld;
+    Packet acc = pset1<Packet>(S(0));
+    Index j = 0;
+    for (; j + PS <= cols; j += PS) {
+      const Packet v = ploadu<Packet>(row + j);
+      acc = pmadd(v, v, acc);
+    }
+    double sum = double(predux(acc));
+    for (; j < cols; ++j) sum += double(row[j]) * double(row[j]);
+    if (std::is_same<S, float>::value && std::isinf(sum)) {
+      sum = 0.0;
+      for (Index k = 0; k < cols; ++k) sum += double(row[k]) * double(row[k]);
+    }
+    out[r] += sum;
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
