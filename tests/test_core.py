@@ -466,3 +466,18 @@ def test_activation_accuracy(dtype, ulps, activation):
     expect = [1.0, -1.0] if activation == "tanh" else [1.0, 0.0]
     np.testing.assert_array_equal(hs[:2], expect)
     assert np.isnan(hs[2])
+
+
+def test_workspace_reuses_memory_and_gives_the_same_results():
+    ws = rnnfast.Workspace()
+    results = []
+    for T in (6, 4, 6):  # shrink then grow back: no reallocation for the second 6
+        p, dh = make((T, 3, 2, 5), seed=T)
+        fwd = rnnfast.forward(p["u"], p["W_in"], p["W_rec"], p["b"], p["h0"], workspace=ws)
+        g = rnnfast.backward(fwd, dh, omega=True, workspace=ws)
+        fwd_ref, g_ref = run(p, dh, "tanh")
+        np.testing.assert_array_equal(fwd.h, fwd_ref.h)
+        for k in ("W_in", "W_rec", "b", "h0", "u", "dx", "omega_grad"):
+            np.testing.assert_array_equal(getattr(g, k), getattr(g_ref, k))
+        results.append((fwd.h.__array_interface__["data"][0], ws.nbytes))
+    assert results[2] == results[0]  # same memory, nothing new held

@@ -569,15 +569,6 @@ def test_cli_run_and_resume(tmp_path, capsys):
     assert all(x is not None for x in ha["omega"])  # sgd-cr: Omega recorded every update
 
 
-def test_cli_malloc_tuning_is_optional(monkeypatch):
-    from rnnfast.commands.train import tune_malloc
-
-    monkeypatch.setenv("RNNFAST_NO_MALLOPT", "1")
-    assert tune_malloc() is False
-    monkeypatch.delenv("RNNFAST_NO_MALLOPT")
-    assert tune_malloc() in (True, False)  # True on glibc, False elsewhere; never raises
-
-
 def test_cli_unknown_task_and_missing_resume(tmp_path):
     pytest.importorskip("rnnfast.tasks")
     with pytest.raises(SystemExit, match="unknown task"):

@@ -396,7 +396,7 @@ class RNNModel:
         return r.loss, r.y
 
     def loss_and_grad(self, u, targets, mask=None, *, omega=False, omega_bound=1e-20,
-                      h0=None, num_threads=None):
+                      h0=None, num_threads=None, workspace=None):
         """Loss and the gradients of all parameters (forward + readout + BPTT).
 
         Parameters
@@ -414,6 +414,9 @@ class RNNModel:
             Pairs with ‖∂E/∂h_{k+1}‖² below it are left out of Ω (authors: 1e-20).
         h0 : ndarray (B, H) or None
             Explicit initial state (overrides the policy; e.g. truncated BPTT).
+        workspace : rnnfast.Workspace or None
+            Reuse the kernels' output memory across calls (a training loop); the returned
+            gradients are then overwritten by the next call with the same workspace.
 
         Returns
         -------
@@ -424,14 +427,16 @@ class RNNModel:
         T, B = u.shape[:2]
         h0v = self.initial_state(B, h0)
         fwd = _rnnfast.forward(u, p["W_in"], p["W_rec"], p["b"], h0v,
-                               activation=self.activation, num_threads=num_threads)
+                               activation=self.activation, num_threads=num_threads,
+                               workspace=workspace)
         r = _losses.loss_and_grad(fwd.h, p["W_out"], p["b_out"], targets, kind=self.loss,
                                   at=self.at, mask=mask, normalize=self.normalize)
         kw = {"omega": True, "omega_bound": omega_bound} if omega else {}
+        kw.update(num_threads=num_threads, workspace=workspace)
         if r.dh_last is not None:
-            g = _rnnfast.backward(fwd, dh_last=r.dh_last, num_threads=num_threads, **kw)
+            g = _rnnfast.backward(fwd, dh_last=r.dh_last, **kw)
         else:
-            g = _rnnfast.backward(fwd, r.dh, num_threads=num_threads, **kw)
+            g = _rnnfast.backward(fwd, r.dh, **kw)
         grads = {"W_in": g.W_in, "W_rec": g.W_rec, "b": g.b, "W_out": r.W_out, "b_out": r.b_out}
         if self.h0_policy == "learned" and h0 is None:
             grads["h0"] = g.h0.sum(axis=0)

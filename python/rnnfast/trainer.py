@@ -41,6 +41,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from . import clipping as _clipping
+from . import core as _core
 from . import init as _init
 from . import optim as _optim
 from .model import CheckpointError, RNNModel, atomic_write, read_npz, write_npz
@@ -338,6 +339,9 @@ class Trainer:
         self.progress = progress
         self.log = log
         self.num_threads = num_threads
+        # The kernels' outputs reuse one block of memory update after update (the gradients
+        # are consumed before the next update).
+        self.workspace = _core.Workspace()
 
         self.update = 0
         self.epoch = 0
@@ -411,7 +415,8 @@ class Trainer:
         k = self.update
         alpha = float(self.alpha(k)) if self.omega_on else 0.0
         res = m.loss_and_grad(u, targets, mask, omega=self.omega_on and alpha > 0,
-                              omega_bound=self.omega_bound, h0=h0, num_threads=self.num_threads)
+                              omega_bound=self.omega_bound, h0=h0, num_threads=self.num_threads,
+                              workspace=self.workspace)
         if self._carries(self.data):
             self.h_carry = np.array(res.h_last)  # state before this update's step (TBPTT)
         grads = res.grads

@@ -274,35 +274,9 @@ def build(args):
     return task, model, trainer
 
 
-def tune_malloc():
-    """Keep freed buffers in the process instead of returning them to the OS (glibc only).
-
-    Every update allocates fresh (T, B, H) buffers of a few hundred KB; by default glibc
-    serves them with mmap and unmaps them on free, so each update page-faults them in
-    again (measured: ~240 faults and ~30% of an update's CPU time at T=125, B=20,
-    H=50). Raising the mmap threshold to 32 MB and the trim threshold to 512 MB
-    makes them reuse heap memory. This changes the whole process, which the command
-    owns; set RNNFAST_NO_MALLOPT=1 to skip it. Returns True when applied.
-    """
-    if os.environ.get("RNNFAST_NO_MALLOPT") or not sys.platform.startswith("linux"):
-        return False
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-        ok = libc.mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1
-        ok = (libc.mallopt(M_TRIM_THRESHOLD, 512 << 20) == 1) and ok
-        return ok
-    except (OSError, AttributeError):  # not glibc
-        return False
-
-
 def run(args):
     """Entry point of ``rnnfast train`` (argparse ``func``)."""
     from ..model import atomic_write
-
-    tune_malloc()
 
     if args.nesterov and args.momentum == 0:
         raise SystemExit("rnnfast train: --nesterov needs --momentum > 0")
