@@ -21,18 +21,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from .argtypes import positive_int as _positive_int
 
 __all__ = ["register", "build_parser", "main"]
-
-
-def _positive_int(s):
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
-    return v
 
 
 def _add_arguments(p):

@@ -18,6 +18,8 @@ import os
 import sys
 
 import numpy as np
+from .argtypes import (nonneg_float as _nonneg_float, nonneg_int as _nonneg_int,
+                       positive_float as _positive_float, positive_int as _positive_int)
 
 __all__ = ["register", "build_parser", "main"]
 
@@ -32,46 +34,6 @@ METHODS = {
 # match the stored config when resuming
 _RUN_CONTROL = ("max_updates", "time_limit", "progress", "quiet", "threads", "resume", "out",
                 "overwrite")
-
-
-def _positive_int(s):
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
-    return v
-
-
-def _nonneg_int(s):
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {s!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {s!r}")
-    return v
-
-
-def _positive_float(s):
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}")
-    return v
-
-
-def _nonneg_float(s):
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s!r}") from None
-    if not v >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s!r}")
-    return v
 
 
 def _clip_arg(s):

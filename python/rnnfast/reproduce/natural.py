@@ -93,6 +93,8 @@ from ..data.music import MusicBatches, load_music, music_path
 from ..data.ptb import CharStream, load_ptb_chars
 from ..model import CheckpointError, RNNModel, atomic_write, read_npz, write_npz
 from ..trainer import History, Trainer, _json_safe
+from ..commands.argtypes import (nonneg_float as _nonneg_float, nonneg_int as _nonneg_int,
+                                 positive_float as _positive_float, positive_int as _positive_int)
 
 __all__ = [
     "PAPER_TABLE1", "PAPER_SOTA", "METHODS", "MUSIC_DATASETS",
@@ -1121,44 +1123,6 @@ def readme_rows(results_list):
 
 
 # ========================================================================== CLI
-def _positive_int(s):
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
-    return v
-
-
-def _nonneg_int(s):
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {s!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {s!r}")
-    return v
-
-
-def _positive_float(s):
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}") from None
-    if not (math.isfinite(v) and v > 0):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}")
-    return v
-
-
-def _nonneg_float(s):
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s!r}") from None
-    if not (math.isfinite(v) and v >= 0):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s!r}")
-    return v
 
 
 def _clip_arg(s):
