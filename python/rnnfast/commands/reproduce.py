@@ -1,0 +1,389 @@
+"""``rnnfast reproduce``: rerun the paper's experiments with one command.
+
+Experiments (sub-subcommands):
+
+``synthetic``
+    SGD, SGD-C and SGD-CR under the sigmoid, basic_tanh and smart_tanh
+    initialisations over sequence lengths and seeds on the temporal-order
+    problem (``--task`` for the others): a results table (success rate,
+    updates to success, wall time per run and per point) as CSV and JSON and
+    a Figure-7-style plot.  The default finishes in about 10 minutes on 2
+    cores; ``--full`` uses the paper's Figure-7 settings and prints how long
+    that will take before starting.  Interrupted sweeps resume: rerun the same
+    command.
+``generalization``
+    One model (50 tanh units, basic_tanh, SGD-CR) trained on random lengths
+    in [50, 200), evaluated on 10,000 sequences at 50 ... 5000 steps.
+
+Other experiments (the music and Penn Treebank rows of Table 1) plug in with
+:func:`register_experiment`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from typing import Callable, List, Tuple, Union
+
+__all__ = ["EXPERIMENTS", "register_experiment", "register", "build_parser", "main"]
+
+#: ``(name, register)`` of every experiment of ``rnnfast reproduce``, in help order.
+#: ``register(subparsers)`` adds the sub-subcommand (argparse) and sets
+#: ``func=`` with ``set_defaults``; it may also be given as the string
+#: ``"package.module:function"`` (imported when the parser is built).
+EXPERIMENTS: List[Tuple[str, Union[str, Callable]]] = []
+
+
+def register_experiment(name: str, register_fn: Union[str, Callable]) -> None:
+    """Add (or replace) an experiment of ``rnnfast reproduce``.
+
+    Parameters
+    ----------
+    name : str
+        Sub-subcommand name (e.g. ``"music"``).
+    register_fn : callable(subparsers) or str
+        Adds the sub-subcommand to an argparse subparsers object; or
+        ``"package.module:function"`` naming such a function.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name: expected a non-empty string, got {name!r}")
+    if not (callable(register_fn) or (isinstance(register_fn, str) and ":" in register_fn)):
+        raise TypeError("register_fn: expected a callable or 'package.module:function'")
+    for i, (n, _) in enumerate(EXPERIMENTS):
+        if n == name:
+            EXPERIMENTS[i] = (name, register_fn)
+            return
+    EXPERIMENTS.append((name, register_fn))
+
+
+def _resolve(fn):
+    if callable(fn):
+        return fn
+    mod, _, attr = fn.partition(":")
+    return getattr(importlib.import_module(mod), attr)
+
+
+# --------------------------------------------------------------------------- #
+# argument types
+# --------------------------------------------------------------------------- #
+def _positive_int(s):
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
+    return v
+
+
+def _nonneg_int(s):
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}")
+    return v
+
+
+def _positive_float(s):
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}") from None
+    if not (v > 0 and v != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}")
+    return v
+
+
+def _nonneg_float(s):
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s!r}") from None
+    if not (v >= 0 and v != float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s!r}")
+    return v
+
+
+def _int_list(s):
+    try:
+        vals = tuple(int(x) for x in s.replace(" ", "").split(",") if x)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated positive integers, got {s!r}") from None
+    if not vals or any(v < 1 for v in vals):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {s!r}")
+    return vals
+
+
+def _choice_list(choices):
+    def parse(s):
+        vals = tuple(x for x in s.replace(" ", "").split(",") if x)
+        bad = [v for v in vals if v not in choices]
+        if not vals or bad:
+            raise argparse.ArgumentTypeError(
+                f"expected a comma-separated subset of {','.join(choices)}, got {s!r}")
+        return vals
+    return parse
+
+
+# --------------------------------------------------------------------------- #
+# synthetic
+# --------------------------------------------------------------------------- #
+_SYNTH_FIELDS = ("task", "lengths", "seeds", "methods", "inits", "hidden", "lr", "clip", "alpha",
+                 "batch_size", "max_updates", "valid_every", "valid_size", "eval_size", "dtype",
+                 "convention")
+
+
+def add_synthetic_arguments(p):
+    """Options of ``rnnfast reproduce synthetic``."""
+    from ..reproduce.synthetic import DEFAULT, FULL, INITS, METHODS
+    from ..tasks import TASKS
+
+    def d(name):
+        full = getattr(FULL, name)
+        dflt = getattr(DEFAULT, name)
+        fmt = (lambda v: ",".join(map(str, v))) if isinstance(dflt, tuple) else str
+        return (f" (default {fmt(dflt)}" + (f"; --full: {fmt(full)}" if full != dflt else "")
+                + ")")
+
+    g = p.add_argument_group("what to run")
+    g.add_argument("--full", action="store_true",
+                   help="the paper's Figure-7 settings: lengths 50,100,150,200, 5 seeds, up to "
+                        "5M updates per run (days on 2 cores; an estimate is printed first)")
+    g.add_argument("--task", choices=TASKS, default=None, help="task" + d("task"))
+    g.add_argument("--lengths", type=_int_list, default=None,
+                   help="comma-separated sequence lengths, one point each" + d("lengths"))
+    g.add_argument("--seeds", type=_positive_int, default=None,
+                   help="seeds per point (0..N-1)" + d("seeds"))
+    g.add_argument("--methods", type=_choice_list(tuple(METHODS)), default=None,
+                   help="comma-separated subset of sgd,sgd-c,sgd-cr (default all)")
+    g.add_argument("--inits", type=_choice_list(INITS), default=None,
+                   help="comma-separated subset of sigmoid,basic_tanh,smart_tanh (default all)")
+    g.add_argument("--convention", choices=("authors", "martens"), default=None,
+                   help="task conventions" + d("convention"))
+
+    g = p.add_argument_group("training (paper's values by default)")
+    g.add_argument("--hidden", type=_positive_int, default=None, help="hidden units" + d("hidden"))
+    g.add_argument("--lr", type=_positive_float, default=None,
+                   help="learning rate, no momentum" + d("lr"))
+    g.add_argument("--clip", type=_positive_float, default=None,
+                   help="norm-clipping threshold of SGD-C and SGD-CR" + d("clip"))
+    g.add_argument("--alpha", type=_nonneg_float, default=None,
+                   help="constant Omega weight of SGD-CR" + d("alpha"))
+    g.add_argument("--batch-size", type=_positive_int, default=None,
+                   help="minibatch size" + d("batch_size"))
+    g.add_argument("--max-updates", type=_positive_int, default=None,
+                   help="update budget per run" + d("max_updates"))
+    g.add_argument("--valid-every", type=_positive_int, default=None,
+                   help="updates between validations on the small sample" + d("valid_every"))
+    g.add_argument("--valid-size", type=_positive_int, default=None,
+                   help="sequences of the periodic validation sample" + d("valid_size"))
+    g.add_argument("--eval-size", type=_positive_int, default=None,
+                   help="sequences that confirm a success (paper: 10,000)" + d("eval_size"))
+    g.add_argument("--dtype", choices=("float32", "float64"), default=None,
+                   help="floating-point type" + d("dtype"))
+
+    g = p.add_argument_group("execution")
+    g.add_argument("--out", default=None,
+                   help="output folder (default ./rnnfast-reproduce/synthetic-TASK[-full]); "
+                        "rerun with the same folder to resume")
+    g.add_argument("--workers", type=_positive_int, default=None,
+                   help="worker processes (default: the number of CPU cores)")
+    g.add_argument("--threads", type=_positive_int, default=1,
+                   help="OpenMP threads of the core per worker (default 1)")
+    g.add_argument("--retries", type=_nonneg_int, default=2,
+                   help="resubmissions of a run that raised (default 2)")
+    g.add_argument("--progress-every", type=_positive_float, default=60.0,
+                   help="seconds between progress lines while waiting (default 60)")
+    g.add_argument("--no-plot", action="store_true", help="do not write figure7.png")
+    g.add_argument("--estimate-only", action="store_true",
+                   help="print the run count and time estimate, then exit")
+    g.add_argument("--quiet", action="store_true", help="print nothing but errors")
+
+
+def synthetic_settings(args):
+    """The :class:`~rnnfast.reproduce.synthetic.SweepSettings` of parsed options."""
+    from dataclasses import replace
+
+    from ..reproduce.synthetic import DEFAULT, FULL
+
+    base = FULL if args.full else DEFAULT
+    changes = {k: getattr(args, k) for k in _SYNTH_FIELDS if getattr(args, k, None) is not None}
+    try:
+        return replace(base, **changes)
+    except ValueError as e:
+        raise SystemExit(f"rnnfast reproduce synthetic: {e}") from None
+
+
+def run_synthetic_command(args):
+    """Entry point of ``rnnfast reproduce synthetic``."""
+    from ..reproduce import synthetic as syn
+    from ..reproduce.sweep import config_hash, format_duration
+
+    settings = synthetic_settings(args)
+    out = args.out or os.path.join("rnnfast-reproduce",
+                                   f"synthetic-{settings.task}" + ("-full" if args.full else ""))
+    workers = args.workers or os.cpu_count() or 1
+    if args.estimate_only:
+        from ..reproduce.sweep import ResultStore
+
+        configs = syn.make_configs(settings)
+        store = ResultStore(out)
+        todo = [c for c in configs if config_hash(c) not in store]
+        per = syn.probe_update_time(settings, sorted({c["length"] for c in todo}) or None,
+                                    threads=args.threads)
+        est = syn.estimate_seconds(todo, per, workers)
+        print(f"{len(configs)} runs, {len(configs) - len(todo)} finished in {out}; "
+              f"per update: " + ", ".join(f"L={L} {1e3 * t:.2f} ms" for L, t in sorted(per.items())))
+        print(f"estimate: at most {format_duration(est)} on {workers} workers "
+              f"(every remaining run spending its budget of {settings.max_updates} updates)")
+        return 0
+    res = syn.run_synthetic(settings, out, workers=workers, threads=args.threads,
+                            retries=args.retries, plot=not args.no_plot, progress=not args.quiet,
+                            tick=args.progress_every)
+    if res["interrupted"]:
+        return 130
+    return 1 if res["failures"] else 0
+
+
+def register_synthetic(subparsers):
+    """Add ``synthetic`` to the subparsers of ``rnnfast reproduce``."""
+    p = subparsers.add_parser(
+        "synthetic",
+        help="Figure 7: SGD / SGD-C / SGD-CR x inits x lengths x seeds on temporal order",
+        description="Run the paper's synthetic sweep (Figure 7) and write runs/<hash>.json "
+                    "(one per finished run), runs.csv, summary.csv, summary.json and "
+                    "figure7.png in --out. Rerunning the same command resumes.",
+    )
+    add_synthetic_arguments(p)
+    p.set_defaults(func=run_synthetic_command)
+    return p
+
+
+# --------------------------------------------------------------------------- #
+# generalization
+# --------------------------------------------------------------------------- #
+def add_generalization_arguments(p):
+    """Options of ``rnnfast reproduce generalization``."""
+    from ..reproduce.synthetic import GENERALIZATION_LENGTHS, GeneralizationSettings
+
+    D = GeneralizationSettings()
+    p.add_argument("--out", default=os.path.join("rnnfast-reproduce", "generalization"),
+                   help="output folder (train/ holds the resumable checkpoint)")
+    p.add_argument("--model", default=None,
+                   help="evaluate this saved model (.npz) instead of training one")
+    p.add_argument("--min-length", type=_positive_int, default=D.min_length,
+                   help=f"shortest training length (default {D.min_length})")
+    p.add_argument("--max-length", type=_positive_int, default=D.max_length,
+                   help=f"training lengths are drawn in [min, max) (default {D.max_length})")
+    p.add_argument("--hidden", type=_positive_int, default=D.hidden,
+                   help=f"hidden units (default {D.hidden})")
+    p.add_argument("--max-updates", type=_positive_int, default=D.max_updates,
+                   help=f"update budget (default {D.max_updates})")
+    p.add_argument("--valid-every", type=_positive_int, default=D.valid_every,
+                   help=f"updates between validations (default {D.valid_every})")
+    p.add_argument("--valid-size", type=_positive_int, default=D.valid_size,
+                   help=f"validation sequences (default {D.valid_size})")
+    p.add_argument("--success-error", type=_nonneg_float, default=D.success_error,
+                   help="stop when the validation error rate is below this; 0 (default) "
+                        "stops at zero errors, as the authors' code")
+    p.add_argument("--eval-lengths", type=_int_list, default=GENERALIZATION_LENGTHS,
+                   help="test lengths (default " + ",".join(map(str, GENERALIZATION_LENGTHS))
+                        + ")")
+    p.add_argument("--eval-size", type=_positive_int, default=D.eval_size,
+                   help=f"test sequences per length (default {D.eval_size})")
+    p.add_argument("--seed", type=_nonneg_int, default=D.seed, help="random seed (default 0)")
+    p.add_argument("--dtype", choices=("float32", "float64"), default=D.dtype,
+                   help=f"floating-point type (default {D.dtype})")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="core threads (default: the library's)")
+    p.add_argument("--time-limit", type=_positive_float, default=None,
+                   help="stop training after this many minutes (rerun to resume)")
+
+
+def run_generalization_command(args):
+    """Entry point of ``rnnfast reproduce generalization``."""
+    from dataclasses import replace
+
+    from ..reproduce.synthetic import GeneralizationSettings, run_generalization
+
+    try:
+        settings = replace(GeneralizationSettings(), min_length=args.min_length,
+                           max_length=args.max_length, hidden=args.hidden,
+                           max_updates=args.max_updates, valid_every=args.valid_every,
+                           valid_size=args.valid_size, success_error=args.success_error,
+                           eval_lengths=tuple(args.eval_lengths), eval_size=args.eval_size,
+                           seed=args.seed, dtype=args.dtype)
+    except ValueError as e:
+        raise SystemExit(f"rnnfast reproduce generalization: {e}") from None
+    if args.max_length < args.min_length:
+        raise SystemExit("rnnfast reproduce generalization: --max-length must be >= --min-length")
+    limit = None if args.time_limit is None else 60.0 * args.time_limit
+    doc = run_generalization(settings, args.out, model_path=args.model, threads=args.threads,
+                             time_limit=limit)
+    return 0 if all(r["solved"] for r in doc["rows"]) else 1
+
+
+def register_generalization(subparsers):
+    """Add ``generalization`` to the subparsers of ``rnnfast reproduce``."""
+    p = subparsers.add_parser(
+        "generalization",
+        help="train on lengths 50-200, test on 10,000 sequences at 50 ... 5000 steps",
+        description="The paper's generalisation test: one model (50 tanh units, basic_tanh, "
+                    "SGD-CR) trained on random lengths in [50, 200), evaluated at each test "
+                    "length (forward only). Writes generalization.json/.csv in --out.",
+    )
+    add_generalization_arguments(p)
+    p.set_defaults(func=run_generalization_command)
+    return p
+
+
+register_experiment("synthetic", register_synthetic)
+register_experiment("generalization", register_generalization)
+
+
+# --------------------------------------------------------------------------- #
+# the command
+# --------------------------------------------------------------------------- #
+def _add_experiments(p):
+    sub = p.add_subparsers(dest="experiment", metavar="EXPERIMENT", required=True)
+    for _name, fn in EXPERIMENTS:
+        _resolve(fn)(sub)
+    return sub
+
+
+def register(subparsers):
+    """Add ``reproduce`` (with its experiments) to the ``rnnfast`` subparsers."""
+    p = subparsers.add_parser(
+        "reproduce",
+        help="rerun the paper's experiments (synthetic sweep, generalisation, ...)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_experiments(p)
+    return p
+
+
+def build_parser():
+    """A standalone parser (``python -m rnnfast.commands.reproduce``)."""
+    p = argparse.ArgumentParser(prog="rnnfast reproduce", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_experiments(p)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

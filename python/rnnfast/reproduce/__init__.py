@@ -1,0 +1,37 @@
+"""Reproductions of the paper's experiments.
+
+* :mod:`rnnfast.reproduce.sweep` — configuration hashing, an atomic per-run
+  result store and :func:`run_sweep`, which runs configurations on any
+  :class:`concurrent.futures.Executor` (by default a local spawn process pool)
+  and resumes interrupted sweeps;
+* :mod:`rnnfast.reproduce.synthetic` — the synthetic-task sweep of Figure 7
+  (SGD / SGD-C / SGD-CR x initialisations x lengths x seeds) and the
+  generalisation test.
+
+The command line is ``rnnfast reproduce synthetic|generalization``
+(:mod:`rnnfast.commands.reproduce`).
+"""
+
+from .sweep import (ResultStore, SweepProgress, SweepResult, config_hash, local_executor,
+                    run_sweep)
+from .synthetic import (DEFAULT, FULL, GeneralizationSettings, SweepSettings, aggregate,
+                        make_configs, plot_figure7, run_generalization, run_synthetic, train_run)
+
+__all__ = [
+    "ResultStore",
+    "SweepProgress",
+    "SweepResult",
+    "config_hash",
+    "local_executor",
+    "run_sweep",
+    "DEFAULT",
+    "FULL",
+    "GeneralizationSettings",
+    "SweepSettings",
+    "aggregate",
+    "make_configs",
+    "plot_figure7",
+    "run_generalization",
+    "run_synthetic",
+    "train_run",
+]

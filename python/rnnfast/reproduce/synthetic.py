@@ -1,0 +1,1010 @@
+"""Reproduction of the paper's synthetic experiments (section 4.1, Figure 7).
+
+Two experiments:
+
+* **the sweep** (:func:`run_synthetic`): SGD, SGD-C and SGD-CR under the three
+  initialisations ``sigmoid``, ``basic_tanh`` and ``smart_tanh``, over
+  sequence lengths and seeds, on the temporal-order problem (or another task
+  of :mod:`rnnfast.tasks`).  One run trains one model at ONE fixed sequence
+  length until it is solved or its update budget is spent.  The output is a
+  table of success rate, updates to success and wall time per run and per
+  point, as CSV and JSON, and a Figure-7-style plot.
+* **the generalisation test** (:func:`run_generalization`): one model (50 tanh
+  units, ``basic_tanh``, SGD-CR) trained on random lengths in [50, 200) (a new
+  length per minibatch), then evaluated on 10,000 fresh sequences at each of
+  50 ... 5000 steps with a forward-only pass whose memory does not grow with T.
+
+Methods (PAPER.md): ``sgd`` = no clipping, no Ω; ``sgd-c`` = norm clipping at
+the threshold (1.0); ``sgd-cr`` = clipping + Ω with constant weight α (4.0, the
+paper's temporal-order value).  Every method keeps the authors' guard against
+NaN/Inf/> 1e10 gradient norms (a shrink step on ``W_rec``).
+
+Success (paper): fewer than 1 % errors on 10,000 fresh sequences.  To keep runs
+cheap, a run validates every ``valid_every`` updates on ``valid_size`` (1,000)
+fresh sequences; when that sample is below 1 %, the model is confirmed on
+``eval_size`` (10,000) further fresh sequences (forward only) before the run
+is declared solved; otherwise training goes on.
+
+Each run is a pure function of its configuration (:func:`train_run`): the
+seeds of the initial weights, the training stream, the validation stream and
+the confirmation sequences all derive from ``(seed, task, init, length)``, so
+the three methods of one point start from the same weights and see the same
+minibatches (a paired comparison), and a run gives the same result on any
+worker with the same thread count.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import statistics
+import sys
+import time
+import zlib
+from dataclasses import asdict, dataclass
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .sweep import (ResultStore, SweepProgress, atomic_write_json, atomic_write_text,
+                    config_hash, format_duration, json_safe, run_sweep)
+
+__all__ = [
+    "METHODS",
+    "INITS",
+    "METHOD_LABELS",
+    "SweepSettings",
+    "DEFAULT",
+    "FULL",
+    "make_configs",
+    "run_seeds",
+    "train_run",
+    "run_cost",
+    "probe_update_time",
+    "estimate_seconds",
+    "aggregate",
+    "write_tables",
+    "plot_figure7",
+    "run_synthetic",
+    "GeneralizationSettings",
+    "GENERALIZATION_LENGTHS",
+    "train_generalization",
+    "history_summary",
+    "evaluate_lengths",
+    "run_generalization",
+]
+
+#: The paper's three methods: name -> (uses clipping, uses Ω).
+METHODS: Dict[str, Tuple[bool, bool]] = {"sgd": (False, False), "sgd-c": (True, False),
+                                         "sgd-cr": (True, True)}
+METHOD_LABELS = {"sgd": "SGD", "sgd-c": "SGD-C", "sgd-cr": "SGD-CR"}
+#: The paper's three initialisations (Figure 7's panels, left to right).
+INITS: Tuple[str, ...] = ("sigmoid", "basic_tanh", "smart_tanh")
+#: Version of the run function's semantics; part of every configuration.
+RUN_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """Settings of a synthetic sweep (one run per method x init x length x seed).
+
+    Attributes
+    ----------
+    task : str
+        Task name (:data:`rnnfast.tasks.TASKS`); each run uses one fixed length.
+    lengths : tuple of int
+        Sequence lengths (one point each).
+    seeds : int
+        Seeds per point (``0 .. seeds-1``).
+    methods, inits : tuple of str
+        Subsets of :data:`METHODS` and :data:`INITS`.
+    hidden : int
+        Hidden units (paper: 50).
+    lr : float
+        Learning rate (paper: 0.01, no momentum).
+    clip : float
+        Norm-clipping threshold of SGD-C and SGD-CR (paper: 1.0).
+    alpha : float
+        Ω weight of SGD-CR, constant (paper: 4.0 on temporal order).
+    batch_size : int
+        Minibatch (paper: 20).
+    max_updates : int
+        Update budget per run (paper: 5M).
+    valid_every : int
+        Updates between two validations on ``valid_size`` fresh sequences.
+    valid_size : int
+        Sequences of the periodic validation sample.
+    eval_size : int
+        Sequences of the confirmation of success (paper: 10,000).
+    success_error : float
+        Success: error rate below this (paper: 0.01).
+    dtype : str
+        "float32" (the authors' Theano floatX) or "float64".
+    convention : str
+        Task conventions ("authors" or "martens").
+    """
+
+    task: str = "temporal_order"
+    lengths: Tuple[int, ...] = (10, 20, 40)
+    seeds: int = 3
+    methods: Tuple[str, ...] = tuple(METHODS)
+    inits: Tuple[str, ...] = INITS
+    hidden: int = 50
+    lr: float = 0.01
+    clip: float = 1.0
+    alpha: float = 4.0
+    batch_size: int = 20
+    max_updates: int = 10_000
+    valid_every: int = 250
+    valid_size: int = 1000
+    eval_size: int = 10_000
+    success_error: float = 0.01
+    dtype: str = "float32"
+    convention: str = "authors"
+
+    def __post_init__(self):
+        for name in ("hidden", "batch_size", "max_updates", "valid_every", "valid_size",
+                     "eval_size", "seeds"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{name}: expected an integer >= 1, got {v!r}")
+        for name in ("lr", "clip"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ValueError(f"{name}: expected a positive number, got {v!r}")
+        if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha)
+                and self.alpha >= 0):
+            raise ValueError(f"alpha: expected a number >= 0, got {self.alpha!r}")
+        if not 0 < self.success_error <= 1:
+            raise ValueError(f"success_error: expected a number in (0, 1], got "
+                             f"{self.success_error!r}")
+        if not self.lengths or any(int(L) < 1 for L in self.lengths):
+            raise ValueError(f"lengths: expected positive integers, got {self.lengths!r}")
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad or not self.methods:
+            raise ValueError(f"methods: expected a non-empty subset of {tuple(METHODS)}, "
+                             f"got {self.methods!r}")
+        from ..init import INIT_SCHEMES
+
+        bad = [i for i in self.inits if i not in INIT_SCHEMES]
+        if bad or not self.inits:
+            raise ValueError(f"inits: expected a non-empty subset of {INIT_SCHEMES}, "
+                             f"got {self.inits!r}")
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype: expected 'float32' or 'float64', got {self.dtype!r}")
+
+
+#: The default sweep: about 10 minutes on 2 cores (see the module docstring of
+#: :mod:`rnnfast.commands.reproduce` for the measurements behind it).
+DEFAULT = SweepSettings()
+
+#: The paper's Figure-7 settings.
+FULL = SweepSettings(lengths=(50, 100, 150, 200), seeds=5, max_updates=5_000_000,
+                     valid_every=1000, valid_size=1000)
+
+
+def run_seeds(n: int) -> Tuple[int, ...]:
+    """Seeds of a sweep with ``n`` seeds per point: ``0 .. n-1``."""
+    return tuple(range(int(n)))
+
+
+def make_configs(settings: SweepSettings) -> List[dict]:
+    """One configuration dict per run, ordered init, method, length, seed.
+
+    Each dict holds everything :func:`train_run` needs (JSON-serialisable) and
+    is hashed by :func:`rnnfast.reproduce.sweep.config_hash`.
+    """
+    if not isinstance(settings, SweepSettings):
+        raise TypeError(f"settings: expected a SweepSettings, got {type(settings).__name__}")
+    out = []
+    for init in settings.inits:
+        for method in settings.methods:
+            clipping, omega = METHODS[method]
+            for L in settings.lengths:
+                for seed in run_seeds(settings.seeds):
+                    out.append({
+                        "experiment": "synthetic",
+                        "version": RUN_VERSION,
+                        "task": settings.task,
+                        "convention": settings.convention,
+                        "method": method,
+                        "init": init,
+                        "length": int(L),
+                        "seed": int(seed),
+                        "hidden": int(settings.hidden),
+                        "lr": float(settings.lr),
+                        "momentum": 0.0,
+                        "batch_size": int(settings.batch_size),
+                        "clip": float(settings.clip) if clipping else None,
+                        "alpha": float(settings.alpha) if omega else 0.0,
+                        "max_updates": int(settings.max_updates),
+                        "valid_every": int(settings.valid_every),
+                        "valid_size": int(settings.valid_size),
+                        "eval_size": int(settings.eval_size),
+                        "success_error": float(settings.success_error),
+                        "dtype": settings.dtype,
+                    })
+    return out
+
+
+def _seed_sequence(config: dict) -> np.random.SeedSequence:
+    """Root seed of a run: (seed, length, task, init); NOT the method (paired runs)."""
+    words = [int(config["seed"]), int(config["length"]),
+             zlib.crc32(str(config["task"]).encode()), zlib.crc32(str(config["init"]).encode())]
+    return np.random.SeedSequence(words)
+
+
+def _build_task(config: dict):
+    from .. import tasks as _tasks
+
+    return _tasks.get_task(config["task"], min_length=int(config["length"]),
+                           max_length=int(config["length"]),
+                           convention=config.get("convention", "authors"))
+
+
+def run_cost(config: dict) -> float:
+    """Relative worst-case cost of a run: ``max_updates * (length + 25)``.
+
+    Measured per-update time of the core at 50 hidden units grows about
+    linearly with the length plus a fixed overhead worth ~25 steps.
+    """
+    return float(config["max_updates"]) * (float(config["length"]) + 25.0)
+
+
+def train_run(config: dict) -> dict:
+    """Train one model as ``config`` says and return its result (a pure function).
+
+    Parameters
+    ----------
+    config : dict
+        A configuration from :func:`make_configs`.
+
+    Returns
+    -------
+    dict
+        ``solved`` (bool), ``updates_to_success`` (int or None), ``updates``
+        (done), ``stopped``, ``confirm_error`` (error rate on ``eval_size``
+        sequences at the last confirmation, None if never confirmed),
+        ``confirmations`` ([update, error] of every confirmation),
+        ``validations`` ([update, error] of every periodic validation),
+        ``best_valid_error``, ``seconds`` (wall time), ``ms_per_update``,
+        ``max_norm`` (largest pre-clip gradient norm), ``clipped_fraction``,
+        ``explosions``, ``nonfinite`` (updates replaced by the shrink step),
+        ``final_rho`` (spectral radius of W_rec), ``omega_last`` (mean Ω over
+        the last validation interval, NaN without Ω), ``rnnfast_version``.
+    """
+    import rnnfast
+    from .. import tasks as _tasks
+    from ..clipping import GradientClipper
+    from ..init import spectral_radius
+    from ..model import RNNModel
+    from ..optim import SGD
+    from ..trainer import History, Trainer
+
+    t0 = time.perf_counter()
+    task = _build_task(config)
+    L = int(config["length"])
+    root = _seed_sequence(config)
+    s_init, s_train, s_eval = root.spawn(3)
+    model = RNNModel(task.n_in, int(config["hidden"]), task.n_out, init=config["init"],
+                     loss=task.loss, at=task.at, dtype=config["dtype"],
+                     rng=np.random.default_rng(s_init))
+    clipper = GradientClipper(config["clip"], nonfinite="shrink")
+    alpha = float(config["alpha"])
+    success = float(config["success_error"])
+    max_updates = int(config["max_updates"])
+    every = int(config["valid_every"])
+    trainer = Trainer(model, task, SGD(float(config["lr"]), momentum=float(config["momentum"])),
+                      clip=clipper, alpha=alpha if alpha > 0 else None,
+                      batch_size=int(config["batch_size"]), valid_every=every,
+                      valid_size=int(config["valid_size"]),
+                      valid_batch=min(int(config["valid_size"]), 1000), valid_length=L,
+                      success_error=success, rho_every=0, seed=s_train, progress=False)
+    eval_rng = np.random.default_rng(s_eval)
+    stats = {"max_norm": 0.0, "clipped": 0, "explosions": 0, "nonfinite": 0, "n": 0}
+    omega_last = float("nan")
+    confirmations: List[list] = []
+    solved_at = None
+    confirm_error = None
+
+    def fold_history():
+        nonlocal omega_last
+        h = trainer.history
+        if len(h) == 0:
+            return
+        norms = h["norm"]
+        finite = norms[np.isfinite(norms)]
+        if finite.size:
+            stats["max_norm"] = max(stats["max_norm"], float(finite.max()))
+        stats["clipped"] += int(h["clipped"].sum())
+        stats["explosions"] += int(h["explosion"].sum())
+        stats["nonfinite"] += int(np.count_nonzero(h["action"] >= 2))
+        stats["n"] += len(h)
+        om = h["omega"]
+        om = om[np.isfinite(om)]
+        omega_last = float(om.mean()) if om.size else float("nan")
+        trainer.history = History()  # bounded memory on multi-million-update runs
+
+    while trainer.update < max_updates:
+        stop = min(max_updates, (trainer.update // every + 1) * every)
+        trainer.run(stop)
+        fold_history()
+        if trainer.solved:
+            err = _tasks.evaluate(task, model.outputs, eval_rng,
+                                  n_sequences=int(config["eval_size"]), length=L,
+                                  dtype=np.dtype(config["dtype"]))
+            confirmations.append([trainer.update, err])
+            confirm_error = err
+            if _tasks.is_solved(err, success):
+                solved_at = trainer.update
+                break
+            trainer.solved = False  # the small sample was lucky: keep training
+    seconds = time.perf_counter() - t0
+    n = max(1, stats["n"])
+    rho = spectral_radius(model.params["W_rec"])
+    return {
+        "solved": solved_at is not None,
+        "updates_to_success": solved_at,
+        "updates": int(trainer.update),
+        "stopped": "solved" if solved_at is not None else "max_updates",
+        "confirm_error": confirm_error,
+        "confirmations": confirmations,
+        "validations": [[v["update"], v["error"]] for v in trainer.validations],
+        "best_valid_error": trainer.best_error,
+        "seconds": seconds,
+        "ms_per_update": 1e3 * seconds / max(1, trainer.update),
+        "max_norm": stats["max_norm"],
+        "clipped_fraction": stats["clipped"] / n,
+        "explosions": stats["explosions"],
+        "nonfinite": stats["nonfinite"],
+        "final_rho": rho,
+        "omega_last": omega_last,
+        "rnnfast_version": getattr(rnnfast, "__version__", "?"),
+    }
+
+
+# --------------------------------------------------------------------------- #
+# time estimate
+# --------------------------------------------------------------------------- #
+def probe_update_time(settings: SweepSettings, lengths: Optional[Sequence[int]] = None, *,
+                      updates: int = 20, threads: int = 1) -> Dict[int, float]:
+    """Measure seconds per SGD-CR update at each length (a short timing probe).
+
+    Parameters
+    ----------
+    settings : SweepSettings
+        Task, hidden size, batch size and dtype of the probe.
+    lengths : sequence of int, optional
+        Default ``settings.lengths``.
+    updates : int
+        Timed updates per length (after 3 warm-up updates).
+    threads : int
+        Core threads during the probe (as in one worker).
+
+    Returns
+    -------
+    dict length -> seconds per update
+    """
+    import rnnfast
+    from ..model import RNNModel
+    from ..trainer import Trainer
+
+    old = rnnfast.get_num_threads()
+    rnnfast.set_num_threads(int(threads))
+    try:
+        out = {}
+        for L in (lengths or settings.lengths):
+            cfg = {"task": settings.task, "length": int(L), "convention": settings.convention}
+            task = _build_task(cfg)
+            model = RNNModel(task.n_in, settings.hidden, task.n_out, init="basic_tanh",
+                             loss=task.loss, at=task.at, dtype=settings.dtype, rng=0)
+            tr = Trainer(model, task, clip=settings.clip, alpha=settings.alpha or None,
+                         batch_size=settings.batch_size, valid_every=0, rho_every=0, seed=0,
+                         progress=False)
+            tr.run(3)
+            t = time.perf_counter()
+            tr.run(3 + int(updates))
+            out[int(L)] = (time.perf_counter() - t) / int(updates)
+        return out
+    finally:
+        rnnfast.set_num_threads(old)
+
+
+def estimate_seconds(configs: Sequence[dict], per_update: Dict[int, float], workers: int
+                     ) -> float:
+    """Worst-case wall time of ``configs`` (every run spends its whole budget).
+
+    Adds the periodic validations (forward only, counted as a third of a
+    training update per sequence / batch size).  Divides by ``workers``.
+    """
+    total = 0.0
+    for c in configs:
+        t = per_update[int(c["length"])]
+        valid = c["valid_size"] / c["batch_size"] / 3.0 * t / c["valid_every"]
+        total += c["max_updates"] * (t + valid)
+    return total / max(1, int(workers))
+
+
+# --------------------------------------------------------------------------- #
+# tables
+# --------------------------------------------------------------------------- #
+RUN_COLUMNS = ("key", "task", "init", "method", "length", "seed", "solved",
+               "updates_to_success", "updates", "confirm_error", "best_valid_error",
+               "seconds", "ms_per_update", "max_norm", "clipped_fraction", "explosions",
+               "nonfinite", "final_rho", "omega_last")
+POINT_COLUMNS = ("task", "init", "method", "length", "runs", "solved", "success_rate",
+                 "updates_median", "updates_mean", "updates_min", "updates_max",
+                 "seconds_mean", "seconds_total", "max_updates")
+
+
+def _run_row(rec: dict) -> dict:
+    c, r = rec["config"], rec["result"]
+    row = {k: c.get(k) for k in ("task", "init", "method", "length", "seed")}
+    row["key"] = rec["key"]
+    for k in RUN_COLUMNS:
+        if k not in row:
+            row[k] = r.get(k)
+    return row
+
+
+def aggregate(records: Sequence[dict]) -> List[dict]:
+    """Per-point summary (task, init, method, length) over seeds.
+
+    Parameters
+    ----------
+    records : sequence of dict
+        ``{"key", "config", "result"}`` records (from the store).
+
+    Returns
+    -------
+    list of dict
+        Columns :data:`POINT_COLUMNS`: ``success_rate`` in [0, 1], update
+        statistics over the solved runs (None when none solved), mean and total
+        wall time.  Ordered by task, init (paper's order), method, length.
+    """
+    groups: Dict[tuple, List[dict]] = {}
+    for rec in records:
+        c = rec["config"]
+        groups.setdefault((c["task"], c["init"], c["method"], int(c["length"])), []).append(rec)
+    init_rank = {k: i for i, k in enumerate(INITS)}
+    meth_rank = {k: i for i, k in enumerate(METHODS)}
+    rows = []
+    for key in sorted(groups, key=lambda k: (k[0], init_rank.get(k[1], 99), k[1],
+                                             meth_rank.get(k[2], 99), k[2], k[3])):
+        recs = groups[key]
+        ups = sorted(r["result"]["updates_to_success"] for r in recs if r["result"]["solved"])
+        secs = [float(r["result"]["seconds"]) for r in recs]
+        rows.append({
+            "task": key[0], "init": key[1], "method": key[2], "length": key[3],
+            "runs": len(recs), "solved": len(ups), "success_rate": len(ups) / len(recs),
+            "updates_median": statistics.median(ups) if ups else None,
+            "updates_mean": statistics.fmean(ups) if ups else None,
+            "updates_min": ups[0] if ups else None, "updates_max": ups[-1] if ups else None,
+            "seconds_mean": statistics.fmean(secs), "seconds_total": sum(secs),
+            "max_updates": max(int(r["config"]["max_updates"]) for r in recs),
+        })
+    return rows
+
+
+def _csv_text(rows: Sequence[dict], columns: Sequence[str]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(columns)
+    for r in rows:
+        out = []
+        for k in columns:
+            v = r.get(k)
+            if v is None:
+                out.append("")
+            elif isinstance(v, float):
+                out.append(f"{v:.6g}")
+            else:
+                out.append(str(v))
+        w.writerow(out)
+    return buf.getvalue()
+
+
+def write_tables(out_dir, records: Sequence[dict], *, settings: Optional[dict] = None,
+                 failures: Sequence[dict] = (), extra: Optional[dict] = None) -> Dict[str, str]:
+    """Write ``runs.csv``, ``summary.csv`` and ``summary.json`` atomically.
+
+    Returns
+    -------
+    dict name -> path
+    """
+    out_dir = os.fspath(out_dir)
+    points = aggregate(records)
+    runs = [_run_row(r) for r in records]
+    paths = {
+        "runs_csv": atomic_write_text(os.path.join(out_dir, "runs.csv"),
+                                      _csv_text(runs, RUN_COLUMNS)),
+        "summary_csv": atomic_write_text(os.path.join(out_dir, "summary.csv"),
+                                         _csv_text(points, POINT_COLUMNS)),
+    }
+    doc = {"settings": settings, "points": points, "runs": runs,
+           "failures": [{k: f[k] for k in ("key", "config", "attempts", "error")}
+                        for f in failures]}
+    if extra:
+        doc.update(extra)
+    paths["summary_json"] = atomic_write_json(os.path.join(out_dir, "summary.json"), doc)
+    return paths
+
+
+def format_table(points: Sequence[dict]) -> str:
+    """A fixed-width text table of :func:`aggregate` rows (what the command prints)."""
+    head = (f"{'init':<11} {'method':<7} {'length':>6} {'solved':>7} {'rate':>6} "
+            f"{'median upd':>11} {'mean s/run':>10}")
+    lines = [head, "-" * len(head)]
+    for p in points:
+        med = "-" if p["updates_median"] is None else f"{p['updates_median']:.0f}"
+        lines.append(f"{p['init']:<11} {METHOD_LABELS.get(p['method'], p['method']):<7} "
+                     f"{p['length']:>6} {p['solved']:>3}/{p['runs']:<3} "
+                     f"{100 * p['success_rate']:>5.0f}% {med:>11} {p['seconds_mean']:>10.1f}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- #
+# figure
+# --------------------------------------------------------------------------- #
+_METHOD_STYLE = {"sgd": dict(color="tab:red", marker="o", ls="--"),
+                 "sgd-c": dict(color="tab:blue", marker="s", ls="-."),
+                 "sgd-cr": dict(color="tab:green", marker="^", ls="-")}
+
+
+def plot_figure7(points: Sequence[dict], path, *, title: Optional[str] = None, dpi: int = 120):
+    """Figure-7-style plot: success rate vs length, one panel per init, one line per method.
+
+    A second row shows the median number of updates to success of the solved
+    runs (log scale).  Needs matplotlib (the ``plot`` extra).
+
+    Parameters
+    ----------
+    points : sequence of dict
+        Rows of :func:`aggregate`.
+    path : str or os.PathLike
+        PNG written atomically.
+
+    Returns
+    -------
+    str
+        The path.
+
+    Raises
+    ------
+    ImportError
+        matplotlib is not installed.
+    """
+    from ..plots import _figure, save_figure
+
+    inits = [i for i in INITS if any(p["init"] == i for p in points)]
+    inits += sorted({p["init"] for p in points} - set(inits))
+    methods = [m for m in METHODS if any(p["method"] == m for p in points)]
+    if not inits:
+        raise ValueError("points: nothing to plot")
+    n = len(inits)
+    fig = _figure((4.2 * n, 6.4))
+    axes = fig.subplots(2, n, squeeze=False, sharex=True)
+    lengths = sorted({p["length"] for p in points})
+    # dodge: shift each method a little along x so that equal curves stay visible
+    span = (lengths[-1] - lengths[0]) or max(1, lengths[0])
+    shift = {m: (i - (len(methods) - 1) / 2) * 0.012 * span for i, m in enumerate(methods)}
+    for j, init in enumerate(inits):
+        top, bottom = axes[0][j], axes[1][j]
+        any_solved = False
+        for m in methods:
+            pts = sorted((p for p in points if p["init"] == init and p["method"] == m),
+                         key=lambda p: p["length"])
+            if not pts:
+                continue
+            style = _METHOD_STYLE.get(m, {})
+            x = [p["length"] + shift[m] for p in pts]
+            top.plot(x, [100 * p["success_rate"] for p in pts], label=METHOD_LABELS.get(m, m),
+                     lw=2, ms=6, **style)
+            solved = [p for p in pts if p["updates_median"] is not None]
+            any_solved = any_solved or bool(solved)
+            if solved:
+                bottom.plot([p["length"] + shift[m] for p in solved],
+                            [p["updates_median"] for p in solved],
+                            label=METHOD_LABELS.get(m, m), lw=1.5, ms=5, **style)
+        if not any_solved:
+            bottom.text(0.5, 0.5, "no run solved", ha="center", va="center",
+                        transform=bottom.transAxes, color="0.4")
+        top.set_title(init)
+        top.set_ylim(-5, 105)
+        top.grid(alpha=0.3)
+        bottom.set_yscale("log")
+        bottom.grid(alpha=0.3, which="both")
+        bottom.set_xlabel("sequence length")
+        bottom.set_xticks(lengths)
+        if j == 0:
+            top.set_ylabel("success rate (%)")
+            bottom.set_ylabel("median updates to success")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    for ax in axes[0][1:]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    if title:
+        fig.suptitle(title)
+    try:  # matplotlib >= 3.7: a legend row below the panels
+        fig.legend(handles, labels, loc="outside lower center", ncols=len(labels))
+    except (TypeError, ValueError):
+        axes[0][0].legend(handles, labels, loc="center left")
+    save_figure(fig, path, dpi=dpi)
+    return os.fspath(path)
+
+
+# --------------------------------------------------------------------------- #
+# the sweep, end to end
+# --------------------------------------------------------------------------- #
+def _print_progress(stream):
+    def show(p: SweepProgress):
+        if p.event == "done":
+            c, r = p.config, p.result
+            what = (f"solved at {r['updates_to_success']} updates" if r["solved"]
+                    else f"not solved in {r['updates']} updates (best valid error "
+                         f"{100 * (r['best_valid_error'] or 1):.1f}%)")
+            print(f"{p.line()} | {c['init']} {METHOD_LABELS[c['method']]} L={c['length']} "
+                  f"seed {c['seed']}: {what}, {r['seconds']:.1f}s", file=stream, flush=True)
+        elif p.event in ("retry", "failed"):
+            c = p.config
+            first = p.result["error"].splitlines()[0]
+            print(f"{p.line()} | {p.event.upper()} {c['init']} {c['method']} L={c['length']} "
+                  f"seed {c['seed']} (attempt {p.result['attempt']}): {first}",
+                  file=stream, flush=True)
+        elif p.event in ("start", "tick"):
+            print(p.line(), file=stream, flush=True)
+    return show
+
+
+def run_synthetic(settings: SweepSettings, out_dir, *, executor=None, workers=None, threads=1,
+                  retries=2, plot=True, progress=True, tick=60.0, estimate=True,
+                  stream=None) -> dict:
+    """Run (or resume) a synthetic sweep and write its tables and figure.
+
+    Parameters
+    ----------
+    settings : SweepSettings
+    out_dir : str or os.PathLike
+        Output folder: ``runs/<hash>.json`` (one per finished run),
+        ``runs.csv``, ``summary.csv``, ``summary.json``, ``figure7.png``,
+        ``sweep.json`` (the settings and run keys).
+    executor : concurrent.futures.Executor, optional
+        Default: a local spawn process pool of ``workers`` processes.
+    workers : int, optional
+        Default: the number of CPU cores.
+    threads : int or None
+        Core threads per run (default 1).
+    retries : int
+        Resubmissions of a failing run.
+    plot : bool
+        Write ``figure7.png`` (skipped with a note when matplotlib is missing).
+    progress : bool
+        Print progress lines.
+    tick : float
+        Seconds between progress lines while waiting.
+    estimate : bool
+        Print a worst-case time estimate from a timing probe before starting.
+    stream : file, optional
+        Where to print (default stdout).
+
+    Returns
+    -------
+    dict
+        ``points`` (aggregated rows), ``records``, ``failures``, ``paths``,
+        ``seconds``, ``computed``, ``skipped``, ``interrupted``, ``estimate``.
+    """
+    stream = stream or sys.stdout
+    out_dir = os.fspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    configs = make_configs(settings)
+    store = ResultStore(out_dir)
+    workers = int(workers) if workers is not None else (os.cpu_count() or 1)
+    todo = [c for c in configs if config_hash(c) not in store]
+    settings_doc = asdict(settings)
+    atomic_write_json(os.path.join(out_dir, "sweep.json"),
+                      {"settings": settings_doc, "keys": [config_hash(c) for c in configs]})
+    est = None
+    if progress:
+        print(f"rnnfast reproduce synthetic: {len(configs)} runs "
+              f"({len(settings.inits)} inits x {len(settings.methods)} methods x "
+              f"{len(settings.lengths)} lengths x {settings.seeds} seeds) on {settings.task}, "
+              f"{len(configs) - len(todo)} already finished in {out_dir}", file=stream,
+              flush=True)
+    if estimate and todo:
+        per = probe_update_time(settings, sorted({c["length"] for c in todo}),
+                                threads=threads or 1)
+        est = estimate_seconds(todo, per, workers)
+        if progress:
+            rates = ", ".join(f"L={L}: {1e3 * t:.2f} ms" for L, t in sorted(per.items()))
+            print(f"timing probe (per update, {threads or 1} thread): {rates}", file=stream)
+            print(f"estimate: at most {format_duration(est)} on {workers} workers if no run "
+                  f"stops early (runs stop as soon as they are solved)", file=stream, flush=True)
+
+    def on_result(_rec):
+        recs = [r for r in (store.load(config_hash(c)) for c in configs) if r is not None]
+        write_tables(out_dir, recs, settings=settings_doc)
+
+    res = run_sweep(configs, train_run, store, executor=executor, workers=workers,
+                    threads=threads, retries=retries, cost=run_cost,
+                    progress=_print_progress(stream) if progress else None, tick=tick,
+                    on_result=on_result)
+    points = aggregate(res.records)
+    extra = {"wall_seconds_last_call": res.seconds, "computed_last_call": res.computed,
+             "resumed_last_call": res.skipped, "interrupted": res.interrupted,
+             "estimate_seconds": est, "workers": workers,
+             "run_seconds_total": sum(float(r["result"]["seconds"]) for r in res.records)}
+    paths = write_tables(out_dir, res.records, settings=settings_doc, failures=res.failures,
+                         extra=extra)
+    if plot and points:
+        try:
+            paths["figure"] = plot_figure7(
+                points, os.path.join(out_dir, "figure7.png"),
+                title=f"{settings.task}: success rate vs length "
+                      f"({settings.hidden} hidden, budget {settings.max_updates} updates, "
+                      f"{settings.seeds} seeds)")
+        except ImportError:
+            if progress:
+                print("note: matplotlib is not installed, figure7.png skipped "
+                      "(pip install 'rnnfast[plot]')", file=stream)
+    if progress:
+        print("", file=stream)
+        print(format_table(points), file=stream)
+        print(f"\n{res.computed} runs computed, {res.skipped} resumed, {len(res.failures)} "
+              f"failed; wall time {format_duration(res.seconds)}"
+              + (" (INTERRUPTED: rerun the same command to resume)" if res.interrupted else ""),
+              file=stream)
+        for name, p in paths.items():
+            print(f"  {name}: {p}", file=stream)
+        stream.flush()
+    return {"points": points, "records": res.records, "failures": res.failures, "paths": paths,
+            "seconds": res.seconds, "computed": res.computed, "skipped": res.skipped,
+            "interrupted": res.interrupted, "estimate": est}
+
+
+# --------------------------------------------------------------------------- #
+# generalisation
+# --------------------------------------------------------------------------- #
+#: The paper's test lengths.
+GENERALIZATION_LENGTHS: Tuple[int, ...] = (50, 100, 150, 200, 250, 500, 1000, 2000, 3000, 5000)
+
+
+@dataclass(frozen=True)
+class GeneralizationSettings:
+    """Settings of the generalisation test (paper: 50 tanh units, basic_tanh, SGD-CR).
+
+    Attributes
+    ----------
+    task : str
+    min_length, max_length : int
+        Training lengths, one drawn per minibatch in ``[min_length, max_length)``.
+    hidden, lr, clip, alpha, batch_size, dtype, init :
+        As for :class:`SweepSettings` (paper's values).
+    max_updates : int
+        Budget (5M).
+    valid_every, valid_size : int
+        Validation on fresh sequences of random length in the training range.
+    success_error : float
+        Stop when the validation error rate is below this; 0 means zero errors
+        (the authors' code's stopping rule).
+    eval_lengths : tuple of int
+        Test lengths.
+    eval_size : int
+        Sequences per test length (paper: 10,000).
+    seed : int
+    checkpoint_every : int
+    """
+
+    task: str = "temporal_order"
+    min_length: int = 50
+    max_length: int = 200
+    hidden: int = 50
+    init: str = "basic_tanh"
+    lr: float = 0.01
+    clip: float = 1.0
+    alpha: float = 4.0
+    batch_size: int = 20
+    dtype: str = "float32"
+    max_updates: int = 5_000_000
+    valid_every: int = 2000
+    valid_size: int = 10_000
+    success_error: float = 0.0
+    eval_lengths: Tuple[int, ...] = GENERALIZATION_LENGTHS
+    eval_size: int = 10_000
+    seed: int = 0
+    checkpoint_every: int = 20_000
+
+
+def train_generalization(settings: GeneralizationSettings, out_dir, *, threads=None,
+                         log: Optional[Callable[[str], None]] = None, time_limit=None):
+    """Train (or resume) the generalisation model; returns ``(model, summary dict)``.
+
+    Files in ``out_dir``: ``checkpoint.npz`` (atomic, resumed when present),
+    ``history.json``/``.csv``, ``model.npz`` and ``train.json`` (summary) at
+    the end.  A finished training (``train.json`` + ``model.npz`` present) is
+    not redone.
+    """
+    import json
+
+    from .. import tasks as _tasks
+    from ..clipping import GradientClipper
+    from ..model import RNNModel
+    from ..optim import SGD
+    from ..trainer import Trainer
+
+    out_dir = os.fspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    model_path = os.path.join(out_dir, "model.npz")
+    summary_path = os.path.join(out_dir, "train.json")
+    cfg = json_safe(asdict(settings))
+    if os.path.exists(model_path) and os.path.exists(summary_path):
+        with open(summary_path, encoding="utf-8") as f:
+            summary = json.load(f)
+        if summary.get("settings") == cfg:
+            return RNNModel.load(model_path), summary
+    task = _tasks.get_task(settings.task, min_length=settings.min_length,
+                           max_length=settings.max_length)
+    root = np.random.SeedSequence(int(settings.seed))
+    s_init, s_train = root.spawn(2)
+    model = RNNModel(task.n_in, settings.hidden, task.n_out, init=settings.init,
+                     loss=task.loss, at=task.at, dtype=settings.dtype,
+                     rng=np.random.default_rng(s_init))
+    success = settings.success_error if settings.success_error > 0 else 1e-12
+    ckpt = os.path.join(out_dir, "checkpoint.npz")
+    trainer = Trainer(model, task, SGD(settings.lr), clip=GradientClipper(settings.clip),
+                      alpha=settings.alpha or None, batch_size=settings.batch_size,
+                      valid_every=settings.valid_every, valid_size=settings.valid_size,
+                      valid_batch=1000, success_error=success, seed=s_train,
+                      checkpoint_path=ckpt, checkpoint_every=settings.checkpoint_every,
+                      progress=False, log=log, num_threads=threads)
+    if os.path.exists(ckpt):
+        trainer.load_checkpoint(ckpt)
+        if log:
+            log(f"resumed at update {trainer.update}")
+    t0 = time.perf_counter()
+    res = trainer.run(settings.max_updates, time_limit=time_limit)
+    model.save(model_path)
+    summary = {"settings": cfg, "updates": res.updates, "solved": res.solved,
+               "stopped": res.stopped, "best_error": res.best_error,
+               "seconds_this_call": time.perf_counter() - t0,
+               **history_summary(trainer.history, trainer.validations),
+               "last_validation": res.last_validation}
+    if res.stopped in ("solved", "max_updates"):
+        atomic_write_json(summary_path, summary)
+    return model, summary
+
+
+def history_summary(history, validations) -> dict:
+    """Figures of a training history comparable to the authors' sample log.
+
+    Parameters
+    ----------
+    history : rnnfast.trainer.History or mapping name -> (n,) array
+        Per-update columns ``norm``, ``clipped``, ``omega``, ``rho``, ``seconds``.
+    validations : list of dict
+        Validation records (``update``, ``error``).
+
+    Returns
+    -------
+    dict
+        ``first_update_below_1pct``, ``first_update_zero_errors`` (None if
+        never), ``seconds_total`` (sum of update times), ``max_norm`` (largest
+        pre-clip norm), ``clipped_fraction``, ``final_rho`` (last recorded
+        spectral radius), ``omega_last_1000`` (mean Ω over the last 1,000 updates).
+    """
+    def first(pred):
+        return next((v["update"] for v in validations
+                     if v.get("error") is not None and pred(v["error"])), None)
+
+    norm = np.asarray(history["norm"], dtype=np.float64)
+    rho = np.asarray(history["rho"], dtype=np.float64)
+    om = np.asarray(history["omega"], dtype=np.float64)[-1000:]
+    finite = norm[np.isfinite(norm)]
+    rho = rho[np.isfinite(rho)]
+    om = om[np.isfinite(om)]
+    return {
+        "first_update_below_1pct": first(lambda e: e < 0.01),
+        "first_update_zero_errors": first(lambda e: e == 0),
+        "seconds_total": float(np.asarray(history["seconds"], dtype=np.float64).sum()),
+        "max_norm": float(finite.max()) if finite.size else None,
+        "clipped_fraction": float(np.mean(np.asarray(history["clipped"]) > 0)) if norm.size
+        else None,
+        "final_rho": float(rho[-1]) if rho.size else None,
+        "omega_last_1000": float(om.mean()) if om.size else None,
+    }
+
+
+def evaluate_lengths(model, task_name: str, lengths: Sequence[int], *, n_sequences: int = 10_000,
+                     seed: int = 12345, threads=None, convention: str = "authors",
+                     on_row: Optional[Callable[[dict], None]] = None) -> List[dict]:
+    """Error rate of ``model`` on ``n_sequences`` fresh sequences at each length.
+
+    Forward only, in chunks; for last-step tasks the core's ``final_state``
+    keeps memory independent of T (only the chunk's inputs are stored).
+
+    Returns
+    -------
+    list of dict
+        ``length``, ``sequences``, ``errors``, ``error_rate``, ``solved``
+        (< 1 %), ``seconds``.
+    """
+    from .. import tasks as _tasks
+
+    rows = []
+    for i, L in enumerate(lengths):
+        task = _tasks.get_task(task_name, min_length=int(L), max_length=int(L),
+                               convention=convention)
+        rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(L)]))
+        t0 = time.perf_counter()
+        err = _tasks.evaluate(task, lambda u: model.outputs(u, num_threads=threads), rng,
+                              n_sequences=int(n_sequences), length=int(L), dtype=model.dtype)
+        row = {"length": int(L), "sequences": int(n_sequences),
+               "errors": int(round(err * n_sequences)), "error_rate": err,
+               "solved": _tasks.is_solved(err), "seconds": time.perf_counter() - t0}
+        rows.append(row)
+        if on_row is not None:
+            on_row(row)
+    return rows
+
+
+def format_generalization(rows: Sequence[dict]) -> str:
+    """Fixed-width table of :func:`evaluate_lengths` rows."""
+    head = f"{'length':>6} {'errors':>7} {'error rate':>10} {'< 1%':>5} {'seconds':>8}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['length']:>6} {r['errors']:>7} {100 * r['error_rate']:>9.2f}% "
+                     f"{'yes' if r['solved'] else 'no':>5} {r['seconds']:>8.1f}")
+    return "\n".join(lines)
+
+
+def run_generalization(settings: GeneralizationSettings, out_dir, *, model_path=None,
+                       threads=None, stream=None, time_limit=None) -> dict:
+    """Train (or load) the model and evaluate it at every test length.
+
+    Writes ``generalization.json`` and ``generalization.csv`` in ``out_dir``
+    (rewritten atomically after each length) and returns the JSON document.
+    """
+    from ..model import RNNModel
+
+    stream = stream or sys.stdout
+    out_dir = os.fspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+
+    def log(line):
+        print(line, file=stream, flush=True)
+
+    if model_path is not None:
+        model = RNNModel.load(model_path)
+        train = {"model_path": os.path.abspath(model_path)}
+        log(f"evaluating the model in {model_path}")
+    else:
+        log(f"training: {settings.task}, lengths [{settings.min_length}, {settings.max_length}), "
+            f"{settings.hidden} hidden, {settings.init}, SGD-CR (clip {settings.clip}, "
+            f"alpha {settings.alpha}), lr {settings.lr}, up to {settings.max_updates} updates")
+        model, train = train_generalization(settings, os.path.join(out_dir, "train"),
+                                            threads=threads, log=log, time_limit=time_limit)
+        log(f"training stopped ({train['stopped']}) after {train['updates']} updates, "
+            f"{format_duration(train['seconds_total'])} of updates")
+        if not train["solved"]:
+            log("the model did not reach the success criterion; evaluating it anyway")
+    doc = {"settings": json_safe(asdict(settings)), "train": train, "rows": []}
+
+    def write(row=None):
+        if row is not None:
+            doc["rows"].append(row)
+            log(f"  length {row['length']:>5}: {row['errors']} errors / {row['sequences']} "
+                f"({100 * row['error_rate']:.2f}%), {row['seconds']:.1f}s")
+        atomic_write_json(os.path.join(out_dir, "generalization.json"), doc)
+        atomic_write_text(os.path.join(out_dir, "generalization.csv"),
+                          _csv_text(doc["rows"], ("length", "sequences", "errors",
+                                                  "error_rate", "solved", "seconds")))
+
+    evaluate_lengths(model, settings.task, settings.eval_lengths, n_sequences=settings.eval_size,
+                     seed=settings.seed + 1_000_003, threads=threads, on_row=write)
+    write()
+    log("")
+    log(format_generalization(doc["rows"]))
+    return doc
