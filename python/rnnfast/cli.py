@@ -7,7 +7,7 @@ import importlib
 import sys
 
 #: Modules of rnnfast.commands; each exposes ``register(subparsers)``.
-COMMANDS = ("train", "figures")
+COMMANDS = ("train", "reproduce", "figures")
 
 
 def build_parser() -> argparse.ArgumentParser:
