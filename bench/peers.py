@@ -797,6 +797,9 @@ def _atomic_write(path: Path, data, mode="w") -> None:
     try:
         with os.fdopen(fd, mode) as f:
             f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)           # mkstemp makes it 0600
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -892,13 +895,16 @@ def run_benchmark(args, log) -> dict:
     """Run every case and return the JSON-able results."""
     sizes, threads_list, dtypes, peers = args.sizes, args.threads, args.dtypes, args.peers
     t_start = time.time()
+    if args.nice is not None:                # inherited by every worker process
+        os.setpriority(os.PRIO_PROCESS, 0, args.nice)
     meta = {"command": " ".join([os.path.basename(sys.executable)] + sys.argv),
             "started": time.strftime("%Y-%m-%d %H:%M:%S %z"), "host": platform.node(),
             "python": platform.python_version(), "cpu": _cpu_info(),
             "flops": "forward 2*T*B*H*(H+I); fwd+BPTT 3x forward",
             "omp_env": {k: v for k, v in os.environ.items() if k.startswith(("OMP_", "GOMP_"))},
             "pin_all": args.pin, "repeats": args.repeats, "budget_s": args.budget,
-            "warmup": args.warmup, "max_foreign": args.max_foreign}
+            "warmup": args.warmup, "max_foreign": args.max_foreign,
+            "niceness": os.getpriority(os.PRIO_PROCESS, 0)}
     removed = {k: os.environ[k] for k in OPENBLAS_VARS if k in os.environ}
     if args.keep_openblas_env:
         meta["openblas_env"] = f"kept for the NumPy peer and ceiling: {removed or 'none set'}"
@@ -1333,6 +1339,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="total seconds the run may spend waiting for a busy machine and "
                          "retrying; afterwards it measures as it is and marks cells with * "
                          "(default 600)")
+    ap.add_argument("--nice", type=int, default=None,
+                    help="run the benchmark (and its workers) at this niceness, e.g. -10 on a "
+                         "shared machine (below 0 needs root, and starves other work)")
     ap.add_argument("--pin", action="store_true",
                     help="pin every worker of n threads to n CPUs (JAX's always is)")
     ap.add_argument("--keep-openblas-env", action="store_true",
