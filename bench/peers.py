@@ -536,8 +536,11 @@ def gemm_ceiling(dtype: str, threads: int, ns=(1024, 2048, 3072), budget: float 
         r["gflops"] = 2.0 * n ** 3 / r["median_s"] / 1e9
         per_n[str(n)] = r
     best = max(per_n, key=lambda k: per_n[k]["gflops"])
+    # the same from process CPU time (meaningful on one thread while other processes run)
+    cpu_rate = max(2.0 * int(k) ** 3 / max(v["cpu_median_s"], 1e-12) / 1e9
+                   for k, v in per_n.items())
     return {"gflops": per_n[best]["gflops"], "best_n": int(best), "per_n": per_n,
-            "dtype": dtype, "threads": threads}
+            "gflops_cpu_time": cpu_rate, "dtype": dtype, "threads": threads}
 
 
 def _checksums(h, grads) -> dict:
@@ -1086,8 +1089,10 @@ def format_tables(data: dict) -> str:
               "forward 2·T·B·H·(H+I), fwd+BPTT 3× that. * = other processes used more than "
               f"{meta['max_foreign']} CPUs during that measurement (after retries).", ""]
     lines += ["GEMM ceiling (NumPy matmul, N×N, best median): " + ", ".join(
-        f"{k.replace('/', ' ')}t {c['gflops']:.0f} GFLOP/s (N={c['best_n']})"
-        for k, c in data["ceilings"].items()), ""]
+        f"{k.replace('/', ' ')}t {c['gflops']:.0f} GFLOP/s (N={c['best_n']}"
+        + (f"; from CPU time {c['gflops_cpu_time']:.0f})"
+           if c.get("foreign_cpus", 0) > meta["max_foreign"] and "gflops_cpu_time" in c
+           else ")") for k, c in data["ceilings"].items()), ""]
     for dt in data["dtypes"]:
         for mode in MODES:
             lines.append(f"### {dt}, {mode}")
@@ -1116,10 +1121,10 @@ def format_tables(data: dict) -> str:
     disturbed = [r for r in res if r["threads"] == 1
                  and r.get("foreign_cpus", 0) > meta["max_foreign"]]
     if disturbed:
-        lines.append("### 1 thread, process CPU time per call (ms): the cells marked * above "
-                     "ran while other processes used the CPUs; on one thread the CPU time a "
-                     "call got is closer to its undisturbed time than the wall clock "
-                     "(caches are still shared)")
+        lines.append("### 1 thread, process CPU time per call (ms) and % of the GEMM ceiling "
+                     "measured the same way: the cells marked * above ran while other "
+                     "processes used the CPUs; on one thread the CPU time a call got is closer "
+                     "to its undisturbed time than the wall clock (caches are still shared)")
         lines.append("")
         lines.append("| size | dtype | mode | " + " | ".join(peers) + " |")
         lines.append("|---|---|---|" + "---|" * len(peers))
@@ -1127,10 +1132,18 @@ def format_tables(data: dict) -> str:
             for mode in MODES:
                 for name in data["sizes"]:
                     cells = []
+                    T, B, I, H = data["sizes"][name]
+                    ceil = data["ceilings"].get(f"{dt}/1", {}).get("gflops_cpu_time")
                     for p in peers:
                         r = idx.get((p, name, dt, 1, mode))
-                        cells.append("—" if r is None else
-                                     _ms(r["cpu_median_s"]) + ("*" if r in disturbed else ""))
+                        if r is None:
+                            cells.append("—")
+                            continue
+                        c = _ms(r["cpu_median_s"])
+                        if ceil:
+                            gf = flops(T, B, I, H, mode) / r["cpu_median_s"] / 1e9
+                            c += f" {100 * gf / ceil:.0f}%"
+                        cells.append(c + ("*" if r in disturbed else ""))
                     lines.append(f"| {name} | {dt} | {mode} | " + " | ".join(cells) + " |")
         lines.append("")
     if len(data["threads"]) > 1 and 1 in data["threads"]:
@@ -1348,6 +1361,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="do not unset OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE for the NumPy worker")
     ap.add_argument("--check", action="store_true",
                     help="only check that the peers compute the same forward and gradients")
+    ap.add_argument("--report", metavar="JSON",
+                    help="only redraw the tables and chart of a saved peers.json (into --out "
+                         "if given, else next to it)")
     ap.add_argument("--smoke", action="store_true",
                     help="tiny run for CI: one tiny size, rnnfast+numpy, 1 thread, float32")
     ap.add_argument("--_worker", help=argparse.SUPPRESS)
@@ -1404,6 +1420,14 @@ def main(argv=None) -> int:
         ap.error(f"--peers: unknown {bad}; expected a subset of {', '.join(PEERS)}")
     if args.check:
         return 0 if run_check(args.peers, log) else 1
+    if args.report:
+        data = json.loads(Path(args.report).read_text())
+        for c in data["ceilings"].values():   # files from before gflops_cpu_time existed
+            c.setdefault("gflops_cpu_time", max(
+                2.0 * int(k) ** 3 / max(v.get("cpu_median_s", v["median_s"]), 1e-12) / 1e9
+                for k, v in c["per_n"].items()))
+        out = Path(args.out) if "--out" in given else Path(args.report).parent
+        return _write_outputs(data, out, log)
     args.sizes = parse_sizes(args.sizes)
     try:
         args.threads = [int(t) for t in _split(args.threads)]
@@ -1418,10 +1442,13 @@ def main(argv=None) -> int:
     if args.repeats < 1 or args.warmup < 0 or args.budget < 0:
         ap.error("--repeats must be >= 1, --warmup and --budget >= 0")
 
-    data = run_benchmark(args, log)
-    out = Path(args.out)
+    return _write_outputs(run_benchmark(args, log), Path(args.out), log)
+
+
+def _write_outputs(data: dict, out: Path, log) -> int:
+    """Chart, JSON and tables into ``out``; print the tables. Exit code 1 on mismatches."""
     chart_note = draw_chart(data, out / "peers.png") if data["results"] else "no results"
-    if chart_note:
+    if chart_note and chart_note not in data["notes"]:
         data["notes"].append(chart_note)
     text = format_tables(data)
     _atomic_write(out / "peers.json", json.dumps(data, indent=1, default=str) + "\n")
