@@ -291,7 +291,7 @@ def test_budget_stops_on_time_and_resumes(music_dir, tmp_path):
 
 
 def test_early_stopping_and_lr_halving(music_dir, monkeypatch):
-    cfg = _music_cfg(max_epochs=50, patience=2, lr=0.8, method="SGD+C")
+    cfg = _music_cfg(max_epochs=50, patience=2, lr=0.8, method="SGD+C", monitor="valid")
     run = _run(cfg, music_dir)
     values = iter([5.0, 4.0, 4.5, 3.0, 3.5, 3.6, 1.0])  # valid metric per epoch
 
@@ -301,6 +301,24 @@ def test_early_stopping_and_lr_halving(music_dir, monkeypatch):
     assert [r["improved"] for r in run.records] == [True, True, False, True, False, False]
     assert [r["lr"] for r in run.records] == [0.8, 0.8, 0.8, 0.4, 0.4, 0.2]
     assert run.best_valid == 3.0
+
+
+def test_lr_halving_watches_the_training_cost_by_default(music_dir, monkeypatch):
+    cfg = _music_cfg(max_epochs=4, lr=0.8, method="SGD+C")
+    assert cfg.monitor == "train"
+    run = _run(cfg, music_dir)
+    costs = iter([5.0, 4.0, 4.5, 3.0])  # training cost of each epoch, nats per step
+    monkeypatch.setattr(run, "epoch_cost", [0.0, 0])
+    orig = run.validate
+
+    def validate(**kw):
+        run.epoch_cost = [next(costs), 1]
+        return orig(**kw)
+
+    monkeypatch.setattr(run, "validate", validate)
+    run.run(final=False)
+    assert [r["train_cost"] for r in run.records] == [5.0, 4.0, 4.5, 3.0]
+    assert [r["lr_next"] for r in run.records] == [0.8, 0.8, 0.4, 0.4]
 
 
 # ------------------------------------------------------------------ CLI
