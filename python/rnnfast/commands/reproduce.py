@@ -27,6 +27,8 @@ import os
 import sys
 from typing import Callable, List, Tuple, Union
 
+from .argtypes import nonneg_float, nonneg_int, positive_float, positive_int
+
 __all__ = ["EXPERIMENTS", "register_experiment", "register", "build_parser", "main"]
 
 #: ``(name, register)`` of every experiment of ``rnnfast reproduce``, in help order.
@@ -68,46 +70,6 @@ def _resolve(fn):
 # --------------------------------------------------------------------------- #
 # argument types
 # --------------------------------------------------------------------------- #
-def _positive_int(s):
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}")
-    return v
-
-
-def _nonneg_int(s):
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}")
-    return v
-
-
-def _positive_float(s):
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}") from None
-    if not (v > 0 and v != float("inf")):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}")
-    return v
-
-
-def _nonneg_float(s):
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s!r}") from None
-    if not (v >= 0 and v != float("inf")):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s!r}")
-    return v
-
-
 def _int_list(s):
     try:
         vals = tuple(int(x) for x in s.replace(" ", "").split(",") if x)
@@ -157,7 +119,7 @@ def add_synthetic_arguments(p):
     g.add_argument("--task", choices=TASKS, default=None, help="task" + d("task"))
     g.add_argument("--lengths", type=_int_list, default=None,
                    help="comma-separated sequence lengths, one point each" + d("lengths"))
-    g.add_argument("--seeds", type=_positive_int, default=None,
+    g.add_argument("--seeds", type=positive_int, default=None,
                    help="seeds per point (0..N-1)" + d("seeds"))
     g.add_argument("--methods", type=_choice_list(tuple(METHODS)), default=None,
                    help="comma-separated subset of sgd,sgd-c,sgd-cr (default all)")
@@ -167,22 +129,22 @@ def add_synthetic_arguments(p):
                    help="task conventions" + d("convention"))
 
     g = p.add_argument_group("training (paper's values by default)")
-    g.add_argument("--hidden", type=_positive_int, default=None, help="hidden units" + d("hidden"))
-    g.add_argument("--lr", type=_positive_float, default=None,
+    g.add_argument("--hidden", type=positive_int, default=None, help="hidden units" + d("hidden"))
+    g.add_argument("--lr", type=positive_float, default=None,
                    help="learning rate, no momentum" + d("lr"))
-    g.add_argument("--clip", type=_positive_float, default=None,
+    g.add_argument("--clip", type=positive_float, default=None,
                    help="norm-clipping threshold of SGD-C and SGD-CR" + d("clip"))
-    g.add_argument("--alpha", type=_nonneg_float, default=None,
+    g.add_argument("--alpha", type=nonneg_float, default=None,
                    help="constant Omega weight of SGD-CR" + d("alpha"))
-    g.add_argument("--batch-size", type=_positive_int, default=None,
+    g.add_argument("--batch-size", type=positive_int, default=None,
                    help="minibatch size" + d("batch_size"))
-    g.add_argument("--max-updates", type=_positive_int, default=None,
+    g.add_argument("--max-updates", type=positive_int, default=None,
                    help="update budget per run" + d("max_updates"))
-    g.add_argument("--valid-every", type=_positive_int, default=None,
+    g.add_argument("--valid-every", type=positive_int, default=None,
                    help="updates between validations on the small sample" + d("valid_every"))
-    g.add_argument("--valid-size", type=_positive_int, default=None,
+    g.add_argument("--valid-size", type=positive_int, default=None,
                    help="sequences of the periodic validation sample" + d("valid_size"))
-    g.add_argument("--eval-size", type=_positive_int, default=None,
+    g.add_argument("--eval-size", type=positive_int, default=None,
                    help="sequences that confirm a success (paper: 10,000)" + d("eval_size"))
     g.add_argument("--dtype", choices=("float32", "float64"), default=None,
                    help="floating-point type" + d("dtype"))
@@ -191,13 +153,13 @@ def add_synthetic_arguments(p):
     g.add_argument("--out", default=None,
                    help="output folder (default ./rnnfast-reproduce/synthetic-TASK[-full]); "
                         "rerun with the same folder to resume")
-    g.add_argument("--workers", type=_positive_int, default=None,
+    g.add_argument("--workers", type=positive_int, default=None,
                    help="worker processes (default: the number of CPU cores)")
-    g.add_argument("--threads", type=_positive_int, default=1,
+    g.add_argument("--threads", type=positive_int, default=1,
                    help="OpenMP threads of the core per worker (default 1)")
-    g.add_argument("--retries", type=_nonneg_int, default=2,
+    g.add_argument("--retries", type=nonneg_int, default=2,
                    help="resubmissions of a run that raised (default 2)")
-    g.add_argument("--progress-every", type=_positive_float, default=60.0,
+    g.add_argument("--progress-every", type=positive_float, default=60.0,
                    help="seconds between progress lines while waiting (default 60)")
     g.add_argument("--no-plot", action="store_true", help="do not write figure7.png")
     g.add_argument("--estimate-only", action="store_true",
@@ -276,32 +238,32 @@ def add_generalization_arguments(p):
                    help="output folder (train/ holds the resumable checkpoint)")
     p.add_argument("--model", default=None,
                    help="evaluate this saved model (.npz) instead of training one")
-    p.add_argument("--min-length", type=_positive_int, default=D.min_length,
+    p.add_argument("--min-length", type=positive_int, default=D.min_length,
                    help=f"shortest training length (default {D.min_length})")
-    p.add_argument("--max-length", type=_positive_int, default=D.max_length,
+    p.add_argument("--max-length", type=positive_int, default=D.max_length,
                    help=f"training lengths are drawn in [min, max) (default {D.max_length})")
-    p.add_argument("--hidden", type=_positive_int, default=D.hidden,
+    p.add_argument("--hidden", type=positive_int, default=D.hidden,
                    help=f"hidden units (default {D.hidden})")
-    p.add_argument("--max-updates", type=_positive_int, default=D.max_updates,
+    p.add_argument("--max-updates", type=positive_int, default=D.max_updates,
                    help=f"update budget (default {D.max_updates})")
-    p.add_argument("--valid-every", type=_positive_int, default=D.valid_every,
+    p.add_argument("--valid-every", type=positive_int, default=D.valid_every,
                    help=f"updates between validations (default {D.valid_every})")
-    p.add_argument("--valid-size", type=_positive_int, default=D.valid_size,
+    p.add_argument("--valid-size", type=positive_int, default=D.valid_size,
                    help=f"validation sequences (default {D.valid_size})")
-    p.add_argument("--success-error", type=_nonneg_float, default=D.success_error,
+    p.add_argument("--success-error", type=nonneg_float, default=D.success_error,
                    help="stop when the validation error rate is below this; 0 (default) "
                         "stops at zero errors, as the authors' code")
     p.add_argument("--eval-lengths", type=_int_list, default=GENERALIZATION_LENGTHS,
                    help="test lengths (default " + ",".join(map(str, GENERALIZATION_LENGTHS))
                         + ")")
-    p.add_argument("--eval-size", type=_positive_int, default=D.eval_size,
+    p.add_argument("--eval-size", type=positive_int, default=D.eval_size,
                    help=f"test sequences per length (default {D.eval_size})")
-    p.add_argument("--seed", type=_nonneg_int, default=D.seed, help="random seed (default 0)")
+    p.add_argument("--seed", type=nonneg_int, default=D.seed, help="random seed (default 0)")
     p.add_argument("--dtype", choices=("float32", "float64"), default=D.dtype,
                    help=f"floating-point type (default {D.dtype})")
-    p.add_argument("--threads", type=_positive_int, default=None,
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="core threads (default: the library's)")
-    p.add_argument("--time-limit", type=_positive_float, default=None,
+    p.add_argument("--time-limit", type=positive_float, default=None,
                    help="stop training after this many minutes (rerun to resume)")
 
 
