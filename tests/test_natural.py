@@ -10,8 +10,7 @@ import time
 import numpy as np
 import pytest
 
-import rnnfast
-from rnnfast.data import CharStream, MusicBatches, bits_per_char, music_nll
+from rnnfast.data import MusicBatches, bits_per_char, music_nll
 from rnnfast.model import CheckpointError, RNNModel
 from rnnfast.reproduce import natural as nat
 from conftest import SHARED_DATA
