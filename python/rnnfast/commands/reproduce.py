@@ -154,7 +154,13 @@ def add_synthetic_arguments(p):
                    help="output folder (default ./rnnfast-reproduce/synthetic-TASK[-full]); "
                         "rerun with the same folder to resume")
     g.add_argument("--workers", type=positive_int, default=None,
-                   help="worker processes (default: the number of CPU cores)")
+                   help="worker processes (default: the number of CPU cores); with "
+                        "--scheduler local, those of the LocalCluster")
+    g.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run the runs on a Dask cluster: tcp://host:port of a `dask scheduler` "
+                        "(default: $RNNFAST_SCHEDULER; unset: a local spawn process pool); "
+                        "'local' or 'local:N' starts a LocalCluster of N single-threaded worker "
+                        "processes here. Needs pip install 'rnnfast[dask]'")
     g.add_argument("--threads", type=positive_int, default=1,
                    help="OpenMP threads of the core per worker (default 1)")
     g.add_argument("--retries", type=nonneg_int, default=2,
@@ -183,13 +189,39 @@ def synthetic_settings(args):
 
 def run_synthetic_command(args):
     """Entry point of ``rnnfast reproduce synthetic``."""
-    from ..reproduce import synthetic as syn
-    from ..reproduce.sweep import config_hash, format_duration
-
     settings = synthetic_settings(args)
     out = args.out or os.path.join("rnnfast-reproduce",
                                    f"synthetic-{settings.task}" + ("-full" if args.full else ""))
-    workers = args.workers or os.cpu_count() or 1
+    executor = _connect_cluster(args)
+    try:
+        return _run_synthetic(args, settings, out, executor)
+    finally:
+        if executor is not None:
+            executor.close()
+
+
+def _connect_cluster(args):
+    """The Dask executor of ``--scheduler`` / ``$RNNFAST_SCHEDULER``, or None (local pool)."""
+    from ..reproduce.cluster import connect, loss_printer
+
+    try:
+        executor = connect(getattr(args, "scheduler", None), n_workers=args.workers,
+                           on_lost=None if args.quiet else loss_printer())
+    except (ImportError, ValueError, ConnectionError, RuntimeError) as e:
+        raise SystemExit(f"rnnfast reproduce synthetic: {e}") from None
+    if executor is not None and not args.quiet:
+        print(f"running on {executor.describe()}", flush=True)
+    return executor
+
+
+def _run_synthetic(args, settings, out, executor):
+    from ..reproduce import synthetic as syn
+    from ..reproduce.sweep import config_hash, format_duration
+
+    if executor is not None:
+        workers = executor.max_workers
+    else:
+        workers = args.workers or os.cpu_count() or 1
     if args.estimate_only:
         from ..reproduce.sweep import ResultStore
 
@@ -204,9 +236,12 @@ def run_synthetic_command(args):
         print(f"estimate: at most {format_duration(est)} on {workers} workers "
               f"(every remaining run spending its budget of {settings.max_updates} updates)")
         return 0
-    res = syn.run_synthetic(settings, out, workers=workers, threads=args.threads,
-                            retries=args.retries, plot=not args.no_plot, progress=not args.quiet,
-                            tick=args.progress_every)
+    res = syn.run_synthetic(settings, out, executor=executor, workers=workers,
+                            threads=args.threads, retries=args.retries, plot=not args.no_plot,
+                            progress=not args.quiet, tick=args.progress_every)
+    if executor is not None and executor.losses and not args.quiet:
+        print(f"{len(executor.losses)} time(s) a worker left the cluster with a run on it; "
+              f"those runs were rescheduled (LOST lines above)")
     if res["interrupted"]:
         return 130
     return 1 if res["failures"] else 0
