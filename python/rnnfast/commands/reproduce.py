@@ -341,6 +341,8 @@ def register_generalization(subparsers):
 
 register_experiment("synthetic", register_synthetic)
 register_experiment("generalization", register_generalization)
+register_experiment("music", "rnnfast.reproduce.natural:register_music")
+register_experiment("ptb", "rnnfast.reproduce.natural:register_ptb")
 
 
 # --------------------------------------------------------------------------- #
