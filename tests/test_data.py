@@ -15,7 +15,7 @@ import pytest
 
 from rnnfast.data.metrics import (bits_per_char, bits_per_char_ahead, char_bits, music_nll,
                                   nats_to_bits, step_nll)
-from rnnfast.data.music import (MUSIC_FILES, MusicBatches, UnsafePickleError, load_music,
+from rnnfast.data.music import (MusicBatches, UnsafePickleError, load_music,
                                 load_music_mat, load_music_pickle, music_path, notes_to_roll,
                                 restricted_loads, roll_to_notes)
 from rnnfast.data.ptb import CharStream, CharVocab, load_ptb_chars, read_char_file
@@ -246,7 +246,6 @@ def _check_batch_columns(b, rolls, predict_first=True):
     T, B, K = b.u.shape
     assert K == 88 and b.targets.shape == (T, B, 88) and b.mask.shape == (T, B)
     assert b.mask.dtype == bool and b.pieces.shape == b.starts.shape == (B,)
-    off = 1 if predict_first else 0
     seen = []
     for col in range(B):
         n = int(b.mask[:, col].sum())
@@ -254,7 +253,7 @@ def _check_batch_columns(b, rolls, predict_first=True):
         p, s = int(b.pieces[col]), int(b.starts[col])
         roll = rolls[p].astype(b.u.dtype)
         ext = np.concatenate([np.zeros((1, 88)), roll]) if predict_first else roll
-        # targets: roll rows s+1-off .. ; inputs: the rows just before them
+        # targets: the rows after the inputs (ext starts with a zero row if predict_first)
         np.testing.assert_array_equal(b.targets[:n, col], ext[s + 1:s + 1 + n])
         np.testing.assert_array_equal(b.u[:n, col], ext[s:s + n])
         assert not b.u[n:, col].any() and not b.targets[n:, col].any()

@@ -3,7 +3,6 @@ checkpoints, exact resume, early stop, and the ``rnnfast train`` command."""
 
 import csv
 import json
-import math
 import os
 from typing import NamedTuple, Optional
 

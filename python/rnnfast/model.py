@@ -19,7 +19,6 @@ corrupt, truncated or inconsistent file.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import tempfile
