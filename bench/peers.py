@@ -366,7 +366,7 @@ class TorchPeer(Peer):
     def prepare(self, prob):
         torch = self.torch
         u = prob["u"]
-        T, B, I = u.shape
+        _, B, I = u.shape
         H = prob["W_rec"].shape[0]
         dt = torch.float32 if u.dtype == np.float32 else torch.float64
         rnn = torch.nn.RNN(I, H, num_layers=1, nonlinearity="tanh", bias=True,
@@ -531,7 +531,7 @@ def gemm_ceiling(dtype: str, threads: int, ns=(1024, 2048, 3072), budget: float 
         a = rng.standard_normal((n, n)).astype(dtype)
         b = rng.standard_normal((n, n)).astype(dtype)
         c = np.empty((n, n), dtype=dtype)
-        r = time_call(lambda: np.matmul(a, b, out=c), warmup=1, repeats=7, budget=budget,
+        r = time_call(lambda a=a, b=b, c=c: np.matmul(a, b, out=c), warmup=1, repeats=7, budget=budget,
                       min_repeats=3)
         r["gflops"] = 2.0 * n ** 3 / r["median_s"] / 1e9
         per_n[str(n)] = r
@@ -573,7 +573,7 @@ def _reset_hwm() -> bool:
 
 def measure_memory(peer: Peer, prob: dict) -> dict:
     """Extra resident memory (MiB) of one forward and one forward+BPTT call, outputs included."""
-    T, B, I = prob["u"].shape
+    T, B, _ = prob["u"].shape
     H = prob["W_rec"].shape[0]
     state_mib = T * B * H * prob["u"].dtype.itemsize / 2 ** 20
     can_reset = _reset_hwm()
@@ -746,7 +746,8 @@ def run_memory_case(peer: str, size, dtype: str, keep_openblas_env: bool) -> dic
     env["MALLOC_TRIM_THRESHOLD_"] = "65536"
     cmd = [sys.executable, os.path.abspath(__file__), "--_memory", peer,
            "--_msize", ",".join(map(str, size)), "--_mdtype", dtype]
-    p = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env, timeout=600)
+    p = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env, timeout=600,
+                       check=False)
     lines = [ln for ln in p.stdout.splitlines() if ln.strip()]
     if not lines:
         return {"ok": False, "error": f"memory process exited (rc={p.returncode})"}
@@ -792,6 +793,22 @@ def _cpu_info() -> dict:
            if f in flags]
     return {"model": model, "cpus": os.cpu_count(), "isa": isa,
             "affinity": sorted(os.sched_getaffinity(0))}
+
+
+def _git_describe() -> str | None:
+    """Commit (and '-dirty') of the source tree this script lives in, if it is a git checkout."""
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        rev = subprocess.run(["git", "-C", here, "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=10, check=False)
+        if rev.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", here, "status", "--porcelain",
+                                "--untracked-files=no"], capture_output=True, text=True,
+                               timeout=10, check=False).stdout.strip()
+        return rev.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def _atomic_write(path: Path, data, mode="w") -> None:
@@ -907,7 +924,7 @@ def run_benchmark(args, log) -> dict:
             "omp_env": {k: v for k, v in os.environ.items() if k.startswith(("OMP_", "GOMP_"))},
             "pin_all": args.pin, "repeats": args.repeats, "budget_s": args.budget,
             "warmup": args.warmup, "max_foreign": args.max_foreign,
-            "niceness": os.getpriority(os.PRIO_PROCESS, 0)}
+            "niceness": os.getpriority(os.PRIO_PROCESS, 0), "git": _git_describe()}
     removed = {k: os.environ[k] for k in OPENBLAS_VARS if k in os.environ}
     if args.keep_openblas_env:
         meta["openblas_env"] = f"kept for the NumPy peer and ceiling: {removed or 'none set'}"
@@ -959,8 +976,8 @@ def run_benchmark(args, log) -> dict:
             nw = workers.get(("numpy", n))
             if nw is None:
                 raise SystemExit("the NumPy worker (GEMM ceiling) failed to start")
-            r = _measure_case(nw, dict(cmd="ceiling", dtype=dt, ns=list(args.ceiling_n),
-                                       budget=args.budget * 2), args,
+            r = _measure_case(nw, {"cmd": "ceiling", "dtype": dt, "ns": list(args.ceiling_n),
+                                   "budget": args.budget * 2}, args,
                               [x for x in workers.values() if x is not nw], log)
             if not r.get("ok"):
                 raise SystemExit(f"GEMM ceiling failed: {r.get('error')}")
@@ -971,8 +988,9 @@ def run_benchmark(args, log) -> dict:
                 for peer in active:
                     w = workers[(peer, n)]
                     r = _measure_case(
-                        w, dict(cmd="case", size=[T, B, I, H], dtype=dt, modes=list(MODES),
-                                warmup=args.warmup, repeats=args.repeats, budget=args.budget),
+                        w, {"cmd": "case", "size": [T, B, I, H], "dtype": dt,
+                            "modes": list(MODES), "warmup": args.warmup,
+                            "repeats": args.repeats, "budget": args.budget},
                         args, [x for x in workers.values() if x is not w], log)
                     if not r.get("ok"):
                         notes.append(f"{peer} {name} {dt} {n}t failed: {r.get('error')}")
@@ -1067,10 +1085,11 @@ def format_tables(data: dict) -> str:
     idx = {(r["peer"], r["size"], r["dtype"], r["threads"], r["mode"]): r for r in res}
     meta = data["meta"]
     lines = [f"Command: `{meta['command']}`  ",
-             f"CPU: {meta['cpu']['model']} ({meta['cpu']['cpus']} CPUs, "
-             f"ISA {' '.join(meta['cpu']['isa'])}); started {meta['started']}, "
-             f"took {meta.get('seconds', 0):.0f} s (of which "
-             f"{meta.get('waited_for_quiet_s', 0):.0f} s waiting for other processes)  ",
+             (f"CPU: {meta['cpu']['model']} ({meta['cpu']['cpus']} CPUs, "
+              f"ISA {' '.join(meta['cpu']['isa'])}); started {meta['started']}, "
+              f"took {meta.get('seconds', 0):.0f} s (of which "
+              f"{meta.get('waited_for_quiet_s', 0):.0f} s waiting for other processes); "
+              f"source {meta.get('git') or '?'}  "),
              f"OpenBLAS env: {meta['openblas_env']}  "]
     vers = []
     for p, info in data["peers"].items():
@@ -1084,10 +1103,11 @@ def format_tables(data: dict) -> str:
         b = meta["numpy_blas"][0]
         lines.append(f"NumPy BLAS: {b.get('internal_api')} {b.get('version')}, core "
                      f"{b.get('architecture')}  ")
-    lines += ["", "Cells: median ms (q1–q3), % of the GEMM ceiling at the same threads and "
-              f"dtype, and ×{ref} = time ÷ {ref}'s time (above 1: {ref} faster). FLOPs: "
-              "forward 2·T·B·H·(H+I), fwd+BPTT 3× that. * = other processes used more than "
-              f"{meta['max_foreign']} CPUs during that measurement (after retries).", ""]
+    lines += ["", ("Cells: median ms (q1–q3), % of the GEMM ceiling at the same threads and "
+                   f"dtype, and ×{ref} = time ÷ {ref}'s time (above 1: {ref} faster). FLOPs: "
+                   "forward 2·T·B·H·(H+I), fwd+BPTT 3× that. * = other processes used more "
+                   f"than {meta['max_foreign']} CPUs during that measurement (after retries)."),
+              ""]
     lines += ["GEMM ceiling (NumPy matmul, N×N, best median): " + ", ".join(
         f"{k.replace('/', ' ')}t {c['gflops']:.0f} GFLOP/s (N={c['best_n']}"
         + (f"; from CPU time {c['gflops_cpu_time']:.0f})"
@@ -1390,7 +1410,7 @@ def main(argv=None) -> int:
     def log(msg):
         print(msg, flush=True)
 
-    given = set(a.split("=")[0] for a in (argv if argv is not None else sys.argv[1:]))
+    given = {a.split("=")[0] for a in (argv if argv is not None else sys.argv[1:])}
     if args.smoke:
         if "--sizes" not in given:
             args.sizes = SMOKE_SIZE[0]

@@ -18,7 +18,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "peers.py"
 
 def _run(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, check=False)
 
 
 def test_smoke_run_writes_consistent_results(tmp_path):
