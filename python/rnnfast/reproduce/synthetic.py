@@ -136,7 +136,7 @@ class SweepSettings:
     clip: float = 1.0
     alpha: float = 4.0
     batch_size: int = 20
-    max_updates: int = 10_000
+    max_updates: int = 20_000
     valid_every: int = 250
     valid_size: int = 1000
     eval_size: int = 10_000
