@@ -115,7 +115,7 @@ def add_synthetic_arguments(p):
     g = p.add_argument_group("what to run")
     g.add_argument("--full", action="store_true",
                    help="the paper's Figure-7 settings: lengths 50,100,150,200, 5 seeds, up to "
-                        "5M updates per run (days on 2 cores; an estimate is printed first)")
+                        "5M updates per run (up to ~16 days on 2 cores; an estimate is printed first)")
     g.add_argument("--task", choices=TASKS, default=None, help="task" + d("task"))
     g.add_argument("--lengths", type=_int_list, default=None,
                    help="comma-separated sequence lengths, one point each" + d("lengths"))
