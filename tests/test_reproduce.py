@@ -381,10 +381,12 @@ def test_cli_parses_presets_and_help(capsys):
     args = _parser().parse_args(["reproduce", "synthetic", "--lengths", "20,30",
                                  "--inits", "basic_tanh", "--workers", "3"])
     s = cmd.synthetic_settings(args)
-    assert s.lengths == (20, 30) and s.inits == ("basic_tanh",) and s.methods == syn.DEFAULT.methods
+    assert s.lengths == (20, 30) and s.inits == ("basic_tanh",)
+    assert s.methods == syn.DEFAULT.methods
     assert s.max_updates == syn.DEFAULT.max_updates and args.workers == 3
     full = cmd.synthetic_settings(_parser().parse_args(["reproduce", "synthetic", "--full"]))
-    assert (full.hidden, full.lr, full.clip, full.alpha, full.batch_size) == (50, 0.01, 1.0, 4.0, 20)
+    assert (full.hidden, full.lr, full.clip, full.alpha, full.batch_size) == \
+        (50, 0.01, 1.0, 4.0, 20)
     assert full.max_updates == 5_000_000 and full.seeds == 5
     assert full.lengths == syn.FULL.lengths
     g = _parser().parse_args(["reproduce", "generalization", "--eval-lengths", "50,100"])

@@ -115,7 +115,8 @@ def add_synthetic_arguments(p):
     g = p.add_argument_group("what to run")
     g.add_argument("--full", action="store_true",
                    help="the paper's Figure-7 settings: lengths 50,100,150,200, 5 seeds, up to "
-                        "5M updates per run (up to ~16 days on 2 cores; an estimate is printed first)")
+                        "5M updates per run (up to ~16 days on 2 cores; an estimate is printed "
+                        "first)")
     g.add_argument("--task", choices=TASKS, default=None, help="task" + d("task"))
     g.add_argument("--lengths", type=_int_list, default=None,
                    help="comma-separated sequence lengths, one point each" + d("lengths"))
@@ -231,8 +232,9 @@ def _run_synthetic(args, settings, out, executor):
         per = syn.probe_update_time(settings, sorted({c["length"] for c in todo}) or None,
                                     threads=args.threads)
         est = syn.estimate_seconds(todo, per, workers)
+        rates = ", ".join(f"L={L} {1e3 * t:.2f} ms" for L, t in sorted(per.items()))
         print(f"{len(configs)} runs, {len(configs) - len(todo)} finished in {out}; "
-              f"per update: " + ", ".join(f"L={L} {1e3 * t:.2f} ms" for L, t in sorted(per.items())))
+              f"per update: {rates}")
         print(f"estimate: at most {format_duration(est)} on {workers} workers "
               f"(every remaining run spending its budget of {settings.max_updates} updates)")
         return 0
