@@ -123,6 +123,7 @@ def test_store_writes_atomically_and_ignores_corrupt_files(tmp_path, monkeypatch
     key = store.save(cfg, {"value": 1})
     assert store.load(key)["result"] == {"value": 1}
     assert os.listdir(tmp_path / "runs") == [f"{key}.json"]
+    assert os.stat(store.path(key)).st_mode & 0o777 == 0o666 & ~sw._UMASK
 
     # a crash while writing leaves the previous file intact and no temporary file
     def boom(*a, **k):
