@@ -345,6 +345,11 @@ def test_generalization_trains_resumes_and_evaluates_each_length(tmp_path):
         assert r["sequences"] == 64 and 0 <= r["errors"] <= 64
         assert r["error_rate"] == pytest.approx(r["errors"] / 64)
     assert doc["train"]["updates"] == 40
+    # not solved in 40 updates: the best validation snapshot is what was evaluated
+    assert not doc["train"]["solved"] and doc["train"]["evaluated"] == "best"
+    best = json.loads((tmp_path / "train" / "best.json").read_text())
+    assert best["update"] in (20, 40) and best["error"] == doc["train"]["best_error"]
+    assert doc["train"]["best_update"] == best["update"]
     saved = json.loads((tmp_path / "generalization.json").read_text())
     assert saved["rows"] == sw.json_safe(doc["rows"])
     assert (tmp_path / "generalization.csv").read_text().startswith("length,")
@@ -352,8 +357,23 @@ def test_generalization_trains_resumes_and_evaluates_each_length(tmp_path):
     m1, t1 = syn.train_generalization(s, tmp_path / "train")
     assert t1["updates"] == 40
     doc2 = syn.run_generalization(s, tmp_path / "again", model_path=tmp_path / "train" /
-                                  "model.npz", stream=io.StringIO())
+                                  "best.npz", stream=io.StringIO())
     assert [r["errors"] for r in doc2["rows"]] == [r["errors"] for r in doc["rows"]]
+
+
+def test_generalization_training_stops_on_time_and_resumes_exactly(tmp_path):
+    s = syn.GeneralizationSettings(min_length=10, max_length=20, max_updates=60, valid_every=20,
+                                   valid_size=50, checkpoint_every=20)
+    _, part = syn.train_generalization(s, tmp_path / "a", threads=1, time_limit=1e-9)
+    assert part["stopped"] == "time" and part["updates"] < 60
+    assert not (tmp_path / "a" / "train.json").exists()
+    assert (tmp_path / "a" / "checkpoint.npz").exists()
+    m_resumed, done = syn.train_generalization(s, tmp_path / "a", threads=1)
+    m_direct, direct = syn.train_generalization(s, tmp_path / "b", threads=1)
+    assert done["updates"] == direct["updates"] == 60
+    assert done["best_update"] == direct["best_update"]
+    for k, v in m_direct.params.items():
+        np.testing.assert_array_equal(m_resumed.params[k], v)
 
 
 def test_evaluate_lengths_matches_a_direct_evaluation():

@@ -822,10 +822,14 @@ def train_generalization(settings: GeneralizationSettings, out_dir, *, threads=N
                          log: Optional[Callable[[str], None]] = None, time_limit=None):
     """Train (or resume) the generalisation model; returns ``(model, summary dict)``.
 
-    Files in ``out_dir``: ``checkpoint.npz`` (atomic, resumed when present),
-    ``history.json``/``.csv``, ``model.npz`` and ``train.json`` (summary) at
-    the end.  A finished training (``train.json`` + ``model.npz`` present) is
-    not redone.
+    Files in ``out_dir``: ``checkpoint.npz`` (atomic, every ``checkpoint_every``
+    updates and when the call ends; resumed when present), ``best.npz`` (the
+    model at its best validation so far, with ``best.json``), and at the end
+    ``model.npz`` and ``train.json`` (summary).  A finished training
+    (``train.json`` + ``model.npz`` present, same settings) is not redone.
+
+    The returned model is the final one when the success criterion was met,
+    otherwise the best-validation snapshot (``summary["evaluated"]`` says which).
     """
     import json
 
@@ -839,12 +843,15 @@ def train_generalization(settings: GeneralizationSettings, out_dir, *, threads=N
     os.makedirs(out_dir, exist_ok=True)
     model_path = os.path.join(out_dir, "model.npz")
     summary_path = os.path.join(out_dir, "train.json")
+    best_path = os.path.join(out_dir, "best.npz")
+    best_info_path = os.path.join(out_dir, "best.json")
     cfg = json_safe(asdict(settings))
     if os.path.exists(model_path) and os.path.exists(summary_path):
         with open(summary_path, encoding="utf-8") as f:
             summary = json.load(f)
         if summary.get("settings") == cfg:
-            return RNNModel.load(model_path), summary
+            use = best_path if summary.get("evaluated") == "best" else model_path
+            return RNNModel.load(use), summary
     task = _tasks.get_task(settings.task, min_length=settings.min_length,
                            max_length=settings.max_length)
     root = np.random.SeedSequence(int(settings.seed))
@@ -854,26 +861,58 @@ def train_generalization(settings: GeneralizationSettings, out_dir, *, threads=N
                      rng=np.random.default_rng(s_init))
     success = settings.success_error if settings.success_error > 0 else 1e-12
     ckpt = os.path.join(out_dir, "checkpoint.npz")
+    # checkpoints are written here (not by Trainer.run, which would write one per chunk)
     trainer = Trainer(model, task, SGD(settings.lr), clip=GradientClipper(settings.clip),
                       alpha=settings.alpha or None, batch_size=settings.batch_size,
                       valid_every=settings.valid_every, valid_size=settings.valid_size,
                       valid_batch=1000, success_error=success, seed=s_train,
-                      checkpoint_path=ckpt, checkpoint_every=settings.checkpoint_every,
                       progress=False, log=log, num_threads=threads)
+    best = {"update": None, "error": None}
     if os.path.exists(ckpt):
         trainer.load_checkpoint(ckpt)
+        if os.path.exists(best_info_path) and os.path.exists(best_path):
+            with open(best_info_path, encoding="utf-8") as f:
+                best = json.load(f)
         if log:
             log(f"resumed at update {trainer.update}")
     t0 = time.perf_counter()
-    res = trainer.run(settings.max_updates, time_limit=time_limit)
+    every, ck_every = settings.valid_every, settings.checkpoint_every
+    stopped = "max_updates"
+    while trainer.update < settings.max_updates and not trainer.solved:
+        left = None if time_limit is None else time_limit - (time.perf_counter() - t0)
+        if left is not None and left <= 0:
+            stopped = "time"
+            break
+        n_valid = len(trainer.validations)
+        stop = min(settings.max_updates, (trainer.update // every + 1) * every)
+        before = trainer.update
+        res = trainer.run(stop, time_limit=left)
+        if len(trainer.validations) > n_valid:
+            v = trainer.validations[-1]
+            if v["error"] is not None and (best["error"] is None or v["error"] < best["error"]):
+                best = {"update": v["update"], "error": v["error"]}
+                model.save(best_path)
+                atomic_write_json(best_info_path, best)
+        if trainer.update // ck_every > before // ck_every:
+            trainer.save_checkpoint(ckpt)
+        if res.stopped == "time":
+            stopped = "time"
+            break
+    if trainer.solved:
+        stopped = "solved"
+    trainer.save_checkpoint(ckpt)
     model.save(model_path)
-    summary = {"settings": cfg, "updates": res.updates, "solved": res.solved,
-               "stopped": res.stopped, "best_error": res.best_error,
+    summary = {"settings": cfg, "updates": trainer.update, "solved": trainer.solved,
+               "stopped": stopped, "best_error": trainer.best_error,
+               "best_update": best["update"],
+               "evaluated": "final" if trainer.solved or best["update"] is None else "best",
                "seconds_this_call": time.perf_counter() - t0,
                **history_summary(trainer.history, trainer.validations),
-               "last_validation": res.last_validation}
-    if res.stopped in ("solved", "max_updates"):
+               "last_validation": trainer.validations[-1] if trainer.validations else None}
+    if stopped in ("solved", "max_updates"):
         atomic_write_json(summary_path, summary)
+    if summary["evaluated"] == "best":
+        return RNNModel.load(best_path), summary
     return model, summary
 
 
@@ -989,7 +1028,9 @@ def run_generalization(settings: GeneralizationSettings, out_dir, *, model_path=
         log(f"training stopped ({train['stopped']}) after {train['updates']} updates, "
             f"{format_duration(train['seconds_total'])} of updates")
         if not train["solved"]:
-            log("the model did not reach the success criterion; evaluating it anyway")
+            log(f"the model did not reach the success criterion; evaluating its best "
+                f"validation snapshot (update {train['best_update']}, validation error "
+                f"{100 * (train['best_error'] or 0):.2f}%)")
     doc = {"settings": json_safe(asdict(settings)), "train": train, "rows": []}
 
     def write(row=None):
