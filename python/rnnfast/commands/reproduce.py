@@ -288,8 +288,8 @@ def add_generalization_arguments(p):
     p.add_argument("--valid-size", type=positive_int, default=D.valid_size,
                    help=f"validation sequences (default {D.valid_size})")
     p.add_argument("--success-error", type=nonneg_float, default=D.success_error,
-                   help="stop when the validation error rate is below this; 0 (default) "
-                        "stops at zero errors, as the authors' code")
+                   help="stop when the validation error rate is below this (default 0.01, "
+                        "the paper's criterion); 0 stops at zero errors, as the authors' code")
     p.add_argument("--eval-lengths", type=_int_list, default=GENERALIZATION_LENGTHS,
                    help="test lengths (default " + ",".join(map(str, GENERALIZATION_LENGTHS))
                         + ")")

@@ -788,8 +788,10 @@ class GeneralizationSettings:
     valid_every, valid_size : int
         Validation on fresh sequences of random length in the training range.
     success_error : float
-        Stop when the validation error rate is below this; 0 means zero errors
-        (the authors' code's stopping rule).
+        Stop when the validation error rate (on ``valid_size`` sequences) is
+        below this: 0.01, the paper's criterion, by default; 0 means zero
+        errors (the authors' code's stopping rule, which a run may never meet:
+        our seed 1 reached 0.08% at 146k updates, then lost it for 750k).
     eval_lengths : tuple of int
         Test lengths.
     eval_size : int
@@ -811,7 +813,7 @@ class GeneralizationSettings:
     max_updates: int = 5_000_000
     valid_every: int = 2000
     valid_size: int = 10_000
-    success_error: float = 0.0
+    success_error: float = 0.01
     eval_lengths: Tuple[int, ...] = GENERALIZATION_LENGTHS
     eval_size: int = 10_000
     seed: int = 0
