@@ -31,11 +31,11 @@ import rnnfast as _rnnfast  # attributes are looked up at call time (no import c
 
 from . import init as _init
 from . import losses as _losses
+from .core import ACTIVATIONS
 
 __all__ = ["RNNModel", "LossAndGrad", "CheckpointError", "atomic_write", "read_npz"]
 
 H0_POLICIES = ("zeros", "learned")
-ACTIVATIONS = ("tanh", "sigmoid", "relu", "linear")
 _MODEL_FORMAT = "rnnfast.RNNModel"
 _MODEL_VERSION = 1
 
