@@ -13,8 +13,10 @@ ACTS = rnnfast.ACTIVATIONS
 SCHEDULES = ("serial", "batch", "hidden")
 # (T, B, I, H): single step, single sequence, single unit, I ≠ H, a partial SIMD panel, and a
 # size with several panels and row tiles.
+# The last is large enough (W_rec packed > 256 KB in float64) for the streaming path: the input
+# product as one blocked pass, next-panel prefetch, and more T·B rows than one row block.
 SHAPES = [(1, 1, 1, 1), (1, 3, 2, 5), (4, 1, 3, 1), (5, 3, 2, 7), (3, 9, 4, 30), (6, 5, 0, 53),
-          (4, 11, 6, 70)]
+          (4, 11, 6, 70), (4, 50, 5, 190)]
 
 
 def make(shape, dtype=np.float64, seed=0, with_h0=True, scale=0.7):
@@ -252,6 +254,20 @@ def test_float32_close_to_float64(activation):
         assert getattr(g32, k).dtype == np.float32
         assert_close(getattr(g32, k), getattr(g64, k), 1e-4, what=k)
     assert g32.omega == pytest.approx(g64.omega, rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("I", [0, 7])
+def test_float32_streaming_path_matches_float64(schedule, I):
+    # H = 300 float32: W_rec's packed panels (364 KB) take the streaming path; float32 results
+    # against float64 ones, which the reference test checks on the same path.
+    p64, dh64 = make((5, 40, I, 300), seed=8)
+    p32 = {k: (None if v is None else v.astype(np.float32)) for k, v in p64.items()}
+    f64, g64 = run(p64, dh64, "tanh", num_threads=2, _schedule=schedule)
+    f32, g32 = run(p32, dh64.astype(np.float32), "tanh", num_threads=2, _schedule=schedule)
+    assert_close(f32.h, f64.h, 1e-5, what="h")
+    for k in ("W_in", "W_rec", "b", "h0", "u", "omega_grad"):
+        assert_close(getattr(g32, k), getattr(g64, k), 1e-4, what=k)
 
 
 def test_segments_carry_state():

@@ -233,6 +233,9 @@ void forward(const S* u, const S* W_in, const S* W_rec, const S* b, const S* h0,
   PackedMatrix<S> Wit(I, H);  // W_inᵀ
   S* z = x ? x : h;           // pre-activations are built in place (in h when x is not kept)
   const Index BH = B * H;
+  // When W_rec is too large for L2 it streams from memory at every step; u_t W_inᵀ then runs
+  // as one blocked product over all steps first, so only W_rec is streamed per step.
+  const bool split_input = Wrt.streams();
 
 #pragma omp parallel num_threads(plan.threads)
   {
@@ -256,13 +259,22 @@ void forward(const S* u, const S* W_in, const S* W_rec, const S* b, const S* h0,
       c1 = std::min<Index>(p1 * PanelShape<S>::NR, H);
     }
     const Index nb = b1 - b0, nc = c1 - c0;
+    if (split_input) {  // z = b + u W_inᵀ for all T·B rows first, rows shared by the threads
+      Index r0, r1;
+      share(T * B, tid, nt, r0, r1);
+      packed_gemm_rows<S>(r1 - r0, u + r0 * I, I, Wit, b, 0, z + r0 * H, H);
+#pragma omp barrier
+    }
     for (Index t = 0; t < T; ++t) {
       S* zt = z + t * BH + b0 * H;
       const S* hprev = t > 0 ? h + (t - 1) * BH + b0 * H : (h0 ? h0 + b0 * H : nullptr);
       if (nb > 0 && nc > 0) {
-        // z = b + u_t W_inᵀ + h_{t-1} W_recᵀ in one pass (b broadcast: row stride 0).
-        packed_gemm<S>(nb, u + (t * B + b0) * I, I, Wit, p0, p1, b, 0, zt, H, hprev, H,
-                       hprev ? &Wrt : nullptr);
+        if (split_input) {  // z += h_{t-1} W_recᵀ
+          if (hprev) packed_gemm<S>(nb, hprev, H, Wrt, p0, p1, zt, H, zt, H);
+        } else {  // z = b + u_t W_inᵀ + h_{t-1} W_recᵀ in one pass (b broadcast: row stride 0)
+          packed_gemm<S>(nb, u + (t * B + b0) * I, I, Wit, p0, p1, b, 0, zt, H, hprev, H,
+                         hprev ? &Wrt : nullptr);
+        }
         activate(act, zt + c0, H, h + t * BH + b0 * H + c0, H, nb, nc);
       }
       if (!by_rows) {
@@ -309,6 +321,9 @@ BackwardOut backward(const S* u, const S* W_in, const S* W_rec, const S* h0, con
   const Index BH = B * H, TB = T * B;
   PackedMatrix<S> Wr(H, H);  // W_rec:  v = a · W_rec
   PackedMatrix<S> Wi(H, I);  // W_in:   ∂E/∂u = a · W_in
+  // As in the forward: with W_rec streamed from memory every step, ∂E/∂u is one blocked
+  // product after the sweep rather than a second streamed matrix per step.
+  const bool split_input = Wr.streams();
 
   // Workspace, all O(B·H + H² + T·B): v of one step for Ω's norms, per-thread partial row
   // norms (threads of the hidden split each see a block of columns), Ω's pair coefficients
@@ -353,7 +368,9 @@ BackwardOut backward(const S* u, const S* W_in, const S* W_rec, const S* h0, con
       if (nb > 0) {
         if (t + 1 < T) {
           const S* a_next = dx + (t + 1) * BH + b0 * H;
-          packed_gemm<S>(nb, a_next, H, Wi, q0, q1, nullptr, I, du + (t + 1) * B * I + b0 * I, I);
+          if (!split_input)
+            packed_gemm<S>(nb, a_next, H, Wi, q0, q1, nullptr, I, du + (t + 1) * B * I + b0 * I,
+                           I);
           if (omega) {  // v = a[t+1] W_rec kept apart for its norm, then δ = dh + v
             S* vt = v.data() + b0 * H;
             packed_gemm<S>(nb, a_next, H, Wr, p0, p1, nullptr, H, vt, H);
@@ -383,6 +400,12 @@ BackwardOut backward(const S* u, const S* W_in, const S* W_rec, const S* h0, con
       if (!by_rows) {
 #pragma omp barrier
       }
+    }
+    if (split_input) {  // ∂E/∂u = a W_in for all T·B rows, rows shared by the threads
+#pragma omp barrier
+      Index r0, r1;
+      share(TB, tid, nt, r0, r1);
+      packed_gemm_rows<S>(r1 - r0, dx + r0 * H, H, Wi, nullptr, I, du + r0 * I, I);
     }
   }
 
