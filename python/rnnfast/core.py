@@ -59,6 +59,8 @@ def get_num_threads() -> int:
 
 
 def _check_threads(n) -> int:
+    if type(n) is int and n >= 1:  # the common case, without the slow ABC check below
+        return n
     if n is None:
         return get_num_threads()
     if isinstance(n, bool) or not isinstance(n, numbers.Integral):
@@ -96,13 +98,6 @@ def _array(name: str, a, shape_doc: str, ndim: int, dtype=None) -> np.ndarray:
     return np.ascontiguousarray(a)
 
 
-def _aligned(raw: np.ndarray, shape, dtype) -> np.ndarray:
-    """A C-contiguous ``shape`` view of ``raw`` (uint8) starting on a 64-byte boundary."""
-    nbytes = math.prod(shape) * dtype.itemsize
-    start = -raw.__array_interface__["data"][0] % 64
-    return raw[start:start + nbytes].view(dtype).reshape(shape)
-
-
 def _empty(shape, dtype, workspace: "Workspace | None" = None, name: str = "") -> np.ndarray:
     """An uninitialised C-contiguous array whose data start on a 64-byte boundary.
 
@@ -111,10 +106,9 @@ def _empty(shape, dtype, workspace: "Workspace | None" = None, name: str = "") -
     to the next. Aligned outputs make every result a function of the inputs alone (which a
     bit-for-bit resume of training relies on). With a workspace, the memory of its slot
     ``name`` is reused."""
-    dtype = np.dtype(dtype)
     if workspace is not None:
         return workspace._array(name, shape, dtype)
-    return _aligned(np.empty(math.prod(shape) * dtype.itemsize + 64, np.uint8), shape, dtype)
+    return _core.empty(shape, dtype)
 
 
 class Workspace:
@@ -131,14 +125,20 @@ class Workspace:
     """
 
     def __init__(self):
-        self._raw: dict[str, np.ndarray] = {}
+        self._raw: dict[str, np.ndarray] = {}  # 64-byte aligned bytes per slot
+        self._views: dict[str, np.ndarray] = {}  # the last array handed out per slot
 
-    def _array(self, name: str, shape, dtype: np.dtype) -> np.ndarray:
-        need = math.prod(shape) * dtype.itemsize + 64
+    def _array(self, name: str, shape, dtype) -> np.ndarray:
+        view = self._views.get(name)
+        if view is not None and view.shape == shape and view.dtype == dtype:
+            return view
+        dtype = np.dtype(dtype)
+        need = math.prod(shape) * dtype.itemsize
         raw = self._raw.get(name)
         if raw is None or raw.nbytes < need:
-            raw = self._raw[name] = np.empty(need, np.uint8)
-        return _aligned(raw, shape, dtype)
+            raw = self._raw[name] = _core.empty((max(need, 1),), np.dtype(np.uint8))
+        view = self._views[name] = raw[:need].view(dtype).reshape(shape)
+        return view
 
     @property
     def nbytes(self) -> int:
