@@ -193,26 +193,32 @@ inline void times_derivative(Activation act, const S* delta, Index ldd, const S*
   }
 }
 
-// out[r] += Σ_j p[r, j]² for each row. Summed in SIMD packets of S; a float32 row whose sum
-// overflows (elements beyond ~1e19) is summed again in double, so norms never overflow.
+// out[r] += Σ_j (p[r, j] − q[r, j])² for each row (q null: zeros). Summed in SIMD packets of
+// S; a float32 row whose sum overflows (elements beyond ~1e19) is summed again in double, so
+// norms never overflow.
 template <typename S>
-inline void row_sqnorms(const S* p, Index ld, Index rows, Index cols, double* out) {
+inline void row_sqnorms(const S* p, const S* q, Index ld, Index rows, Index cols, double* out) {
   using Packet = typename PanelShape<S>::Packet;
   constexpr int PS = PanelShape<S>::PS;
   using namespace Eigen::internal;
+  auto elem = [&](const S* pr, const S* qr, Index j) {
+    return double(pr[j]) - (qr ? double(qr[j]) : 0.0);
+  };
   for (Index r = 0; r < rows; ++r) {
-    const S* row = p + r * ld;
+    const S* pr = p + r * ld;
+    const S* qr = q ? q + r * ld : nullptr;
     Packet acc = pset1<Packet>(S(0));
     Index j = 0;
     for (; j + PS <= cols; j += PS) {
-      const Packet v = ploadu<Packet>(row + j);
+      Packet v = ploadu<Packet>(pr + j);
+      if (qr) v = psub(v, ploadu<Packet>(qr + j));
       acc = pmadd(v, v, acc);
     }
     double sum = double(predux(acc));
-    for (; j < cols; ++j) sum += double(row[j]) * double(row[j]);
+    for (; j < cols; ++j) sum += elem(pr, qr, j) * elem(pr, qr, j);
     if (std::is_same<S, float>::value && std::isinf(sum)) {
       sum = 0.0;
-      for (Index k = 0; k < cols; ++k) sum += double(row[k]) * double(row[k]);
+      for (Index k = 0; k < cols; ++k) sum += elem(pr, qr, k) * elem(pr, qr, k);
     }
     out[r] += sum;
   }
@@ -325,10 +331,9 @@ BackwardOut backward(const S* u, const S* W_in, const S* W_rec, const S* h0, con
   // product after the sweep rather than a second streamed matrix per step.
   const bool split_input = Wr.streams();
 
-  // Workspace, all O(B·H + H² + T·B): v of one step for Ω's norms, per-thread partial row
-  // norms (threads of the hidden split each see a block of columns), Ω's pair coefficients
-  // and its symmetric product G = Σ c a_tᵀ a_t.
-  std::vector<S, Eigen::aligned_allocator<S>> v(omega ? size_t(BH) : 0);
+  // Workspace, all O(H² + T·B): per-thread partial row norms (threads of the hidden split
+  // each see a block of columns), Ω's pair coefficients and its symmetric product
+  // G = Σ c a_tᵀ a_t.
   std::vector<double> dn2(norms ? size_t(NT * TB) : 0, 0.0);  // ‖δ_t‖² partials
   std::vector<double> vn2(omega ? size_t(NT * TB) : 0, 0.0);  // ‖v_t‖² partials
   std::vector<double> coef(omega ? size_t(TB) : 0, 0.0);      // 4(r−1)/‖δ‖² / pairs, or 0
@@ -371,19 +376,9 @@ BackwardOut backward(const S* u, const S* W_in, const S* W_rec, const S* h0, con
           if (!split_input)
             packed_gemm<S>(nb, a_next, H, Wi, q0, q1, nullptr, I, du + (t + 1) * B * I + b0 * I,
                            I);
-          if (omega) {  // v = a[t+1] W_rec kept apart for its norm, then δ = dh + v
-            S* vt = v.data() + b0 * H;
-            packed_gemm<S>(nb, a_next, H, Wr, p0, p1, nullptr, H, vt, H);
-            if (nc > 0) {
-              row_sqnorms(vt + c0, H, nb, nc, my_vn2 + (t + 1) * B + b0);
-              if (dht)
-                view(d + c0, nb, nc, H) = cview(vt + c0, nb, nc, H) + cview(dht + c0, nb, nc, H);
-              else
-                view(d + c0, nb, nc, H) = cview(vt + c0, nb, nc, H);
-            }
-          } else {
-            packed_gemm<S>(nb, a_next, H, Wr, p0, p1, dht, H, d, H);
-          }
+          packed_gemm<S>(nb, a_next, H, Wr, p0, p1, dht, H, d, H);  // δ = dh + a[t+1] W_rec
+          if (omega && nc > 0)  // Ω's ‖v‖² = ‖δ − dh‖², read back from δ (no stored v)
+            row_sqnorms(d + c0, dht ? dht + c0 : nullptr, H, nb, nc, my_vn2 + (t + 1) * B + b0);
         } else if (nc > 0) {  // t == T-1: no later step
           if (dht)
             view(d + c0, nb, nc, H) = cview(dht + c0, nb, nc, H);
@@ -393,7 +388,7 @@ BackwardOut backward(const S* u, const S* W_in, const S* W_rec, const S* h0, con
         if (nc > 0 && t == T - 1 && dh_last)
           view(d + c0, nb, nc, H) += cview(dh_last + b0 * H + c0, nb, nc, H);
         if (nc > 0 && t >= 0) {
-          if (norms) row_sqnorms(d + c0, H, nb, nc, my_dn2 + t * B + b0);
+          if (norms) row_sqnorms<S>(d + c0, nullptr, H, nb, nc, my_dn2 + t * B + b0);
           times_derivative(act, d + c0, H, h + t * BH + b0 * H + c0, H, d + c0, H, nb, nc);
         }
       }
