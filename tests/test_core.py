@@ -13,10 +13,12 @@ ACTS = rnnfast.ACTIVATIONS
 SCHEDULES = ("serial", "batch", "hidden")
 # (T, B, I, H): single step, single sequence, single unit, I ≠ H, a partial SIMD panel, and a
 # size with several panels and row tiles.
-# The last is large enough (W_rec packed > 256 KB in float64) for the streaming path: the input
-# product as one blocked pass, next-panel prefetch, and more T·B rows than one row block.
+# Ω's gradient takes the (Σ c aᵀa)·W_rec path when T·B ≥ 2H ((4, 1, 3, 1), (5, 3, 2, 7),
+# (12, 10, 3, 40)) and the stored-v path otherwise. The last shape is large enough (W_rec packed
+# > 256 KB in float64) for the streaming path: the input product as one blocked pass,
+# next-panel prefetch, and more T·B rows than one row block.
 SHAPES = [(1, 1, 1, 1), (1, 3, 2, 5), (4, 1, 3, 1), (5, 3, 2, 7), (3, 9, 4, 30), (6, 5, 0, 53),
-          (4, 11, 6, 70), (4, 50, 5, 190)]
+          (4, 11, 6, 70), (12, 10, 3, 40), (4, 50, 5, 190)]
 
 
 def make(shape, dtype=np.float64, seed=0, with_h0=True, scale=0.7):

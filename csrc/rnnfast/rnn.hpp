@@ -337,7 +337,13 @@ BackwardOut backward(const S* u, const S* W_in, const S* W_rec, const S* h0, con
   std::vector<double> dn2(norms ? size_t(NT * TB) : 0, 0.0);  // ‖δ_t‖² partials
   std::vector<double> vn2(omega ? size_t(NT * TB) : 0, 0.0);  // ‖v_t‖² partials
   std::vector<double> coef(omega ? size_t(TB) : 0, 0.0);      // 4(r−1)/‖δ‖² / pairs, or 0
-  std::vector<S, Eigen::aligned_allocator<S>> G(omega ? size_t(H * H) : 0);
+  // Ω's W_rec gradient Σ c a_tᵀ v_t: as (Σ c a_tᵀ a_t) W_rec — T·B·H² + 2H³ flops, no stored
+  // v — or, when H is large against T·B, from the stored v_t = a_t W_rec of the sweep —
+  // 2·T·B·H² flops and one more (T, B, H) array. At (T, B, H) = (50, 16, 2048) the second
+  // takes ~0.4× the time.
+  const bool omega_v = omega && 2 * H > TB;
+  std::vector<S, Eigen::aligned_allocator<S>> G(omega && !omega_v ? size_t(H * H) : 0);
+  Buffer<S> vbuf(omega_v ? size_t(TB * H) : 0);  // v_t = a_t W_rec, (T, B, H)
   BackwardOut out;
 
 #pragma omp parallel num_threads(NT)
@@ -376,9 +382,22 @@ BackwardOut backward(const S* u, const S* W_in, const S* W_rec, const S* h0, con
           if (!split_input)
             packed_gemm<S>(nb, a_next, H, Wi, q0, q1, nullptr, I, du + (t + 1) * B * I + b0 * I,
                            I);
-          packed_gemm<S>(nb, a_next, H, Wr, p0, p1, dht, H, d, H);  // δ = dh + a[t+1] W_rec
-          if (omega && nc > 0)  // Ω's ‖v‖² = ‖δ − dh‖², read back from δ (no stored v)
-            row_sqnorms(d + c0, dht ? dht + c0 : nullptr, H, nb, nc, my_vn2 + (t + 1) * B + b0);
+          if (omega_v) {  // v = a[t+1] W_rec stored, then δ = dh + v
+            S* vt = vbuf.data() + (t + 1) * BH + b0 * H;
+            packed_gemm<S>(nb, a_next, H, Wr, p0, p1, nullptr, H, vt, H);
+            if (nc > 0) {
+              row_sqnorms<S>(vt + c0, nullptr, H, nb, nc, my_vn2 + (t + 1) * B + b0);
+              if (dht)
+                view(d + c0, nb, nc, H) = cview(vt + c0, nb, nc, H) + cview(dht + c0, nb, nc, H);
+              else
+                view(d + c0, nb, nc, H) = cview(vt + c0, nb, nc, H);
+            }
+          } else {
+            packed_gemm<S>(nb, a_next, H, Wr, p0, p1, dht, H, d, H);  // δ = dh + a[t+1] W_rec
+            if (omega && nc > 0)  // Ω's ‖v‖² = ‖δ − dh‖², read back from δ (no stored v)
+              row_sqnorms(d + c0, dht ? dht + c0 : nullptr, H, nb, nc,
+                          my_vn2 + (t + 1) * B + b0);
+          }
         } else if (nc > 0) {  // t == T-1: no later step
           if (dht)
             view(d + c0, nb, nc, H) = cview(dht + c0, nb, nc, H);
@@ -439,7 +458,9 @@ BackwardOut backward(const S* u, const S* W_in, const S* W_rec, const S* h0, con
     if (i1 > i0)
       Eigen::Map<Eigen::Matrix<S, 1, Eigen::Dynamic>>(db + i0, i1 - i0) =
           cview(dx, TB, H, H).middleCols(i0, i1 - i0).colwise().sum();
-    if (omega) {
+    if (omega_v) {  // ∂Ω/∂W_rec = Σ c a_tᵀ v_t
+      gemm_tn<S>(TB, H, dx, H, vbuf.data(), H, coef.data(), omega_grad, H, i0, i1);
+    } else if (omega) {
       // G = Σ c a_tᵀ a_t (lower triangle, rows shared by area), then ∂Ω/∂W_rec = G W_rec.
       Index l0, l1;
       share_lower(H, tid, nt, l0, l1);
