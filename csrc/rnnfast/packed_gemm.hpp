@@ -81,15 +81,19 @@ struct PanelShape {
 };
 
 // M (K, N) packed in panels: panel p holds columns [p·NR, p·NR + NR), row k of the panel at
-// data[(p·K + k)·NR]; columns past N are zero.
+// data[p·K·NR + k·w] with w = width(p) = NR, except for the last panel, which is only as many
+// packets wide as its columns need (H = 50, NR = 16: 3 panels of 16 and one of 8 columns, so
+// the tiles of the last panel do half the work of a full one); columns past N are zero.
 template <typename S>
 class PackedMatrix {
  public:
   static constexpr int NR = PanelShape<S>::NR, NP = PanelShape<S>::NP, PS = PanelShape<S>::PS;
   using Packet = typename PanelShape<S>::Packet;
 
-  PackedMatrix(Index K, Index N) : K_(K), N_(N), panels_((N + NR - 1) / NR),
-                                   data_(static_cast<std::size_t>(panels_ * K * NR)) {}
+  PackedMatrix(Index K, Index N)
+      : K_(K), N_(N), panels_((N + NR - 1) / NR),
+        last_packets_(int((N - (panels_ - 1) * NR + PS - 1) / PS)),
+        data_(static_cast<std::size_t>(panels_ * K * NR)) {}
 
   // Whether the packed matrix is too large for the core's L2 cache, so that a product with
   // few rows streams it from memory: such products prefetch ahead (packed_gemm) and callers
@@ -100,6 +104,8 @@ class PackedMatrix {
   Index cols() const { return N_; }
   Index panels() const { return panels_; }
   const S* panel(Index p) const { return data_.data() + p * K_ * NR; }
+  int packets(Index p) const { return p + 1 < panels_ ? NP : last_packets_; }  // ≤ NP
+  Index width(Index p) const { return packets(p) * PS; }
 
   // Packs rows [0, k_rows) of panels [p0, p1) of the matrix with element (k, j) =
   // src[k·rs + j·cs]. Different threads may pack disjoint panel ranges concurrently.
@@ -107,7 +113,7 @@ class PackedMatrix {
     if (k_rows < 0) k_rows = K_;
     for (Index p = p0; p < p1; ++p) {
       S* dst = data_.data() + p * K_ * NR;
-      const Index j0 = p * NR, jn = std::min<Index>(NR, N_ - j0);
+      const Index j0 = p * NR, jn = std::min<Index>(NR, N_ - j0), w = width(p);
       for (Index k = 0; k < k_rows; ++k) {
         const S* row = src + k * rs + j0 * cs;
         if (cs == 1 && jn == NR) {  // a full row of the panel: whole packets, no call per row
@@ -116,14 +122,15 @@ class PackedMatrix {
                                     Eigen::internal::ploadu<Packet>(row + q * PS));
           continue;
         }
-        for (Index j = 0; j < jn; ++j) dst[k * NR + j] = row[j * cs];
-        for (Index j = jn; j < NR; ++j) dst[k * NR + j] = S(0);
+        for (Index j = 0; j < jn; ++j) dst[k * w + j] = row[j * cs];
+        for (Index j = jn; j < w; ++j) dst[k * w + j] = S(0);
       }
     }
   }
 
  private:
   Index K_, N_, panels_;
+  int last_packets_;
   Buffer<S> data_;
 };
 
@@ -145,18 +152,18 @@ struct Operand {
   Index pf_lines = 0;
 };
 
-// One register tile: Y = C + X1·panel1 + X2·panel2 for MROWS rows, on columns [0, ncols) of
-// the panels (ncols < NR only for the last, partial panel). Two operands let the forward step
+// One register tile: Y = C + X1·panel1 + X2·panel2 for MROWS rows and panels NP packets
+// wide, on columns [0, ncols) of the panels (ncols < NP·PS only for the last panel). Two operands let the forward step
 // add u_t W_inᵀ and h_{t-1} W_recᵀ in registers with a single store. C may be null (zero),
 // equal Y, or have row stride 0 (one row broadcast, e.g. a bias).
 // Kept out of line: inlined into larger loops, GCC was seen to spill the accumulators.
-template <typename S, int MROWS>
+template <typename S, int MROWS, int NP>
 EIGEN_DONT_INLINE void tile(const Operand<S>& o1, const Operand<S>& o2, const S* C, Index ldc,
                             S* Y, Index ldy, Index ncols) {
   using Sh = PanelShape<S>;
   using Packet = typename Sh::Packet;
   using namespace Eigen::internal;
-  constexpr int PS = Sh::PS, NP = Sh::NP, NR = Sh::NR;
+  constexpr int PS = Sh::PS, NR = NP * PS;  // this panel's width
 
   // Prefetch the output rows (and C's, when it is another array) now, so that their cache
   // misses overlap the k loop instead of stalling the stores at its end.
@@ -243,13 +250,16 @@ EIGEN_DONT_INLINE void tile(const Operand<S>& o1, const Operand<S>& o2, const S*
   }
 }
 
-// tile<S, m> for a run-time m ≤ MROWS.
-template <typename S, int MROWS>
-inline void tile_rows(int m, const Operand<S>& o1, const Operand<S>& o2, const S* C, Index ldc,
-                      S* Y, Index ldy, Index ncols) {
+// tile<S, m, np> for a run-time m ≤ MROWS and np ≤ NP packets.
+template <typename S, int MROWS, int NP = PanelShape<S>::NP>
+inline void tile_rows(int m, int np, const Operand<S>& o1, const Operand<S>& o2, const S* C,
+                      Index ldc, S* Y, Index ldy, Index ncols) {
+  if constexpr (NP > 1) {
+    if (np < NP) return tile_rows<S, MROWS, NP - 1>(m, np, o1, o2, C, ldc, Y, ldy, ncols);
+  }
   if constexpr (MROWS >= 1) {
-    if (m == MROWS) return tile<S, MROWS>(o1, o2, C, ldc, Y, ldy, ncols);
-    if constexpr (MROWS > 1) tile_rows<S, MROWS - 1>(m, o1, o2, C, ldc, Y, ldy, ncols);
+    if (m == MROWS) return tile<S, MROWS, NP>(o1, o2, C, ldc, Y, ldy, ncols);
+    if constexpr (MROWS > 1) tile_rows<S, MROWS - 1, NP>(m, np, o1, o2, C, ldc, Y, ldy, ncols);
   }
 }
 
@@ -274,7 +284,7 @@ void packed_gemm(Index rows, const S* X, Index ldx, const PackedMatrix<S>& M, In
   // ceiling).
   auto lines = [&](const PackedMatrix<S>* P) -> Index {
     if (!P || !P->streams()) return 0;
-    return (P->rows() * NR * Index(sizeof(S)) + kCacheLine - 1) / kCacheLine;
+    return (P->rows() * NR * Index(sizeof(S)) + kCacheLine - 1) / kCacheLine;  // full panel
   };
   const Index lines1 = lines(&M), lines2 = X2 ? lines(M2) : 0;
   for (Index p = p0; p < p1; ++p) {
@@ -292,8 +302,8 @@ void packed_gemm(Index rows, const S* X, Index ldx, const PackedMatrix<S>& M, In
       const detail::Operand<S> o2{X2 ? M2->rows() : 0, X2 ? X2 + r * ldx2 : nullptr, ldx2, 1,
                                   X2 ? M2->panel(p) : nullptr,
                                   X2 ? M2->panel(pn) + c0 * LS : nullptr, c1 - c0};
-      detail::tile_rows<S, MR>(m, o1, o2, C ? C + r * ldc + j0 : nullptr, ldc, Y + r * ldy + j0,
-                               ldy, ncols);
+      detail::tile_rows<S, MR>(m, M.packets(p), o1, o2, C ? C + r * ldc + j0 : nullptr, ldc,
+                               Y + r * ldy + j0, ldy, ncols);
       r += m;
     }
   }
@@ -376,8 +386,8 @@ void gemm_tn(Index R, Index N, const S* A, Index lda, const S* Bm, Index ldb, co
           S* y = Y + ib * ldy + j0;
           const detail::Operand<S> o1{kc, Ap.data() + (ip - ic0) * ABLOCK, 1, MR, Bp.panel(p)};
           const detail::Operand<S> none{0, nullptr, 0, 0, nullptr};
-          detail::tile_rows<S, MR>(m, o1, none, (r0 || accumulate) ? y : nullptr, ldy, y, ldy,
-                                   ncols);
+          detail::tile_rows<S, MR>(m, Bp.packets(p), o1, none, (r0 || accumulate) ? y : nullptr,
+                                   ldy, y, ldy, ncols);
         }
       }
     }
