@@ -5,6 +5,9 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cstdlib>
+#include <map>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -44,17 +47,69 @@ S* buffer(const py::object& obj, const char* name, std::vector<Index> shape, boo
   return static_cast<S*>(a.mutable_data());
 }
 
+// Freed output arrays, kept for the next call. Fresh memory is page-faulted in from the
+// operating system at first touch, which at the paper's minibatch size took about a third of
+// a forward+BPTT call; a loop that drops the previous call's arrays gets the same memory back.
+// Bounded: at most kMaxHeld bytes are kept and blocks above kMaxBlock are never kept.
+// Never destroyed (arrays may be freed during interpreter shutdown, after static destructors).
+class OutputPool {
+ public:
+  static OutputPool& instance() {
+    static OutputPool* pool = new OutputPool;
+    return *pool;
+  }
+  void* take(std::size_t size) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = free_.find(size);
+    if (it == free_.end()) return nullptr;
+    void* p = it->second;
+    free_.erase(it);
+    held_ -= size;
+    return p;
+  }
+  void give(void* p, std::size_t size) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (size <= kMaxBlock && held_ + size <= kMaxHeld) {
+        free_.emplace(size, p);
+        held_ += size;
+        return;
+      }
+    }
+    std::free(p);
+  }
+
+ private:
+  static constexpr std::size_t kMaxHeld = std::size_t(256) << 20;
+  static constexpr std::size_t kMaxBlock = std::size_t(64) << 20;
+  std::mutex mu_;
+  std::multimap<std::size_t, void*> free_;  // size → block
+  std::size_t held_ = 0;
+};
+
+struct PooledBlock {
+  void* data;
+  std::size_t size;
+};
+
 // An uninitialised C-contiguous array whose data start on a 64-byte boundary (the kernels'
-// outputs; see core._empty for why), owned by the array. A third of the cost of aligning a
-// NumPy buffer from Python, which mattered for small problems.
+// outputs; see core._empty for why), owned by the array, its memory from OutputPool when a
+// block of that size is free.
 py::array empty_aligned(const std::vector<py::ssize_t>& shape, const py::dtype& dtype) {
   std::size_t bytes = std::size_t(dtype.itemsize());
   for (py::ssize_t n : shape) {
     if (n < 0) throw py::value_error("empty: negative dimension");
     bytes *= std::size_t(n);
   }
-  void* p = rnnfast::aligned_memory(bytes);
-  py::capsule owner(p, [](void* q) { std::free(q); });
+  const std::size_t size = rnnfast::aligned_size(bytes);
+  void* p = OutputPool::instance().take(size);
+  if (!p) p = rnnfast::aligned_memory(bytes);
+  auto* block = new PooledBlock{p, size};
+  py::capsule owner(block, [](void* b) {
+    auto* blk = static_cast<PooledBlock*>(b);
+    OutputPool::instance().give(blk->data, blk->size);
+    delete blk;
+  });
   return py::array(dtype, shape, p, owner);
 }
 

@@ -499,3 +499,29 @@ def test_workspace_reuses_memory_and_gives_the_same_results():
             np.testing.assert_array_equal(getattr(g, k), getattr(g_ref, k))
         results.append((fwd.h.__array_interface__["data"][0], ws.nbytes))
     assert results[2] == results[0]  # same memory, nothing new held
+
+
+def test_freed_outputs_are_reused_but_never_while_alive():
+    # Without a workspace, the memory of dropped output arrays is kept for the next call of
+    # the same size; arrays still referenced (here f1.h, and a view of g1.dx) are never reused.
+    p1, dh1 = make((7, 4, 3, 9), seed=11)
+    p2, dh2 = make((7, 4, 3, 9), seed=12)
+    f1, g1 = run(p1, dh1, "tanh")
+    h1, dx_view = f1.h.copy(), g1.dx[2:]
+    dx1 = g1.dx.copy()
+    del g1
+    for _ in range(3):
+        f2, g2 = run(p2, dh2, "tanh")
+        del f2, g2
+    np.testing.assert_array_equal(f1.h, h1)
+    np.testing.assert_array_equal(dx_view, dx1[2:])
+    # Reused memory gives the same results as fresh memory.
+    f3, g3 = run(p1, dh1, "tanh")
+    np.testing.assert_array_equal(f3.h, h1)
+    np.testing.assert_array_equal(g3.dx, dx1)
+    # A dropped array's block comes back for the next array of its size.
+    a = rnnfast.core._empty((1000,), np.dtype(np.float64))
+    addr = a.__array_interface__["data"][0]
+    del a
+    b = rnnfast.core._empty((1000,), np.dtype(np.float64))
+    assert b.__array_interface__["data"][0] == addr

@@ -43,11 +43,18 @@ constexpr Index kCacheLine = 64;  // bytes
 // aligned to 2 MB and marked for transparent huge pages, so that streaming a large array at
 // every time step does not take a TLB miss every 4 KB (hardware prefetchers also stop at 4 KB
 // pages) and first touch faults in 2 MB at a time.
-inline void* aligned_memory(std::size_t bytes) {
+// The size aligned_memory(bytes) actually allocates.
+inline std::size_t aligned_size(std::size_t bytes) {
   constexpr std::size_t huge = std::size_t(2) << 20;
   bytes = std::max<std::size_t>(bytes, 64);
   const std::size_t align = bytes >= huge ? huge : 64;
-  const std::size_t size = (bytes + align - 1) / align * align;
+  return (bytes + align - 1) / align * align;
+}
+
+inline void* aligned_memory(std::size_t bytes) {
+  constexpr std::size_t huge = std::size_t(2) << 20;
+  const std::size_t size = aligned_size(bytes);
+  const std::size_t align = size >= huge ? huge : 64;
   void* p = std::aligned_alloc(align, size);
   if (!p) throw std::bad_alloc();
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
