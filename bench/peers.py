@@ -259,6 +259,10 @@ class Peer:
     def outputs(self, res) -> tuple:
         raise NotImplementedError
 
+    def release_cached_memory(self) -> None:
+        """Free memory the library keeps from earlier calls for reuse, so that the memory
+        measurement sees what one call needs (called before each measured call)."""
+
 
 class NumpyPeer(Peer):
     """NumPy BPTT (:func:`numpy_forward`, :func:`numpy_backward`); BLAS threads by threadpoolctl."""
@@ -317,6 +321,9 @@ class RnnfastPeer(Peer):
 
     def set_threads(self):
         self.rf.set_num_threads(self.threads)
+
+    def release_cached_memory(self):
+        self.rf.release_memory()  # rnnfast keeps dropped outputs' memory for the next call
 
     def prepare(self, prob):
         self.p = prob
@@ -586,6 +593,7 @@ def measure_memory(peer: Peer, prob: dict) -> dict:
     gc.collect()
     for mode, fn in (("forward", peer.forward), ("fwd+BPTT", peer.fwd_bwd)):
         gc.collect()
+        peer.release_cached_memory()
         if can_reset:
             _reset_hwm()
             base = _status_kb("VmRSS")

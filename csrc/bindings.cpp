@@ -67,6 +67,14 @@ class OutputPool {
     held_ -= size;
     return p;
   }
+  std::size_t release() {  // frees every kept block; returns the bytes released
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& kv : free_) std::free(kv.second);
+    free_.clear();
+    const std::size_t bytes = held_;
+    held_ = 0;
+    return bytes;
+  }
   void give(void* p, std::size_t size) {
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -255,6 +263,8 @@ PYBIND11_MODULE(_core, m) {
       py::arg("num_threads"), py::arg("schedule"));
   m.def("empty", &empty_aligned, py::arg("shape"), py::arg("dtype"),
         "Uninitialised C-contiguous array whose data start on a 64-byte boundary");
+  m.def("release_memory", []() { return OutputPool::instance().release(); },
+        "Free the memory kept from dropped output arrays; returns the bytes released");
   m.def("max_threads", []() { return omp_get_max_threads(); },
         "OpenMP's default team size (OMP_NUM_THREADS or the number of cores)");
   m.def("build_info", &build_info);

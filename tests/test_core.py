@@ -525,3 +525,7 @@ def test_freed_outputs_are_reused_but_never_while_alive():
     del a
     b = rnnfast.core._empty((1000,), np.dtype(np.float64))
     assert b.__array_interface__["data"][0] == addr
+    # release_memory hands the kept blocks back to the operating system.
+    del b
+    assert rnnfast.release_memory() >= 8000
+    assert rnnfast.release_memory() == 0

@@ -25,6 +25,7 @@ from .core import (
     final_state,
     forward,
     get_num_threads,
+    release_memory,
     set_num_threads,
 )
 
@@ -53,6 +54,7 @@ __all__ = [
     "final_state",
     "forward",
     "get_num_threads",
+    "release_memory",
     "set_num_threads",
     "__version__",
 ]

@@ -36,6 +36,7 @@ __all__ = [
     "final_state",
     "forward",
     "get_num_threads",
+    "release_memory",
     "set_num_threads",
 ]
 
@@ -56,6 +57,12 @@ def set_num_threads(n: int | None) -> None:
 def get_num_threads() -> int:
     """The thread count a call without ``num_threads`` uses."""
     return _default_threads if _default_threads is not None else int(_core.max_threads())
+
+
+def release_memory() -> int:
+    """Return to the operating system the memory kept from dropped output arrays (see
+    :class:`Workspace`); returns the number of bytes released."""
+    return int(_core.release_memory())
 
 
 def _check_threads(n) -> int:
