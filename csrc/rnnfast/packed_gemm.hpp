@@ -39,10 +39,6 @@ constexpr Index kCacheLine = 64;  // bytes
 #define RNNFAST_TILE_NP 2
 #endif
 
-// Uninitialised memory of `bytes`, 64-byte aligned, released with std::free; from 2 MB up,
-// aligned to 2 MB and marked for transparent huge pages, so that streaming a large array at
-// every time step does not take a TLB miss every 4 KB (hardware prefetchers also stop at 4 KB
-// pages) and first touch faults in 2 MB at a time.
 // The size aligned_memory(bytes) actually allocates.
 inline std::size_t aligned_size(std::size_t bytes) {
   constexpr std::size_t huge = std::size_t(2) << 20;
@@ -51,6 +47,10 @@ inline std::size_t aligned_size(std::size_t bytes) {
   return (bytes + align - 1) / align * align;
 }
 
+// Uninitialised memory of `bytes`, 64-byte aligned, released with std::free; from 2 MB up,
+// aligned to 2 MB and marked for transparent huge pages, so that streaming a large array at
+// every time step does not take a TLB miss every 4 KB (hardware prefetchers also stop at 4 KB
+// pages) and first touch faults in 2 MB at a time.
 inline void* aligned_memory(std::size_t bytes) {
   constexpr std::size_t huge = std::size_t(2) << 20;
   const std::size_t size = aligned_size(bytes);
@@ -160,8 +160,9 @@ struct Operand {
 };
 
 // One register tile: Y = C + X1·panel1 + X2·panel2 for MROWS rows and panels NP packets
-// wide, on columns [0, ncols) of the panels (ncols < NP·PS only for the last panel). Two operands let the forward step
-// add u_t W_inᵀ and h_{t-1} W_recᵀ in registers with a single store. C may be null (zero),
+// wide, on columns [0, ncols) of the panels (ncols < NP·PS only for the last panel). Two
+// operands let the forward step add u_t W_inᵀ and h_{t-1} W_recᵀ in registers with a single
+// store. C may be null (zero),
 // equal Y, or have row stride 0 (one row broadcast, e.g. a bias).
 // Kept out of line: inlined into larger loops, GCC was seen to spill the accumulators.
 template <typename S, int MROWS, int NP>
@@ -333,8 +334,9 @@ void packed_gemm_rows(Index rows, const S* X, Index ldx, const PackedMatrix<S>& 
 //   Y[i, j] = Σ_r s_r · A[r, i] · Bm[r, j]      (Y = Aᵀ diag(s) Bm),   r < R, j < N
 //   A (R, Ma) row stride lda;  Bm (R, N) row stride ldb;  s (R) or null (ones);  Y row stride ldy.
 // With `lower`, only the tiles that touch the lower triangle (j < i + MR) are computed, for a
-// symmetric result (A = Bm). With `accumulate`, Y += instead of Y =. The R rows are taken in chunks of KC; each chunk of A and Bm is
-// packed once (scaled by s while packing) so the tile streams contiguous memory from L1/L2.
+// symmetric result (A = Bm). With `accumulate`, Y += instead of Y =. The R rows are taken in
+// chunks of KC; each chunk of A and Bm is packed once (scaled by s while packing) so the tile
+// streams contiguous memory from L1/L2.
 template <typename S>
 void gemm_tn(Index R, Index N, const S* A, Index lda, const S* Bm, Index ldb, const double* s,
              S* Y, Index ldy, Index i0, Index i1, bool lower = false, bool accumulate = false) {

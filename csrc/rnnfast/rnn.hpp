@@ -22,10 +22,12 @@
 //
 // Work split: W_rec and W_in are packed once per call (packed_gemm.hpp) and every per-step
 // product runs against the packed panels: in the forward step, b + u_t W_inᵀ + h_{t-1} W_recᵀ;
-// in the backward step, a_{t+1} W_rec and ∂E/∂u_{t+1} = a_{t+1} W_in. The weight gradients
-// (Σ_t a_tᵀ h_{t-1}, Σ_t a_tᵀ u_t, and Ω's Σ c a_tᵀ a_t) are single products over all T·B rows
-// after the sweep (gemm_tn). Ω's W_rec gradient uses Σ c a_tᵀ v_t = (Σ c a_tᵀ a_t) W_rec: a
-// symmetric product (half the work of a general one) and no stored v_t.
+// in the backward step, a_{t+1} W_rec and ∂E/∂u_{t+1} = a_{t+1} W_in (when W_rec is too large
+// for L2, the W_in products run as one blocked pass before/after the time loop instead). The
+// weight gradients (Σ_t a_tᵀ h_{t-1}, Σ_t a_tᵀ u_t, and Ω's) are single products over all T·B
+// rows after the sweep (gemm_tn). Ω's W_rec gradient uses Σ c a_tᵀ v_t = (Σ c a_tᵀ a_t) W_rec:
+// a symmetric product (half the work of a general one) and no stored v_t; when 2H > T·B, the
+// v_t of the sweep are stored and Σ c a_tᵀ v_t is one product (cheaper than the H³ term).
 #pragma once
 
 #include <omp.h>
