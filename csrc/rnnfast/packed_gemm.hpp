@@ -360,7 +360,7 @@ void gemm_tn(Index R, Index N, const S* A, Index lda, const S* Bm, Index ldb, co
   }
   const Index ipanels = (mi + MR - 1) / MR;
   PackedMatrix<S> Bp(KC, N);
-  std::vector<S, Eigen::aligned_allocator<S>> Ap(size_t(std::min(ipanels, MCT) * ABLOCK));
+  Buffer<S> Ap(size_t(std::min(ipanels, MCT) * ABLOCK));  // every element read is packed first
   for (Index r0 = 0; r0 < R; r0 += KC) {
     const Index kc = std::min<Index>(KC, R - r0);
     Bp.pack(Bm + r0 * ldb, ldb, 1, 0, Bp.panels(), kc);

@@ -344,7 +344,7 @@ BackwardOut backward(const S* u, const S* W_in, const S* W_rec, const S* h0, con
   // 2·T·B·H² flops and one more (T, B, H) array. At (T, B, H) = (50, 16, 2048) the second
   // takes ~0.4× the time.
   const bool omega_v = omega && 2 * H > TB;
-  std::vector<S, Eigen::aligned_allocator<S>> G(omega && !omega_v ? size_t(H * H) : 0);
+  Buffer<S> G(omega && !omega_v ? size_t(H * H) : 0);  // fully written: lower product + mirror
   Buffer<S> vbuf(omega_v ? size_t(TB * H) : 0);  // v_t = a_t W_rec, (T, B, H)
   BackwardOut out;
 
@@ -469,7 +469,7 @@ BackwardOut backward(const S* u, const S* W_in, const S* W_rec, const S* h0, con
       gemm_tn<S>(TB, H, dx, H, dx, H, coef.data(), G.data(), H, l0, l1, /*lower=*/true);
 #pragma omp barrier
       for (Index i = i0; i < i1; ++i)  // mirror: writes only above the diagonal, reads below
-        for (Index j = i + 1; j < H; ++j) G[i * H + j] = G[j * H + i];
+        for (Index j = i + 1; j < H; ++j) G.data()[i * H + j] = G.data()[j * H + i];
 #pragma omp barrier
       packed_gemm<S>(i1 - i0, G.data() + i0 * H, H, Wr, 0, Wr.panels(), nullptr, H,
                      omega_grad + i0 * H, H);
