@@ -20,9 +20,11 @@ corrupt, truncated or inconsistent file.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import zipfile
+from collections.abc import Mapping
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -81,6 +83,38 @@ def atomic_write(path, write):
             os.close(dfd)
     except OSError:
         pass
+
+
+def json_safe(x):
+    """Recursively turn ``x`` into strict-JSON values.
+
+    NaN becomes ``None``, ±inf the strings ``"inf"``/``"-inf"``, NumPy scalars and arrays
+    Python scalars and lists, tuples lists, mapping keys strings; any other type raises
+    ``TypeError``.
+    """
+    if isinstance(x, bool) or x is None or isinstance(x, str):
+        return x
+    if isinstance(x, np.bool_):
+        return bool(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.floating):
+        x = float(x)
+    if isinstance(x, np.ndarray):
+        return json_safe(x.tolist())
+    if isinstance(x, float):
+        if math.isnan(x):
+            return None
+        if math.isinf(x):
+            return "inf" if x > 0 else "-inf"
+        return x
+    if isinstance(x, int):
+        return x
+    if isinstance(x, Mapping):
+        return {str(k): json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    raise TypeError(f"value of type {type(x).__name__} is not JSON-serialisable: {x!r}")
 
 
 def write_npz(path, arrays, meta):

@@ -44,7 +44,7 @@ from . import clipping as _clipping
 from . import core as _core
 from . import init as _init
 from . import optim as _optim
-from .model import CheckpointError, RNNModel, atomic_write, read_npz, write_npz
+from .model import CheckpointError, RNNModel, atomic_write, json_safe, read_npz, write_npz
 
 __all__ = ["Trainer", "TrainResult", "History"]
 
@@ -132,27 +132,6 @@ class History:
                 r[k] = v
             out.append(r)
         return out
-
-
-def _json_safe(x):
-    """Replace NaN/Inf floats by None/strings recursively (strict JSON)."""
-    if isinstance(x, float):
-        if math.isnan(x):
-            return None
-        if math.isinf(x):
-            return "inf" if x > 0 else "-inf"
-        return x
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    if isinstance(x, (np.floating,)):
-        return _json_safe(float(x))
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, np.bool_):
-        return bool(x)
-    return x
 
 
 class TrainResult(NamedTuple):
@@ -605,7 +584,7 @@ class Trainer:
             "validation": self.validations,
             "summary": self.summary(),
         }
-        text = json.dumps(_json_safe(doc), allow_nan=False)
+        text = json.dumps(json_safe(doc), allow_nan=False)
         atomic_write(prefix + ".json", lambda f: f.write(text.encode()))
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
@@ -688,7 +667,7 @@ class Trainer:
         arrays.update({f"history.{k}": v for k, v in self.history.arrays().items()})
         if self.h_carry is not None:
             arrays["h_carry"] = self.h_carry
-        write_npz(path, arrays, _json_safe(meta))
+        write_npz(path, arrays, json_safe(meta))
         if self.history_path:
             self.save_history()
 
@@ -719,8 +698,8 @@ class Trainer:
                     f"{src}: checkpoint model {meta['model']} differs from this trainer's model "
                     f"{self.model.config()}"
                 )
-            if strict and meta["signature"] != _json_safe(self._signature()):
-                diff = {k: (meta["signature"].get(k), v) for k, v in _json_safe(self._signature()).items()
+            if strict and meta["signature"] != json_safe(self._signature()):
+                diff = {k: (meta["signature"].get(k), v) for k, v in json_safe(self._signature()).items()
                         if meta["signature"].get(k) != v}
                 raise CheckpointError(f"{src}: trainer settings differ from the checkpoint's "
                                       f"(checkpoint, now): {diff}")

@@ -278,9 +278,9 @@ def run(args):
         "best_error": result.best_error, "seconds": round(result.seconds, 3),
         "last_validation": result.last_validation,
     }
-    from ..trainer import _json_safe
+    from ..model import json_safe
 
-    print(json.dumps(_json_safe(summary)), flush=True)
+    print(json.dumps(json_safe(summary)), flush=True)
     return 0
 
 

@@ -93,7 +93,8 @@ from ..data import metrics as _metrics
 from ..data.music import MusicBatches, load_music, music_path
 from ..data.ptb import CharStream, load_ptb_chars
 from ..model import CheckpointError, RNNModel, atomic_write, read_npz, write_npz
-from ..trainer import History, Trainer, _json_safe
+from ..model import json_safe
+from ..trainer import History, Trainer
 from ..commands.argtypes import (nonneg_float as _nonneg_float, nonneg_int as _nonneg_int,
                                  positive_float as _positive_float, positive_int as _positive_int)
 
@@ -937,7 +938,7 @@ class NaturalRun:
     def _write_results(self, results):
         if self.out is None:
             return
-        text = json.dumps(_json_safe(results), indent=1, allow_nan=False)
+        text = json.dumps(json_safe(results), indent=1, allow_nan=False)
         atomic_write(self._path("results.json"), lambda f: f.write(text.encode()))
         table = format_table(results)
         atomic_write(self._path("table.md"), lambda f: f.write(table.encode()))
@@ -989,10 +990,10 @@ class NaturalRun:
         arrays.update({f"history.{k}": v for k, v in tr.history.arrays().items()})
         if self.model.carry is not None:
             arrays["carry"] = self.model.carry
-        write_npz(path, arrays, _json_safe(meta))
+        write_npz(path, arrays, json_safe(meta))
         if self.out is not None:
             tr.save_history(self._path("history"))
-            text = json.dumps(_json_safe(self.records), indent=1, allow_nan=False)
+            text = json.dumps(json_safe(self.records), indent=1, allow_nan=False)
             atomic_write(self._path("epochs.json"), lambda f: f.write(text.encode()))
 
     def load_checkpoint(self, path=None):
@@ -1008,7 +1009,7 @@ class NaturalRun:
         if meta.get("version") != _CKPT_VERSION:
             raise CheckpointError(f"{src}: unsupported checkpoint version {meta.get('version')!r}")
         try:
-            if meta["config"] != _json_safe(self.config.to_dict()):
+            if meta["config"] != json_safe(self.config.to_dict()):
                 diff = {k: (meta["config"].get(k), v) for k, v in self.config.to_dict().items()
                         if meta["config"].get(k) != v}
                 raise CheckpointError(f"{src}: the run's settings differ from the checkpoint's "
@@ -1265,7 +1266,7 @@ def run_from_args(args):
         run.load_checkpoint(ckpt)
         if log:
             log(f"resumed at epoch {run.epoch}, batch {run.batch_in_epoch}, update {run.updates}")
-    text = json.dumps(_json_safe(cfg.to_dict()), indent=1)
+    text = json.dumps(json_safe(cfg.to_dict()), indent=1)
     atomic_write(os.path.join(out, "config.json"), lambda f: f.write(text.encode()))
     outcome = run.run(budget=None if args.budget is None else args.budget * 60.0)
     print(format_table(outcome.results))

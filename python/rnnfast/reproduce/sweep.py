@@ -37,6 +37,8 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Mapping, Optional
 
+from ..model import atomic_write, json_safe
+
 __all__ = [
     "canonical_json",
     "config_hash",
@@ -58,42 +60,6 @@ HASH_CHARS = 16
 # --------------------------------------------------------------------------- #
 # configuration identity
 # --------------------------------------------------------------------------- #
-def json_safe(x):
-    """Recursively turn ``x`` into strict-JSON values.
-
-    NaN becomes ``None``, ±inf the strings ``"inf"``/``"-inf"``, NumPy scalars
-    Python scalars, tuples lists.
-    """
-    try:  # numpy is optional for this module's pure parts
-        import numpy as np
-    except ImportError:  # pragma: no cover
-        np = None
-    if isinstance(x, bool) or x is None or isinstance(x, str):
-        return x
-    if np is not None:
-        if isinstance(x, np.bool_):
-            return bool(x)
-        if isinstance(x, np.integer):
-            return int(x)
-        if isinstance(x, np.floating):
-            x = float(x)
-        if isinstance(x, np.ndarray):
-            return json_safe(x.tolist())
-    if isinstance(x, float):
-        if math.isnan(x):
-            return None
-        if math.isinf(x):
-            return "inf" if x > 0 else "-inf"
-        return x
-    if isinstance(x, int):
-        return x
-    if isinstance(x, Mapping):
-        return {str(k): json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [json_safe(v) for v in x]
-    raise TypeError(f"value of type {type(x).__name__} is not JSON-serialisable: {x!r}")
-
-
 def canonical_json(config: Mapping) -> str:
     """The canonical JSON text of a configuration (sorted keys, no spaces).
 
@@ -144,8 +110,6 @@ def atomic_write_text(path, text: str) -> str:
     The file gets the usual permissions of a new file (``0o666`` less the
     umask), not the private mode of a temporary file.
     """
-    from ..model import atomic_write
-
     path = os.fspath(path)
 
     def write(f):
