@@ -215,28 +215,17 @@ EIGEN_DONT_INLINE void tile(const Operand<S>& o1, const Operand<S>& o2, const S*
     const Index pf_every = o.pf_lines > 0 ? std::max<Index>(1, o.K / KU / o.pf_lines) : 0;
     Index pf_count = pf_every;
     // (Splitting k into prefetch-free runs instead of this test per k was measured slower.)
-    if constexpr (KU == 1) {
-      for (Index k = 0; k < o.K; ++k) {
-        if (pf < pf_end && --pf_count == 0) {
-          __builtin_prefetch(pf, 0, 2);  // into L2
-          pf += kCacheLine;
-          pf_count = pf_every;
-        }
-        step(k, acc[0]);
+    Index k = 0;
+    for (; k + KU <= o.K; k += KU) {
+      if (pf < pf_end && --pf_count == 0) {
+        __builtin_prefetch(pf, 0, 2);  // into L2
+        pf += kCacheLine;
+        pf_count = pf_every;
       }
-    } else {
-      Index k = 0;
-      for (; k + KU <= o.K; k += KU) {
-        if (pf < pf_end && --pf_count == 0) {
-          __builtin_prefetch(pf, 0, 2);
-          pf += kCacheLine;
-          pf_count = pf_every;
-        }
 #pragma GCC unroll 8
-        for (int u = 0; u < KU; ++u) step(k + u, acc[u]);
-      }
-      for (; k < o.K; ++k) step(k, acc[0]);
+      for (int u = 0; u < KU; ++u) step(k + u, acc[u]);
     }
+    for (; k < o.K; ++k) step(k, acc[0]);  // KU > 1: the last K mod KU
   }
   for (int u = 1; u < KU; ++u)
     for (int i = 0; i < MROWS; ++i)
