@@ -17,8 +17,10 @@ SCHEDULES = ("serial", "batch", "hidden")
 # (12, 10, 3, 40)) and the stored-v path otherwise. The last shape is large enough (W_rec packed
 # > 256 KB in float64) for the streaming path: the input product as one blocked pass,
 # next-panel prefetch, and more T·B rows than one row block.
+# B = 1 (and B = 2 on two threads of the batch split) takes the single-row packing: (5, 1, 3,
+# 130) has several wide panels and a partial one, (3, 2, 4, 300) streams as well.
 SHAPES = [(1, 1, 1, 1), (1, 3, 2, 5), (4, 1, 3, 1), (5, 3, 2, 7), (3, 9, 4, 30), (6, 5, 0, 53),
-          (4, 11, 6, 70), (12, 10, 3, 40), (4, 50, 5, 190)]
+          (4, 11, 6, 70), (12, 10, 3, 40), (4, 50, 5, 190), (5, 1, 3, 130), (3, 2, 4, 300)]
 
 
 def make(shape, dtype=np.float64, seed=0, with_h0=True, scale=0.7):
@@ -245,8 +247,9 @@ def test_threads_give_the_same_result(schedule):
 
 
 @pytest.mark.parametrize("activation", ACTS)
-def test_float32_close_to_float64(activation):
-    p64, dh64 = make((20, 8, 5, 40), seed=6)
+@pytest.mark.parametrize("shape", [(20, 8, 5, 40), (20, 1, 5, 130)])  # the second: single-row
+def test_float32_close_to_float64(activation, shape):
+    p64, dh64 = make(shape, seed=6)
     p32 = {k: (None if v is None else v.astype(np.float32)) for k, v in p64.items()}
     f64, g64 = run(p64, dh64, activation)
     f32, g32 = run(p32, dh64.astype(np.float32), activation)
@@ -260,10 +263,12 @@ def test_float32_close_to_float64(activation):
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
 @pytest.mark.parametrize("I", [0, 7])
-def test_float32_streaming_path_matches_float64(schedule, I):
+@pytest.mark.parametrize("B", [40, 2])
+def test_float32_streaming_path_matches_float64(schedule, I, B):
     # H = 300 float32: W_rec's packed panels (364 KB) take the streaming path; float32 results
-    # against float64 ones, which the reference test checks on the same path.
-    p64, dh64 = make((5, 40, I, 300), seed=8)
+    # against float64 ones, which the reference test checks on the same path. B = 2 on two
+    # threads of the batch split: single-row packing.
+    p64, dh64 = make((5, B, I, 300), seed=8)
     p32 = {k: (None if v is None else v.astype(np.float32)) for k, v in p64.items()}
     f64, g64 = run(p64, dh64, "tanh", num_threads=2, _schedule=schedule)
     f32, g32 = run(p32, dh64.astype(np.float32), "tanh", num_threads=2, _schedule=schedule)

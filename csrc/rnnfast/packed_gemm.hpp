@@ -34,9 +34,11 @@ constexpr Index kCacheLine = 64;  // bytes
 #if defined(EIGEN_VECTORIZE_AVX512) || EIGEN_ARCH_ARM64
 #define RNNFAST_TILE_MR 8  // 32 vector registers: 8×3 accumulators fit
 #define RNNFAST_TILE_NP 3
+#define RNNFAST_VECTOR_REGISTERS 32
 #else
 #define RNNFAST_TILE_MR 6  // 16 vector registers: 6×2 accumulators + 2 loads + 1 broadcast
 #define RNNFAST_TILE_NP 2
+#define RNNFAST_VECTOR_REGISTERS 16
 #endif
 
 // The size aligned_memory(bytes) actually allocates.
@@ -85,33 +87,43 @@ struct PanelShape {
   static constexpr int NP = RNNFAST_TILE_NP;                                // packets per panel row
   static constexpr int NR = NP * PS;                                        // panel width (columns)
   static constexpr int MR = RNNFAST_TILE_MR;                                // rows per tile
+  // Packets per panel row of a "single-row" matrix (see PackedMatrix): the accumulators and
+  // the loads of one row tile fill the vector registers (7 on AVX2: 7 + 7 + 1 broadcast).
+  static constexpr int NPW = (RNNFAST_VECTOR_REGISTERS - 1) / 2;
 };
 
 // M (K, N) packed in panels: panel p holds columns [p·NR, p·NR + NR), row k of the panel at
 // data[p·K·NR + k·w] with w = width(p) = NR, except for the last panel, which is only as many
 // packets wide as its columns need (H = 50, NR = 16: 3 panels of 16 and one of 8 columns, so
 // the tiles of the last panel do half the work of a full one); columns past N are zero.
+// A `single_row` matrix is for products with one row (a batch of one sequence per thread):
+// its panels are NPW packets wide instead of NP (H = 50: one panel of 7 packets instead of 4
+// panels), so one row tile keeps NPW accumulators busy instead of NP and the whole row of the
+// result is one tile (measured at (T, B, I, H) = (100, 1, 8, 50): the forward step ~2× faster).
 template <typename S>
 class PackedMatrix {
  public:
-  static constexpr int NR = PanelShape<S>::NR, NP = PanelShape<S>::NP, PS = PanelShape<S>::PS;
+  static constexpr int PS = PanelShape<S>::PS;
   using Packet = typename PanelShape<S>::Packet;
 
-  PackedMatrix(Index K, Index N)
-      : K_(K), N_(N), panels_((N + NR - 1) / NR),
-        last_packets_(int((N - (panels_ - 1) * NR + PS - 1) / PS)),
-        data_(static_cast<std::size_t>(panels_ * K * NR)) {}
+  PackedMatrix(Index K, Index N, bool single_row = false)
+      : np_(single_row ? PanelShape<S>::NPW : PanelShape<S>::NP), nr_(np_ * PS), K_(K), N_(N),
+        panels_((N + nr_ - 1) / nr_),
+        last_packets_(int((N - (panels_ - 1) * nr_ + PS - 1) / PS)),
+        data_(static_cast<std::size_t>(panels_ * K * nr_)) {}
 
   // Whether the packed matrix is too large for the core's L2 cache, so that a product with
   // few rows streams it from memory: such products prefetch ahead (packed_gemm) and callers
   // avoid streaming it once per time step where they can.
-  bool streams() const { return Index(sizeof(S)) * K_ * panels_ * NR > 256 * 1024; }
+  bool streams() const { return Index(sizeof(S)) * K_ * panels_ * nr_ > 256 * 1024; }
 
+  bool single_row() const { return np_ != PanelShape<S>::NP; }
   Index rows() const { return K_; }
   Index cols() const { return N_; }
   Index panels() const { return panels_; }
-  const S* panel(Index p) const { return data_.data() + p * K_ * NR; }
-  int packets(Index p) const { return p + 1 < panels_ ? NP : last_packets_; }  // ≤ NP
+  Index panel_width() const { return nr_; }  // columns of a full panel
+  const S* panel(Index p) const { return data_.data() + p * K_ * nr_; }
+  int packets(Index p) const { return p + 1 < panels_ ? np_ : last_packets_; }
   Index width(Index p) const { return packets(p) * PS; }
 
   // Packs rows [0, k_rows) of panels [p0, p1) of the matrix with element (k, j) =
@@ -119,13 +131,13 @@ class PackedMatrix {
   void pack(const S* src, Index rs, Index cs, Index p0, Index p1, Index k_rows = -1) {
     if (k_rows < 0) k_rows = K_;
     for (Index p = p0; p < p1; ++p) {
-      S* dst = data_.data() + p * K_ * NR;
-      const Index j0 = p * NR, jn = std::min<Index>(NR, N_ - j0), w = width(p);
+      S* dst = data_.data() + p * K_ * nr_;
+      const Index j0 = p * nr_, jn = std::min<Index>(nr_, N_ - j0), w = width(p);
       for (Index k = 0; k < k_rows; ++k) {
         const S* row = src + k * rs + j0 * cs;
-        if (cs == 1 && jn == NR) {  // a full row of the panel: whole packets, no call per row
-          for (int q = 0; q < NP; ++q)
-            Eigen::internal::pstore(dst + k * NR + q * PS,
+        if (cs == 1 && jn == nr_) {  // a full row of the panel: whole packets, no call per row
+          for (int q = 0; q < np_; ++q)
+            Eigen::internal::pstore(dst + k * nr_ + q * PS,
                                     Eigen::internal::ploadu<Packet>(row + q * PS));
           continue;
         }
@@ -136,6 +148,8 @@ class PackedMatrix {
   }
 
  private:
+  int np_;    // packets per full panel row
+  Index nr_;  // columns per full panel
   Index K_, N_, panels_;
   int last_packets_;
   Buffer<S> data_;
@@ -175,18 +189,22 @@ EIGEN_DONT_INLINE void tile(const Operand<S>& o1, const Operand<S>& o2, const S*
 
   // Prefetch the output rows (and C's, when it is another array) now, so that their cache
   // misses overlap the k loop instead of stalling the stores at its end.
+  constexpr int LS = int(kCacheLine / sizeof(S));  // elements per cache line
   for (int i = 0; i < MROWS; ++i) {
-    __builtin_prefetch(Y + i * ldy, 1);
+    for (int j = 0; j < NR; j += LS) __builtin_prefetch(Y + i * ldy + j, 1);
     __builtin_prefetch(Y + i * ldy + NR - 1, 1);
     if (C && C != Y && ldc) {
-      __builtin_prefetch(C + i * ldc);
+      for (int j = 0; j < NR; j += LS) __builtin_prefetch(C + i * ldc + j);
       __builtin_prefetch(C + i * ldc + NR - 1);
     }
   }
   // A short tile has too few accumulators to cover the FMA latency (about 4 cycles × 2 FMAs
   // per cycle = 8 in flight): it keeps KU partial sums over consecutive k, added at the end
   // (B = 1 at H = 50: the forward step ~3× faster).
-  constexpr int KU = (8 + MROWS * NP - 1) / (MROWS * NP);
+  // (Capped so that the accumulators, one panel row and the broadcast fit the registers: the
+  // wide tiles of single-row matrices keep one sum.)
+  constexpr int KU = std::max(1, std::min((8 + MROWS * NP - 1) / (MROWS * NP),
+                                          (RNNFAST_VECTOR_REGISTERS - 1 - NP) / (MROWS * NP)));
   Packet acc[KU][MROWS][NP];
   for (int u = 0; u < KU; ++u)
     for (int i = 0; i < MROWS; ++i)
@@ -260,18 +278,29 @@ inline void tile_rows(int m, int np, const Operand<S>& o1, const Operand<S>& o2,
   }
 }
 
+// tile<S, 1, np> for a run-time np ≤ NP packets (the tiles of single-row matrices).
+template <typename S, int NP = PanelShape<S>::NPW>
+inline void tile_row(int np, const Operand<S>& o1, const Operand<S>& o2, const S* C, Index ldc,
+                     S* Y, Index ldy, Index ncols) {
+  if constexpr (NP > 1) {
+    if (np < NP) return tile_row<S, NP - 1>(np, o1, o2, C, ldc, Y, ldy, ncols);
+  }
+  tile<S, 1, NP>(o1, o2, C, ldc, Y, ldy, ncols);
+}
+
 }  // namespace detail
 
 // Y[r, j] = C[r, j] + Σ_k X[r, k] · M[k, j] (+ Σ_k X2[r, k] · M2[k, j]) for r < rows and j in
 // panels [p0, p1).
 //   X (rows, K) row stride ldx;  X2 (rows, K2) row stride ldx2, or null;  M2 has M's columns.
 //   C, Y (rows, N) row strides ldc, ldy; C may equal Y, be null (zero), or have ldc = 0 (the
-//   same row added to every row).
+//   same row added to every row). A single-row M (and M2) takes its rows one at a time.
 template <typename S>
 void packed_gemm(Index rows, const S* X, Index ldx, const PackedMatrix<S>& M, Index p0, Index p1,
                  const S* C, Index ldc, S* Y, Index ldy, const S* X2 = nullptr, Index ldx2 = 0,
                  const PackedMatrix<S>* M2 = nullptr) {
-  constexpr int MR = PanelShape<S>::MR, NR = PanelShape<S>::NR;
+  const bool single_row = M.single_row();
+  const Index MR = single_row ? 1 : PanelShape<S>::MR, NR = M.panel_width();
   const Index N = M.cols();
   // Rows in tiles of near-equal height (20 rows: 5+5+5+5, not 6+6+6+2): a short tile has
   // too few independent accumulators to hide the FMA latency.
@@ -281,7 +310,7 @@ void packed_gemm(Index rows, const S* X, Index ldx, const PackedMatrix<S>& M, In
   // ceiling).
   auto lines = [&](const PackedMatrix<S>* P) -> Index {
     if (!P || !P->streams()) return 0;
-    return (P->rows() * NR * Index(sizeof(S)) + kCacheLine - 1) / kCacheLine;  // full panel
+    return (P->rows() * P->panel_width() * Index(sizeof(S)) + kCacheLine - 1) / kCacheLine;
   };
   const Index lines1 = lines(&M), lines2 = X2 ? lines(M2) : 0;
   for (Index p = p0; p < p1; ++p) {
@@ -299,8 +328,12 @@ void packed_gemm(Index rows, const S* X, Index ldx, const PackedMatrix<S>& M, In
       const detail::Operand<S> o2{X2 ? M2->rows() : 0, X2 ? X2 + r * ldx2 : nullptr, ldx2, 1,
                                   X2 ? M2->panel(p) : nullptr,
                                   X2 ? M2->panel(pn) + c0 * LS : nullptr, c1 - c0};
-      detail::tile_rows<S, MR>(m, M.packets(p), o1, o2, C ? C + r * ldc + j0 : nullptr, ldc,
-                               Y + r * ldy + j0, ldy, ncols);
+      const S* Ct = C ? C + r * ldc + j0 : nullptr;
+      if (single_row)
+        detail::tile_row<S>(M.packets(p), o1, o2, Ct, ldc, Y + r * ldy + j0, ldy, ncols);
+      else
+        detail::tile_rows<S, PanelShape<S>::MR>(m, M.packets(p), o1, o2, Ct, ldc,
+                                                Y + r * ldy + j0, ldy, ncols);
       r += m;
     }
   }

@@ -97,6 +97,12 @@ inline Plan make_plan(Index T, Index B, Index I, Index H, int requested, Schedul
   return {1, Schedule::Serial};
 }
 
+// Whether every thread's per-step products have a single row (a batch of one sequence per
+// thread): the weights are then packed as single-row matrices (PackedMatrix).
+inline bool one_row_per_thread(const Plan& plan, Index B) {
+  return plan.schedule != Schedule::Hidden && B <= plan.threads;
+}
+
 // Contiguous share [begin, end) of n items for thread `tid` of `nt`.
 inline void share(Index n, int tid, int nt, Index& begin, Index& end) {
   const Index q = n / nt, r = n % nt;
@@ -237,8 +243,9 @@ void forward(const S* u, const S* W_in, const S* W_rec, const S* b, const S* h0,
              Index T, Index B, Index I, Index H, Activation act, int num_threads,
              Schedule forced = Schedule::Auto) {
   const Plan plan = make_plan(T, B, I, H, num_threads, forced);
-  PackedMatrix<S> Wrt(H, H);  // W_recᵀ (k = from-unit, j = to-unit)
-  PackedMatrix<S> Wit(I, H);  // W_inᵀ
+  const bool single_row = one_row_per_thread(plan, B);
+  PackedMatrix<S> Wrt(H, H, single_row);  // W_recᵀ (k = from-unit, j = to-unit)
+  PackedMatrix<S> Wit(I, H, single_row);  // W_inᵀ
   S* z = x ? x : h;           // pre-activations are built in place (in h when x is not kept)
   const Index BH = B * H;
   // When W_rec is too large for L2 it streams from memory at every step; u_t W_inᵀ then runs
@@ -263,8 +270,8 @@ void forward(const S* u, const S* W_in, const S* W_rec, const S* b, const S* h0,
       p0 = 0;
       p1 = Wrt.panels();
     } else {
-      c0 = std::min<Index>(p0 * PanelShape<S>::NR, H);
-      c1 = std::min<Index>(p1 * PanelShape<S>::NR, H);
+      c0 = std::min<Index>(p0 * Wrt.panel_width(), H);
+      c1 = std::min<Index>(p1 * Wrt.panel_width(), H);
     }
     const Index nb = b1 - b0, nc = c1 - c0;
     if (split_input) {  // z = b + u W_inᵀ for all T·B rows first, rows shared by the threads
@@ -327,8 +334,9 @@ BackwardOut backward(const S* u, const S* W_in, const S* W_rec, const S* h0, con
   const bool omega = omega_grad != nullptr;
   const bool norms = omega || dh_norm != nullptr;
   const Index BH = B * H, TB = T * B;
-  PackedMatrix<S> Wr(H, H);  // W_rec:  v = a · W_rec
-  PackedMatrix<S> Wi(H, I);  // W_in:   ∂E/∂u = a · W_in
+  const bool single_row = one_row_per_thread(plan, B);
+  PackedMatrix<S> Wr(H, H, single_row);  // W_rec:  v = a · W_rec
+  PackedMatrix<S> Wi(H, I, single_row);  // W_in:   ∂E/∂u = a · W_in
   // As in the forward: with W_rec streamed from memory every step, ∂E/∂u is one blocked
   // product after the sweep rather than a second streamed matrix per step.
   const bool split_input = Wr.streams();
@@ -366,8 +374,8 @@ BackwardOut backward(const S* u, const S* W_in, const S* W_rec, const S* h0, con
       p1 = Wr.panels();
       q1 = Wi.panels();
     } else {
-      c0 = std::min<Index>(p0 * PanelShape<S>::NR, H);
-      c1 = std::min<Index>(p1 * PanelShape<S>::NR, H);
+      c0 = std::min<Index>(p0 * Wr.panel_width(), H);
+      c1 = std::min<Index>(p1 * Wr.panel_width(), H);
     }
     const Index nb = b1 - b0, nc = c1 - c0;
     double* my_dn2 = norms ? dn2.data() + tid * TB : nullptr;
