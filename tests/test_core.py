@@ -14,13 +14,15 @@ SCHEDULES = ("serial", "batch", "hidden")
 # (T, B, I, H): single step, single sequence, single unit, I ≠ H, a partial SIMD panel, and a
 # size with several panels and row tiles.
 # Ω's gradient takes the (Σ c aᵀa)·W_rec path when T·B ≥ 2H ((4, 1, 3, 1), (5, 3, 2, 7),
-# (12, 10, 3, 40)) and the stored-v path otherwise. The last shape is large enough (W_rec packed
-# > 256 KB in float64) for the streaming path: the input product as one blocked pass,
-# next-panel prefetch, and more T·B rows than one row block.
+# (12, 10, 3, 40)) and the stored-v path otherwise. (4, 12, 5, 730) is large enough (W_rec
+# packed > 4 MiB in float64) for the streaming path: the input product as one blocked pass,
+# next-panel prefetch, and more T·B rows than one row block. (4, 50, 5, 190) has more rows
+# than one row block of the weight-gradient product.
 # B = 1 (and B = 2 on two threads of the batch split) takes the single-row packing: (5, 1, 3,
-# 130) has several wide panels and a partial one, (3, 2, 4, 300) streams as well.
+# 130) has several wide panels and a partial one, (3, 2, 4, 730) streams as well.
 SHAPES = [(1, 1, 1, 1), (1, 3, 2, 5), (4, 1, 3, 1), (5, 3, 2, 7), (3, 9, 4, 30), (6, 5, 0, 53),
-          (4, 11, 6, 70), (12, 10, 3, 40), (4, 50, 5, 190), (5, 1, 3, 130), (3, 2, 4, 300)]
+          (4, 11, 6, 70), (12, 10, 3, 40), (4, 50, 5, 190), (4, 12, 5, 730), (5, 1, 3, 130),
+          (3, 2, 4, 730)]
 
 
 def make(shape, dtype=np.float64, seed=0, with_h0=True, scale=0.7):
@@ -265,10 +267,10 @@ def test_float32_close_to_float64(activation, shape):
 @pytest.mark.parametrize("I", [0, 7])
 @pytest.mark.parametrize("B", [40, 2])
 def test_float32_streaming_path_matches_float64(schedule, I, B):
-    # H = 300 float32: W_rec's packed panels (364 KB) take the streaming path; float32 results
-    # against float64 ones, which the reference test checks on the same path. B = 2 on two
-    # threads of the batch split: single-row packing.
-    p64, dh64 = make((5, B, I, 300), seed=8)
+    # H = 1030 float32: W_rec's packed panels (4.3 MB) take the streaming path; float32
+    # results against float64 ones, which the reference test checks on the same path. B = 2
+    # on two threads of the batch split: single-row packing.
+    p64, dh64 = make((5, B, I, 1030), seed=8)
     p32 = {k: (None if v is None else v.astype(np.float32)) for k, v in p64.items()}
     f64, g64 = run(p64, dh64, "tanh", num_threads=2, _schedule=schedule)
     f32, g32 = run(p32, dh64.astype(np.float32), "tanh", num_threads=2, _schedule=schedule)

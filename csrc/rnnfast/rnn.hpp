@@ -22,8 +22,8 @@
 //
 // Work split: W_rec and W_in are packed once per call (packed_gemm.hpp) and every per-step
 // product runs against the packed panels: in the forward step, b + u_t W_inᵀ + h_{t-1} W_recᵀ;
-// in the backward step, a_{t+1} W_rec and ∂E/∂u_{t+1} = a_{t+1} W_in (when W_rec is too large
-// for L2, the W_in products run as one blocked pass before/after the time loop instead). The
+// in the backward step, a_{t+1} W_rec and ∂E/∂u_{t+1} = a_{t+1} W_in (when W_rec streams from
+// memory, the W_in products run as one blocked pass before/after the time loop instead). The
 // weight gradients (Σ_t a_tᵀ h_{t-1}, Σ_t a_tᵀ u_t, and Ω's) are single products over all T·B
 // rows after the sweep (gemm_tn). Ω's W_rec gradient uses Σ c a_tᵀ v_t = (Σ c a_tᵀ a_t) W_rec:
 // a symmetric product (half the work of a general one) and no stored v_t; when 2H > T·B, the
@@ -146,11 +146,14 @@ inline void map_rows(const S* x, Index ldx, S* h, Index ldh, Index rows, Index c
     } else {
       Index j = 0;
       for (; j + PS <= cols; j += PS) pstoreu(hr + j, packet_op(ploadu<Packet>(xr + j)));
-      if (j < cols) {
+      if (j < cols) {  // element copies over a compile-time bound, not a library call
+        const Index n = cols - j;
         alignas(64) S buf[PS] = {};
-        std::copy(xr + j, xr + cols, buf);
+        for (int e = 0; e < PS; ++e)
+          if (e < n) buf[e] = xr[j + e];
         pstore(buf, packet_op(pload<Packet>(buf)));
-        std::copy(buf, buf + (cols - j), hr + j);
+        for (int e = 0; e < PS; ++e)
+          if (e < n) hr[j + e] = buf[e];
       }
     }
   }
@@ -248,8 +251,8 @@ void forward(const S* u, const S* W_in, const S* W_rec, const S* b, const S* h0,
   PackedMatrix<S> Wit(I, H, single_row);  // W_inᵀ
   S* z = x ? x : h;           // pre-activations are built in place (in h when x is not kept)
   const Index BH = B * H;
-  // When W_rec is too large for L2 it streams from memory at every step; u_t W_inᵀ then runs
-  // as one blocked product over all steps first, so only W_rec is streamed per step.
+  // When W_rec streams from memory at every step (PackedMatrix::streams), u_t W_inᵀ runs as
+  // one blocked product over all steps first, so only W_rec is streamed per step.
   const bool split_input = Wrt.streams();
 
 #pragma omp parallel num_threads(plan.threads)
