@@ -156,8 +156,9 @@ class PackedMatrix {
         Eigen::internal::pstore(dst + q * PS, Eigen::internal::ploadu<Packet>(row + q * PS));
       return;
     }
-    for (Index j = 0; j < jn; ++j) dst[j] = row[j * cs];
-    for (Index j = jn; j < w; ++j) dst[j] = S(0);
+    // (One loop to w ≤ NPW packets: GCC turned a copy loop to jn into `rep movs`, slow for
+    // the few columns of a last panel.)
+    for (Index j = 0; j < w; ++j) dst[j] = j < jn ? row[j * cs] : S(0);
   }
 
   int np_;    // packets per full panel row
@@ -317,6 +318,8 @@ void packed_gemm(Index rows, const S* X, Index ldx, const PackedMatrix<S>& M, In
   // Rows in tiles of near-equal height (20 rows: 5+5+5+5, not 6+6+6+2): a short tile has
   // too few independent accumulators to hide the FMA latency.
   const Index ntiles = (rows + MR - 1) / MR;
+  const Index base = ntiles ? rows / ntiles : 0, taller = ntiles ? rows % ntiles : 0;  // the
+  // last `taller` tiles have base + 1 rows, the others base
   // Packed matrices that stream from memory: each tile prefetches a share of the lines
   // of the next panel (measured at H = 2048, B = 16: the forward from ~50% to ~70% of the
   // ceiling).
@@ -330,10 +333,14 @@ void packed_gemm(Index rows, const S* X, Index ldx, const PackedMatrix<S>& M, In
     const Index pn = p + 1 < p1 ? p + 1 : p0;  // the next panel (the last one: the first,
                                               // which the next call, i.e. step, needs first)
     for (Index t = 0, r = 0; t < ntiles; ++t) {
-      const int m = static_cast<int>((rows - r) / (ntiles - t));
-      // This tile's share of the next panel's lines, for each operand.
-      const Index a0 = lines1 * t / ntiles, a1 = lines1 * (t + 1) / ntiles;
-      const Index c0 = lines2 * t / ntiles, c1 = lines2 * (t + 1) / ntiles;
+      const int m = int(base + (t >= ntiles - taller));
+      // This tile's share of the next panel's lines, for each operand (no divisions when
+      // nothing streams: at B = 1 they were a third of the cost of a step's call).
+      Index a0 = 0, a1 = 0, c0 = 0, c1 = 0;
+      if (lines1 | lines2) {
+        a0 = lines1 * t / ntiles, a1 = lines1 * (t + 1) / ntiles;
+        c0 = lines2 * t / ntiles, c1 = lines2 * (t + 1) / ntiles;
+      }
       constexpr Index LS = kCacheLine / Index(sizeof(S));  // elements per line
       const detail::Operand<S> o1{M.rows(), X + r * ldx, ldx, 1, M.panel(p),
                                   M.panel(pn) + a0 * LS, a1 - a0};
@@ -394,7 +401,12 @@ void gemm_tn(Index R, Index N, const S* A, Index lda, const S* Bm, Index ldb, co
   }
   const Index ipanels = (mi + MR - 1) / MR;
   PackedMatrix<S> Bp(KC, N);
-  Buffer<S> Ap(size_t(std::min(ipanels, MCT) * ABLOCK));  // every element read is packed first
+  // A single chunk of rows with few panels of Bm (N ≤ 4·NR): a packed sliver of A would be
+  // read only a few times, so unscaled A is read where it lies (packing it was ~20% of the
+  // backward at (T, B, H) = (100, 1, 50); with many rows, packing still wins).
+  const bool direct_a = !s && R <= KC && Bp.panels() <= 4;
+  Buffer<S> Ap(direct_a ? 0 : size_t(std::min(ipanels, MCT) * ABLOCK));  // every element read
+                                                                         // is packed first
   for (Index r0 = 0; r0 < R; r0 += KC) {
     const Index kc = std::min<Index>(KC, R - r0);
     Bp.pack(Bm + r0 * ldb, ldb, 1, 0, Bp.panels(), kc);
@@ -402,7 +414,7 @@ void gemm_tn(Index R, Index N, const S* A, Index lda, const S* Bm, Index ldb, co
       const Index ic1 = std::min(ipanels, ic0 + MCT);
       // Ap[ip][k][i] = s_r · A[r0 + k, i0 + ip·MR + i], row by row of A (sequential reads).
       // Whole packets are stored, overrunning into the next k (written after) or the padding.
-      for (Index k = 0; k < kc; ++k) {
+      for (Index k = 0; k < (direct_a ? 0 : kc); ++k) {
         const S* src = A + (r0 + k) * lda;
         const Packet sk = pset1<Packet>(s ? S(s[r0 + k]) : S(1));
         for (Index ip = ic0; ip < ic1; ++ip) {
@@ -427,7 +439,10 @@ void gemm_tn(Index R, Index N, const S* A, Index lda, const S* Bm, Index ldb, co
           const int m = static_cast<int>(std::min<Index>(MR, i1 - ib));
           if (lower && j0 >= ib + m) continue;  // tile entirely above the diagonal
           S* y = Y + ib * ldy + j0;
-          const detail::Operand<S> o1{kc, Ap.data() + (ip - ic0) * ABLOCK, 1, MR, Bp.panel(p)};
+          const detail::Operand<S> o1 =
+              direct_a ? detail::Operand<S>{kc, A + r0 * lda + ib, 1, lda, Bp.panel(p)}
+                       : detail::Operand<S>{kc, Ap.data() + (ip - ic0) * ABLOCK, 1, MR,
+                                            Bp.panel(p)};
           const detail::Operand<S> none{0, nullptr, 0, 0, nullptr};
           detail::tile_rows<S, MR>(m, Bp.packets(p), o1, none, (r0 || accumulate) ? y : nullptr,
                                    ldy, y, ldy, ncols);

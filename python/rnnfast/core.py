@@ -228,9 +228,13 @@ class Gradients:
     __slots__ = ("W_in", "W_rec", "b", "h0", "u", "dx", "omega", "omega_grad", "omega_pairs",
                  "dh_norm")
 
-    def __init__(self, **kw):
-        for k in self.__slots__:
-            setattr(self, k, kw.get(k))
+    def __init__(self, *, W_in=None, W_rec=None, b=None, h0=None, u=None, dx=None, omega=None,
+                 omega_grad=None, omega_pairs=None, dh_norm=None):
+        # Plain assignments: this runs at every backward call (a loop over the slots cost
+        # ~2.5 µs of a ~10 µs call overhead at tiny sizes).
+        self.W_in, self.W_rec, self.b, self.h0, self.u, self.dx = W_in, W_rec, b, h0, u, dx
+        self.omega, self.omega_grad, self.omega_pairs = omega, omega_grad, omega_pairs
+        self.dh_norm = dh_norm
 
     def __repr__(self) -> str:
         extra = f", omega={self.omega:.6g}" if self.omega is not None else ""
