@@ -107,7 +107,8 @@ class PackedMatrix {
   using Packet = typename PanelShape<S>::Packet;
 
   PackedMatrix(Index K, Index N, bool single_row = false)
-      : np_(single_row ? PanelShape<S>::NPW : PanelShape<S>::NP), nr_(np_ * PS), K_(K), N_(N),
+      : single_row_(single_row), np_(single_row ? PanelShape<S>::NPW : PanelShape<S>::NP),
+        nr_(np_ * PS), K_(K), N_(N),
         panels_((N + nr_ - 1) / nr_),
         last_packets_(int((N - (panels_ - 1) * nr_ + PS - 1) / PS)),
         data_(static_cast<std::size_t>(panels_ * K * nr_)) {}
@@ -119,7 +120,7 @@ class PackedMatrix {
   // L3), at 4 MB both are alike, and at 16 MB (H = 2048 float32) the prefetch wins.
   bool streams() const { return Index(sizeof(S)) * K_ * panels_ * nr_ > (Index(4) << 20); }
 
-  bool single_row() const { return np_ != PanelShape<S>::NP; }
+  bool single_row() const { return single_row_; }
   Index rows() const { return K_; }
   Index cols() const { return N_; }
   Index panels() const { return panels_; }
@@ -161,6 +162,7 @@ class PackedMatrix {
     for (Index j = 0; j < w; ++j) dst[j] = j < jn ? row[j * cs] : S(0);
   }
 
+  bool single_row_;
   int np_;    // packets per full panel row
   Index nr_;  // columns per full panel
   Index K_, N_, panels_;
@@ -318,8 +320,8 @@ void packed_gemm(Index rows, const S* X, Index ldx, const PackedMatrix<S>& M, In
   // Rows in tiles of near-equal height (20 rows: 5+5+5+5, not 6+6+6+2): a short tile has
   // too few independent accumulators to hide the FMA latency.
   const Index ntiles = (rows + MR - 1) / MR;
-  const Index base = ntiles ? rows / ntiles : 0, taller = ntiles ? rows % ntiles : 0;  // the
-  // last `taller` tiles have base + 1 rows, the others base
+  // Tile heights: the last `taller` tiles have base + 1 rows, the others base.
+  const Index base = ntiles ? rows / ntiles : 0, taller = ntiles ? rows % ntiles : 0;
   // Packed matrices that stream from memory: each tile prefetches a share of the lines
   // of the next panel (measured at H = 2048, B = 16: the forward from ~50% to ~70% of the
   // ceiling).
@@ -405,8 +407,8 @@ void gemm_tn(Index R, Index N, const S* A, Index lda, const S* Bm, Index ldb, co
   // read only a few times, so unscaled A is read where it lies (packing it was ~20% of the
   // backward at (T, B, H) = (100, 1, 50); with many rows, packing still wins).
   const bool direct_a = !s && R <= KC && Bp.panels() <= 4;
-  Buffer<S> Ap(direct_a ? 0 : size_t(std::min(ipanels, MCT) * ABLOCK));  // every element read
-                                                                         // is packed first
+  // Packed slivers of A (uninitialised: every element read is packed first).
+  Buffer<S> Ap(direct_a ? 0 : size_t(std::min(ipanels, MCT) * ABLOCK));
   for (Index r0 = 0; r0 < R; r0 += KC) {
     const Index kc = std::min<Index>(KC, R - r0);
     Bp.pack(Bm + r0 * ldb, ldb, 1, 0, Bp.panels(), kc);
