@@ -218,6 +218,8 @@ def test_save_load_round_trip(tmp_path):
     path = tmp_path / "m.npz"
     m.save(path)
     assert os.listdir(tmp_path) == ["m.npz"]  # no temporary file left behind
+    # the usual mode of a new file, not the temporary file's private 0600
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~rnnfast.model._UMASK
     m2 = RNNModel.load(path)
     assert m2.config() == m.config()
     for k in m.params:

@@ -16,6 +16,7 @@ import threading
 import numpy as np
 import pytest
 
+from rnnfast import model as rnnfast_model
 from rnnfast.reproduce import sweep as sw
 from rnnfast.reproduce import synthetic as syn
 from rnnfast.commands import reproduce as cmd
@@ -123,7 +124,7 @@ def test_store_writes_atomically_and_ignores_corrupt_files(tmp_path, monkeypatch
     key = store.save(cfg, {"value": 1})
     assert store.load(key)["result"] == {"value": 1}
     assert os.listdir(tmp_path / "runs") == [f"{key}.json"]
-    assert os.stat(store.path(key)).st_mode & 0o777 == 0o666 & ~sw._UMASK
+    assert os.stat(store.path(key)).st_mode & 0o777 == 0o666 & ~rnnfast_model._UMASK
 
     # a crash while writing leaves the previous file intact and no temporary file
     def boom(*a, **k):

@@ -46,12 +46,23 @@ class CheckpointError(ValueError):
     """A model or checkpoint file is corrupt, truncated or does not fit."""
 
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()  # read once: os.umask is process-wide, not thread-safe to probe
+
+
 def atomic_write(path, write):
     """Write a file atomically: ``write(fileobj)`` into a temporary file in the
     same directory, flush and fsync it, then ``os.replace`` it over ``path``.
 
     A crash or exception at any point leaves any previous file at ``path``
-    intact; the temporary file is removed on error.
+    intact; the temporary file is removed on error. The file gets the usual
+    permissions of a new file (``0o666`` less the umask), not the private mode
+    of a temporary file.
 
     Parameters
     ----------
@@ -67,6 +78,8 @@ def atomic_write(path, write):
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
+            if os.chmod in os.supports_fd:
+                os.chmod(f.fileno(), 0o666 & ~_UMASK)
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:

@@ -106,28 +106,13 @@ def atomic_write_text(path, text: str) -> str:
 
     The content goes to a temporary file in the same folder (created if
     needed), is flushed and fsync'ed, then moved over ``path`` with
-    ``os.replace``: readers see the old file or the new one, never a part.
-    The file gets the usual permissions of a new file (``0o666`` less the
-    umask), not the private mode of a temporary file.
+    ``os.replace``: readers see the old file or the new one, never a part
+    (:func:`rnnfast.model.atomic_write`, which also gives the file the usual
+    permissions of a new file).
     """
     path = os.fspath(path)
-
-    def write(f):
-        f.write(text.encode("utf-8"))
-        if os.chmod in os.supports_fd:
-            os.chmod(f.fileno(), 0o666 & ~_UMASK)
-
-    atomic_write(path, write)
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
     return path
-
-
-def _current_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _current_umask()
 
 
 def atomic_write_json(path, obj) -> str:
