@@ -41,11 +41,12 @@ constexpr Index kCacheLine = 64;  // bytes
 #define RNNFAST_VECTOR_REGISTERS 16
 #endif
 
+constexpr std::size_t kHugePage = std::size_t(2) << 20;  // bytes
+
 // The size aligned_memory(bytes) actually allocates.
 inline std::size_t aligned_size(std::size_t bytes) {
-  constexpr std::size_t huge = std::size_t(2) << 20;
   bytes = std::max<std::size_t>(bytes, 64);
-  const std::size_t align = bytes >= huge ? huge : 64;
+  const std::size_t align = bytes >= kHugePage ? kHugePage : 64;
   return (bytes + align - 1) / align * align;
 }
 
@@ -54,13 +55,12 @@ inline std::size_t aligned_size(std::size_t bytes) {
 // every time step does not take a TLB miss every 4 KB (hardware prefetchers also stop at 4 KB
 // pages) and first touch faults in 2 MB at a time.
 inline void* aligned_memory(std::size_t bytes) {
-  constexpr std::size_t huge = std::size_t(2) << 20;
   const std::size_t size = aligned_size(bytes);
-  const std::size_t align = size >= huge ? huge : 64;
+  const std::size_t align = size >= kHugePage ? kHugePage : 64;
   void* p = std::aligned_alloc(align, size);
   if (!p) throw std::bad_alloc();
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-  if (align == huge) madvise(p, size, MADV_HUGEPAGE);  // a hint; failure is fine
+  if (align == kHugePage) madvise(p, size, MADV_HUGEPAGE);  // a hint; failure is fine
 #endif
   return p;
 }
@@ -293,16 +293,6 @@ inline void tile_rows(int m, int np, const Operand<S>& o1, const Operand<S>& o2,
   }
 }
 
-// tile<S, 1, np> for a run-time np ≤ NP packets (the tiles of single-row matrices).
-template <typename S, int NP = PanelShape<S>::NPW>
-inline void tile_row(int np, const Operand<S>& o1, const Operand<S>& o2, const S* C, Index ldc,
-                     S* Y, Index ldy, Index ncols) {
-  if constexpr (NP > 1) {
-    if (np < NP) return tile_row<S, NP - 1>(np, o1, o2, C, ldc, Y, ldy, ncols);
-  }
-  tile<S, 1, NP>(o1, o2, C, ldc, Y, ldy, ncols);
-}
-
 }  // namespace detail
 
 // Y[r, j] = C[r, j] + Σ_k X[r, k] · M[k, j] (+ Σ_k X2[r, k] · M2[k, j]) for r < rows and j in
@@ -350,8 +340,9 @@ void packed_gemm(Index rows, const S* X, Index ldx, const PackedMatrix<S>& M, In
                                   X2 ? M2->panel(p) : nullptr,
                                   X2 ? M2->panel(pn) + c0 * LS : nullptr, c1 - c0};
       const S* Ct = C ? C + r * ldc + j0 : nullptr;
-      if (single_row)
-        detail::tile_row<S>(M.packets(p), o1, o2, Ct, ldc, Y + r * ldy + j0, ldy, ncols);
+      if (single_row)  // one row against panels up to NPW packets wide
+        detail::tile_rows<S, 1, PanelShape<S>::NPW>(1, M.packets(p), o1, o2, Ct, ldc,
+                                                    Y + r * ldy + j0, ldy, ncols);
       else
         detail::tile_rows<S, PanelShape<S>::MR>(m, M.packets(p), o1, o2, Ct, ldc,
                                                 Y + r * ldy + j0, ldy, ncols);

@@ -92,8 +92,7 @@ from .. import optim as _optim
 from ..data import metrics as _metrics
 from ..data.music import MusicBatches, load_music, music_path
 from ..data.ptb import CharStream, load_ptb_chars
-from ..model import CheckpointError, RNNModel, atomic_write, read_npz, write_npz
-from ..model import json_safe
+from ..model import CheckpointError, RNNModel, atomic_write, json_safe, read_npz, write_npz
 from ..trainer import History, Trainer
 from ..commands.argtypes import (nonneg_float as _nonneg_float, nonneg_int as _nonneg_int,
                                  positive_float as _positive_float, positive_int as _positive_int)
