@@ -5,6 +5,7 @@ stored numbers."""
 
 import subprocess
 import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -126,7 +127,10 @@ def test_rnnfast_torch_imports_the_real_torch():
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
 def test_matches_torch_nn_rnn(nonlinearity, bias, batch_first, with_hx, dtype):
-    rng = np.random.default_rng(abs(hash((nonlinearity, bias, batch_first, with_hx))) % 2**32)
+    # A stable seed per parameter set (hash() of strings changes with every process, so the
+    # extra shape used to differ from run to run).
+    key = repr((nonlinearity, bias, batch_first, with_hx)).encode()
+    rng = np.random.default_rng(zlib.crc32(key))
     shapes = SHAPES + [tuple(int(v) for v in rng.integers(1, [20, 9, 8, 17]))]
     for k, (T, B, I, H) in enumerate(shapes):
         ref, ours = pair(I, H, nonlinearity=nonlinearity, bias=bias, batch_first=batch_first,
