@@ -163,6 +163,10 @@ inline void map_rows(const S* x, Index ldx, S* h, Index ldh, Index rows, Index c
 template <typename S>
 inline void activate(Activation act, const S* x, Index ldx, S* h, Index ldh, Index rows,
                      Index cols) {
+  if (ldx == cols && ldh == cols) {  // contiguous rows: one long row, no per-row tails
+    cols *= rows;
+    rows = 1;
+  }
   using Packet = typename PanelShape<S>::Packet;
   using namespace Eigen::internal;
   switch (act) {
@@ -191,6 +195,10 @@ inline void activate(Activation act, const S* x, Index ldx, S* h, Index ldh, Ind
 template <typename S>
 inline void times_derivative(Activation act, const S* delta, Index ldd, const S* h, Index ldh,
                              S* a, Index lda, Index rows, Index cols) {
+  if (ldd == cols && ldh == cols && lda == cols) {  // contiguous rows: one long row
+    cols *= rows;
+    rows = 1;
+  }
   auto D = cview(delta, rows, cols, ldd).array();
   auto Hm = cview(h, rows, cols, ldh).array();
   auto A = view(a, rows, cols, lda).array();
@@ -465,9 +473,13 @@ BackwardOut backward(const S* u, const S* W_in, const S* W_rec, const S* h0, con
     Index i0, i1;
     share(H, tid, nt, i0, i1);
     // ∂E/∂W_rec = Σ_{t≥2} a_tᵀ h_{t-1} + a_1ᵀ h_0;  ∂E/∂W_in = Σ_t a_tᵀ u_t;  ∂E/∂b = Σ a_t
-    gemm_tn<S>(TB - B, H, dx + BH, H, h, H, nullptr, dW_rec, H, i0, i1);
-    if (h0) gemm_tn<S>(B, H, dx, H, h0, H, nullptr, dW_rec, H, i0, i1, false, true);
-    gemm_tn<S>(TB, I, dx, H, u, I, nullptr, dW_in, I, i0, i1);
+    // (One product for both from the second step on: a_t is packed once for h_{t-1} and u_t.)
+    gemm_tn<S>(TB - B, H, dx + BH, H, h, H, nullptr, dW_rec, H, i0, i1, false, false,
+               {u + B * I, I, I, dW_in, I});
+    if (h0)
+      gemm_tn<S>(B, H, dx, H, h0, H, nullptr, dW_rec, H, i0, i1, false, true, {u, I, I, dW_in, I});
+    else
+      gemm_tn<S>(B, I, dx, H, u, I, nullptr, dW_in, I, i0, i1, false, true);
     if (i1 > i0)
       Eigen::Map<Eigen::Matrix<S, 1, Eigen::Dynamic>>(db + i0, i1 - i0) =
           cview(dx, TB, H, H).middleCols(i0, i1 - i0).colwise().sum();
