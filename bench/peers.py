@@ -14,16 +14,24 @@ What one run measures, for every size, dtype and thread count asked for:
   ``out.backward(G)`` in torch (the same gradients as ``(out * G).sum().backward()`` without the
   extra element-wise op); ``jax.value_and_grad`` of ``sum(h * G)`` (jitted once);
   the NumPy BPTT below.
-* the GEMM ceiling -- NumPy ``matmul`` of large square matrices (OpenBLAS), best median rate
-  over a few sizes, per dtype and thread count.
+* the GEMM ceiling -- NumPy ``matmul`` of large square matrices (OpenBLAS): the best median
+  rate over a few sizes, per dtype and thread count, first; then, within every case, one
+  more ``matmul`` of that best size per round (below).
 
 FLOP counts are nominal: forward 2·T·B·H·(H+I), forward+BPTT 3× that. ``% ceil`` is the
-achieved GFLOP/s over the ceiling at the same thread count and dtype; ``×rf`` is a peer's
-time over rnnfast's time (above 1: rnnfast is faster).
+achieved GFLOP/s over the ceiling measured in the same case's rounds (the median of its
+probes); ``×rf`` is a peer's time over rnnfast's time (above 1: rnnfast is faster).
 
 How it is run: the orchestrator (this script) starts one worker process per (peer, thread
-count) and asks them for one case at a time, case-major, so that all peers of a case are timed
-seconds apart. Thread counts are set explicitly for every library before every measurement:
+count) and asks them for one case at a time, case-major. A case is measured in ``--rounds``
+rounds (default 3): a ceiling probe, then every peer in turn (the order rotated from round to
+round), each with its share of the repeats and time budget (warm-ups in the first round only;
+the worker keeps the case's inputs); a peer's samples of all rounds are pooled into one median.
+Why: on a shared virtual machine the speed of vector code drifts for seconds at a time by up
+to ~1.5× (measured on the 2-core EPYC this was written on: the (125,20,6,50) forward took
+265 µs for seconds, then 400-450 µs, while a scalar add chain ran at the same 3.0 GHz: the
+other tenant of the physical core, not the clock). Timed one after the other, two peers or a
+peer and the ceiling can land in different stretches; in rounds they share them. Thread counts are set explicitly for every library before every measurement:
 rnnfast ``num_threads=``, ``torch.set_num_threads``, threadpoolctl for NumPy's BLAS. JAX/XLA
 cannot change its thread pool after import and ignores the classic
 ``--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1`` flags in current versions,
@@ -482,28 +490,32 @@ PEER_CLASSES = {c.name: c for c in (RnnfastPeer, TorchPeer, JaxPeer, NumpyPeer)}
 # --------------------------------------------------------------------------------------------
 
 def time_call(fn, *, warmup: int, repeats: int, budget: float, min_sample: float = 2e-3,
-              min_repeats: int = 5) -> dict:
+              min_repeats: int = 5, number: int | None = None) -> dict:
     """Median time of ``fn()`` with its spread.
 
     ``warmup`` untimed calls (fewer when they take over ``budget/4`` s), then one
-    calibration call; each sample runs ``number`` calls
+    calibration call (none when ``number`` is given); each sample runs ``number`` calls
     (enough for ``min_sample`` seconds) and reports the mean per call; samples =
     ``repeats`` capped by ``budget`` seconds but at least ``min(min_repeats, repeats)``.
     The garbage collector is off while timing. Also returns the process's CPU time over wall
     time during the samples (≈ threads busy) and the median process CPU time per call
     (``cpu_median_s``: on one thread and a busy machine, a better estimate of the
-    undisturbed time than the wall clock).
+    undisturbed time than the wall clock), and the samples themselves (``times``, ``cpus``:
+    seconds per call) so that samples of several rounds can be pooled (:func:`pool_samples`).
     """
     tw = time.perf_counter()
     for _ in range(warmup):
         fn()
         if time.perf_counter() - tw > budget / 4:    # slow calls: fewer warm-ups
             break
-    t0 = time.perf_counter()
-    fn()
-    one = max(time.perf_counter() - t0, 1e-7)
-    number = max(1, math.ceil(min_sample / one))
-    samples = int(min(repeats, max(min(min_repeats, repeats), budget // (one * number))))
+    if number is None:
+        t0 = time.perf_counter()
+        fn()
+        one = max(time.perf_counter() - t0, 1e-7)
+        number = max(1, math.ceil(min_sample / one))
+        samples = int(min(repeats, max(min(min_repeats, repeats), budget // (one * number))))
+    else:
+        samples = repeats
     times, cpus = [], []
     gc_was = gc.isenabled()
     gc.disable()
@@ -517,29 +529,54 @@ def time_call(fn, *, warmup: int, repeats: int, budget: float, min_sample: float
     finally:
         if gc_was:
             gc.enable()
+    return {**_sample_stats(times, cpus), "number": number}
+
+
+def _sample_stats(times: list, cpus: list) -> dict:
+    """Median, quartiles and extremes of per-call times; CPU time over wall time."""
     a = np.asarray(times)
     q1, med, q3 = np.percentile(a, [25, 50, 75])
     return {"median_s": float(med), "q1_s": float(q1), "q3_s": float(q3),
-            "min_s": float(a.min()), "max_s": float(a.max()), "samples": samples,
-            "number": number, "cpu_util": float(sum(cpus) / max(a.sum(), 1e-12)),
-            "cpu_median_s": float(np.median(cpus))}
+            "min_s": float(a.min()), "max_s": float(a.max()), "samples": len(times),
+            "cpu_util": float(sum(cpus) / max(a.sum(), 1e-12)),
+            "cpu_median_s": float(np.median(cpus)), "times": list(times), "cpus": list(cpus)}
 
 
-def gemm_ceiling(dtype: str, threads: int, ns=(1024, 2048, 3072), budget: float = 3.0) -> dict:
+def pool_samples(parts: list) -> dict:
+    """One :func:`time_call` result from the results of several rounds (samples pooled)."""
+    out = _sample_stats([t for p in parts for t in p["times"]],
+                        [c for p in parts for c in p["cpus"]])
+    out["number"] = max(p["number"] for p in parts)
+    out["rounds"] = len(parts)
+    return out
+
+
+_PROBE_ARGS: dict = {}  # (N, dtype) -> the operands of gemm_ceiling's probes
+
+
+def gemm_ceiling(dtype: str, threads: int, ns=(1024, 2048, 3072), budget: float = 3.0,
+                 probe: bool = False) -> dict:
     """GEMM ceiling: NumPy ``matmul`` of N×N matrices on ``threads`` BLAS threads.
 
-    Returns the best median rate over ``ns`` (GFLOP/s) and the per-N medians."""
+    Returns the best median rate over ``ns`` (GFLOP/s) and the per-N medians. A ``probe`` is
+    one call per N, no warm-up (the ceiling re-measured within a case's rounds)."""
     from threadpoolctl import ThreadpoolController
     ctl = ThreadpoolController()
     ctl.limit(limits=threads, user_api="blas")
     per_n = {}
     rng = np.random.default_rng(1)
     for n in ns:
-        a = rng.standard_normal((n, n)).astype(dtype)
-        b = rng.standard_normal((n, n)).astype(dtype)
-        c = np.empty((n, n), dtype=dtype)
-        r = time_call(lambda a=a, b=b, c=c: np.matmul(a, b, out=c), warmup=1, repeats=7, budget=budget,
-                      min_repeats=3)
+        if probe and (n, dtype) in _PROBE_ARGS:  # a probe's arrays are kept for the next one
+            a, b, c = _PROBE_ARGS[(n, dtype)]
+        else:
+            a = rng.standard_normal((n, n)).astype(dtype)
+            b = rng.standard_normal((n, n)).astype(dtype)
+            c = np.empty((n, n), dtype=dtype)
+            if probe:
+                _PROBE_ARGS[(n, dtype)] = (a, b, c)
+        fn = (lambda a=a, b=b, c=c: np.matmul(a, b, out=c))
+        r = (time_call(fn, warmup=0, repeats=1, budget=0.0, number=1) if probe else
+             time_call(fn, warmup=1, repeats=7, budget=budget, min_repeats=3))
         r["gflops"] = 2.0 * n ** 3 / r["median_s"] / 1e9
         per_n[str(n)] = r
     best = max(per_n, key=lambda k: per_n[k]["gflops"])
@@ -641,28 +678,32 @@ def worker_main(peer_name: str, threads: int, pin: bool) -> int:
         proto.write(json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}"}) + "\n")
         return 0
     proto.write(json.dumps(info) + "\n")
+    prepared = None  # (size, dtype) of the problem the peer holds
     for line in sys.stdin:
         req = json.loads(line)
         try:
             if req["cmd"] == "quit":
                 break
             if req["cmd"] == "ceiling":
-                out = gemm_ceiling(req["dtype"], threads, tuple(req["ns"]), req["budget"])
+                out = gemm_ceiling(req["dtype"], threads, tuple(req["ns"]), req.get("budget", 0),
+                                   probe=req.get("probe", False))
             elif req["cmd"] == "case":
-                T, B, I, H = req["size"]
-                prob = make_problem(T, B, I, H, req["dtype"])
-                peer.set_threads()
-                peer.prepare(prob)
+                key = (tuple(req["size"]), req["dtype"])
+                if key != prepared:  # the rounds of one case reuse its problem
+                    peer.p = peer.args = None
+                    gc.collect()
+                    peer.set_threads()
+                    peer.prepare(make_problem(*req["size"], req["dtype"]))
+                    prepared = key
                 out = {}
                 for mode in req["modes"]:
                     fn = peer.forward if mode == "forward" else peer.fwd_bwd
                     peer.set_threads()
                     out[mode] = time_call(fn, warmup=req["warmup"], repeats=req["repeats"],
-                                          budget=req["budget"])
-                out["checksums"] = _checksums(*peer.outputs(peer.fwd_bwd()))
-                del prob
-                peer.p = peer.args = None
-                gc.collect()
+                                          budget=req["budget"],
+                                          min_repeats=req.get("min_repeats", 5))
+                if req.get("checksums", True):
+                    out["checksums"] = _checksums(*peer.outputs(peer.fwd_bwd()))
             else:
                 raise ValueError(f"unknown command {req['cmd']!r}")
             proto.write(json.dumps({"ok": True, "result": out}) + "\n")
@@ -930,7 +971,7 @@ def run_benchmark(args, log) -> dict:
             "python": platform.python_version(), "cpu": _cpu_info(),
             "flops": "forward 2*T*B*H*(H+I); fwd+BPTT 3x forward",
             "omp_env": {k: v for k, v in os.environ.items() if k.startswith(("OMP_", "GOMP_"))},
-            "pin_all": args.pin, "repeats": args.repeats, "budget_s": args.budget,
+            "pin_all": args.pin, "repeats": args.repeats, "rounds": args.rounds, "budget_s": args.budget,
             "warmup": args.warmup, "max_foreign": args.max_foreign,
             "niceness": os.getpriority(os.PRIO_PROCESS, 0), "git": _git_describe()}
     removed = {k: os.environ[k] for k in OPENBLAS_VARS if k in os.environ}
@@ -979,51 +1020,79 @@ def run_benchmark(args, log) -> dict:
                                    if k not in ("blas",)}, default=str))
 
     ceilings, results = {}, []
+    rounds = args.rounds
+    per_round = {"warmup": args.warmup, "repeats": max(1, math.ceil(args.repeats / rounds)),
+                 "budget": args.budget / rounds, "min_repeats": max(1, math.ceil(5 / rounds))}
     for n in threads_list:
         for dt in dtypes:
             nw = workers.get(("numpy", n))
             if nw is None:
                 raise SystemExit("the NumPy worker (GEMM ceiling) failed to start")
+            others_of = (lambda w: [x for x in workers.values() if x is not w])
             r = _measure_case(nw, {"cmd": "ceiling", "dtype": dt, "ns": list(args.ceiling_n),
-                                   "budget": args.budget * 2}, args,
-                              [x for x in workers.values() if x is not nw], log)
+                                   "budget": args.budget * 2}, args, others_of(nw), log)
             if not r.get("ok"):
                 raise SystemExit(f"GEMM ceiling failed: {r.get('error')}")
-            ceilings[f"{dt}/{n}"] = {**r["result"], "foreign_cpus": r["foreign_cpus"]}
-            log(f"GEMM ceiling {dt} {n}t: {r['result']['gflops']:.1f} GFLOP/s "
-                f"(N={r['result']['best_n']})")
+            ceil = ceilings[f"{dt}/{n}"] = {**r["result"], "foreign_cpus": r["foreign_cpus"],
+                                            "probes": {}}
+            log(f"GEMM ceiling {dt} {n}t: {ceil['gflops']:.1f} GFLOP/s (N={ceil['best_n']})")
             for name, (T, B, I, H) in sizes:
+                # Rounds (see the module docstring): the GEMM ceiling once, then each peer in
+                # turn in a rotated order, `rounds` times; a peer's samples are pooled.
+                parts, probes, failed = {p: [] for p in active}, [], set()
+                for rnd in range(rounds):
+                    pr = _measure_case(nw, {"cmd": "ceiling", "dtype": dt,
+                                            "ns": [ceil["best_n"]], "probe": True},
+                                       args, others_of(nw), log)
+                    if pr.get("ok"):
+                        probes.append(pr["result"]["gflops"])
+                    k = rnd % len(active)
+                    for peer in active[k:] + active[:k]:
+                        if peer in failed:
+                            continue
+                        w = workers[(peer, n)]
+                        req = {"cmd": "case", "size": [T, B, I, H], "dtype": dt,
+                               "modes": list(MODES), **per_round, "checksums": rnd == 0}
+                        if rnd > 0:
+                            req["warmup"] = 0  # warmed up in round 1 (the problem is kept)
+                        r = _measure_case(w, req, args, others_of(w), log)
+                        if not r.get("ok"):
+                            notes.append(f"{peer} {name} {dt} {n}t failed: {r.get('error')}")
+                            log("note: " + notes[-1])
+                            failed.add(peer)
+                            continue
+                        parts[peer].append(r)
+                # the ceiling of this case: the median of its rounds' probes
+                case_ceiling = float(np.median(probes)) if probes else ceil["gflops"]
+                ceil["probes"][name] = probes
                 for peer in active:
-                    w = workers[(peer, n)]
-                    r = _measure_case(
-                        w, {"cmd": "case", "size": [T, B, I, H], "dtype": dt,
-                            "modes": list(MODES), "warmup": args.warmup,
-                            "repeats": args.repeats, "budget": args.budget},
-                        args, [x for x in workers.values() if x is not w], log)
-                    if not r.get("ok"):
-                        notes.append(f"{peer} {name} {dt} {n}t failed: {r.get('error')}")
-                        log("note: " + notes[-1])
+                    if peer in failed or not parts[peer]:
                         continue
+                    rs = parts[peer]
+                    disturb = {k: max(x[k] for x in rs) for k in ("foreign_cpus", "steal_cpus",
+                                                                    "attempt")}
+                    disturb["case_s"] = sum(x["case_s"] for x in rs)
                     for mode in MODES:
-                        m = r["result"][mode]
+                        m = pool_samples([x["result"][mode] for x in rs])
+                        del m["times"], m["cpus"]
                         gf = flops(T, B, I, H, mode) / m["median_s"] / 1e9
                         results.append({
                             "peer": peer, "size": name, "T": T, "B": B, "I": I, "H": H,
                             "dtype": dt, "threads": n, "mode": mode, **m, "gflops": gf,
-                            "frac_ceiling": gf / ceilings[f"{dt}/{n}"]["gflops"],
-                            "checksums": r["result"]["checksums"],
-                            **{k: r[k] for k in ("foreign_cpus", "steal_cpus", "attempt",
-                                                 "case_s")}})
-                    if r["foreign_cpus"] > args.max_foreign:
+                            "ceiling_gflops": case_ceiling, "frac_ceiling": gf / case_ceiling,
+                            "checksums": rs[0]["result"]["checksums"], **disturb})
+                    if disturb["foreign_cpus"] > args.max_foreign:
                         notes.append(f"{peer} {name} {dt} {n}t: other processes used "
-                                     f"{r['foreign_cpus']:.2f} CPUs during the measurement "
-                                     "(marked *)")
-                    fb = r["result"]["fwd+BPTT"]
+                                     f"{disturb['foreign_cpus']:.2f} CPUs during the "
+                                     "measurement (marked *)")
+                    fb = results[-1]
                     log(f"  {name:>5} {dt} {n}t {peer:>8}: fwd "
-                        f"{_ms(r['result']['forward']['median_s'])} ms, fwd+BPTT "
-                        f"{_ms(fb['median_s'])} ms ({fb['samples']}x{fb['number']}, "
-                        f"cpu {fb['cpu_util']:.2f}, others {r['foreign_cpus']:.2f}, "
-                        f"{r['case_s']:.1f} s)")
+                        f"{_ms(results[-2]['median_s'])} ms, fwd+BPTT "
+                        f"{_ms(fb['median_s'])} ms ({fb['samples']} samples of {fb['number']} "
+                        f"in {rounds} rounds, cpu {fb['cpu_util']:.2f}, others "
+                        f"{disturb['foreign_cpus']:.2f}, {disturb['case_s']:.1f} s)")
+                log(f"  {name:>5} {dt} {n}t  ceiling: "
+                    + ", ".join(f"{g:.0f}" for g in probes) + " GFLOP/s")
     for w in workers.values():
         w.close()
 
@@ -1112,15 +1181,26 @@ def format_tables(data: dict) -> str:
         lines.append(f"NumPy BLAS: {b.get('internal_api')} {b.get('version')}, core "
                      f"{b.get('architecture')}  ")
     lines += ["", ("Cells: median ms (q1–q3), % of the GEMM ceiling at the same threads and "
-                   f"dtype, and ×{ref} = time ÷ {ref}'s time (above 1: {ref} faster). FLOPs: "
+                   f"dtype (re-measured in the case's rounds), and ×{ref} = time ÷ {ref}'s time (above 1: {ref} faster). FLOPs: "
                    "forward 2·T·B·H·(H+I), fwd+BPTT 3× that. * = other processes used more "
                    f"than {meta['max_foreign']} CPUs during that measurement (after retries)."),
               ""]
-    lines += ["GEMM ceiling (NumPy matmul, N×N, best median): " + ", ".join(
+    lines += ["GEMM ceiling (NumPy matmul, N×N, best median, measured first): " + ", ".join(
         f"{k.replace('/', ' ')}t {c['gflops']:.0f} GFLOP/s (N={c['best_n']}"
         + (f"; from CPU time {c['gflops_cpu_time']:.0f})"
            if c.get("foreign_cpus", 0) > meta["max_foreign"] and "gflops_cpu_time" in c
            else ")") for k, c in data["ceilings"].items()), ""]
+    probed = [(k, c) for k, c in data["ceilings"].items() if c.get("probes")]
+    if probed:  # the ceiling re-measured in every case's rounds: the % cells divide by these
+        lines += [f"GEMM ceiling probes per case (GFLOP/s, one per round; the % cells use "
+                  f"their median), {meta.get('rounds', 1)} rounds:", "",
+                  "| size | " + " | ".join(f"{k.replace('/', ' ')}t" for k, _ in probed) + " |",
+                  "|---|" + "---|" * len(probed)]
+        for name in data["sizes"]:
+            lines.append(f"| {name} | " + " | ".join(
+                ", ".join(f"{g:.0f}" for g in c["probes"].get(name, [])) or "—"
+                for _, c in probed) + " |")
+        lines.append("")
     for dt in data["dtypes"]:
         for mode in MODES:
             lines.append(f"### {dt}, {mode}")
@@ -1360,6 +1440,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="seconds per measurement that cap the samples (at least 5 are "
                          "taken; default 1.5)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed calls first (default 2)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="rounds per case, over which the peers and a ceiling probe take turns "
+                         "(default 3); repeats and budget are shared out over them")
     ap.add_argument("--out", default="results/bench",
                     help="output directory for peers.json/.md/.png (default results/bench)")
     ap.add_argument("--no-memory", dest="memory", action="store_false",
@@ -1430,6 +1513,8 @@ def main(argv=None) -> int:
             args.dtypes = "float32"
         if "--repeats" not in given:
             args.repeats = 3
+        if "--rounds" not in given:
+            args.rounds = 2
         if "--budget" not in given:
             args.budget = 0.1
         if "--ceiling-n" not in given:
@@ -1467,8 +1552,8 @@ def main(argv=None) -> int:
     args.dtypes = _split(args.dtypes)
     if not args.dtypes or any(d not in DTYPES for d in args.dtypes):
         ap.error(f"--dtypes: expected a subset of {', '.join(DTYPES)}")
-    if args.repeats < 1 or args.warmup < 0 or args.budget < 0:
-        ap.error("--repeats must be >= 1, --warmup and --budget >= 0")
+    if args.repeats < 1 or args.warmup < 0 or args.budget < 0 or args.rounds < 1:
+        ap.error("--repeats and --rounds must be >= 1, --warmup and --budget >= 0")
 
     return _write_outputs(run_benchmark(args, log), Path(args.out), log)
 

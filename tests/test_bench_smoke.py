@@ -6,11 +6,13 @@ NumPy, one thread, float32) and ``--check`` on the NumPy BPTT (finite difference
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "peers.py"
@@ -32,7 +34,12 @@ def test_smoke_run_writes_consistent_results(tmp_path):
     assert data["active_peers"] == ["rnnfast", "numpy"]
     assert data["mismatches"] == []
     assert set(data["ceilings"]) == {"float32/1"}
-    assert data["ceilings"]["float32/1"]["gflops"] > 0
+    ceiling = data["ceilings"]["float32/1"]
+    assert ceiling["gflops"] > 0
+    # --smoke runs 2 rounds: the ceiling was probed once per round, the peers' samples pooled
+    assert data["meta"]["rounds"] == 2
+    probes = ceiling["probes"]["tiny"]
+    assert len(probes) == 2 and min(probes) > 0
     # one record per (peer, mode), all on the tiny size, timed and converted consistently
     recs = {(r["peer"], r["mode"]): r for r in data["results"]}
     assert set(recs) == {(p, m) for p in ("rnnfast", "numpy") for m in ("forward", "fwd+BPTT")}
@@ -43,8 +50,9 @@ def test_smoke_run_writes_consistent_results(tmp_path):
         assert r["q1_s"] <= r["median_s"] <= r["q3_s"]
         fl = 2 * 10 * 2 * 8 * (8 + 3) * (1 if mode == "forward" else 3)
         assert r["gflops"] == pytest.approx(fl / r["median_s"] / 1e9)
-        assert r["frac_ceiling"] == pytest.approx(r["gflops"] / data["ceilings"]["float32/1"]
-                                                  ["gflops"])
+        assert r["rounds"] == 2 and r["samples"] >= 2
+        assert r["ceiling_gflops"] == pytest.approx(float(np.median(probes)))
+        assert r["frac_ceiling"] == pytest.approx(r["gflops"] / r["ceiling_gflops"])
         ratio = r["ratio_vs_rnnfast"]
         assert ratio == pytest.approx(r["median_s"] / recs[("rnnfast", mode)]["median_s"])
     # the two peers computed the same h and gradients (checksums: norm and a projection)
@@ -55,6 +63,25 @@ def test_smoke_run_writes_consistent_results(tmp_path):
         assert a[k] == pytest.approx(b[k], rel=1e-3, abs=1e-6)
     # peak memory was measured in fresh processes for both peers
     assert {m["peer"] for m in data["memory"]} == {"rnnfast", "numpy"}
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("peers_bench", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_pool_samples_pools_the_rounds():
+    bench = _load_script()
+    a = {"times": [3.0, 1.0], "cpus": [3.0, 1.0], "number": 2}
+    b = {"times": [2.0, 10.0, 4.0], "cpus": [1.0, 5.0, 2.0], "number": 1}
+    out = bench.pool_samples([a, b])
+    assert out["samples"] == 5 and out["rounds"] == 2 and out["number"] == 2
+    assert out["median_s"] == 3.0 and out["min_s"] == 1.0 and out["max_s"] == 10.0
+    assert (out["q1_s"], out["q3_s"]) == (2.0, 4.0)
+    assert out["cpu_median_s"] == 2.0
+    assert out["cpu_util"] == pytest.approx(12.0 / 20.0)
 
 
 def test_check_validates_numpy_reference():
