@@ -264,6 +264,15 @@ PYBIND11_MODULE(_core, m) {
       py::arg("num_threads"), py::arg("schedule"));
   m.def("empty", &empty_aligned, py::arg("shape"), py::arg("dtype"),
         "Uninitialised C-contiguous array whose data start on a 64-byte boundary");
+  m.def(
+      "empty_many",
+      [](const std::vector<std::vector<py::ssize_t>>& shapes, const py::dtype& dtype) {
+        py::list out;
+        for (const auto& shape : shapes) out.append(empty_aligned(shape, dtype));
+        return out;
+      },
+      py::arg("shapes"), py::arg("dtype"),
+      "empty() for several shapes in one call (a backward call's six outputs)");
   m.def("release_memory", []() { return OutputPool::instance().release(); },
         "Free the memory kept from dropped output arrays; returns the bytes released");
   m.def("max_threads", []() { return omp_get_max_threads(); },

@@ -508,6 +508,22 @@ def test_workspace_reuses_memory_and_gives_the_same_results():
     assert results[2] == results[0]  # same memory, nothing new held
 
 
+@pytest.mark.parametrize("with_workspace", [False, True])
+def test_outputs_are_aligned_writable_and_shaped(with_workspace):
+    # Outputs start on 64-byte boundaries (results must not depend on where they lie).
+    T, B, I, H = 5, 3, 4, 7
+    p, dh = make((T, B, I, H), dtype=np.float32)
+    ws = rnnfast.Workspace() if with_workspace else None
+    fwd = rnnfast.forward(p["u"], p["W_in"], p["W_rec"], p["b"], p["h0"], workspace=ws)
+    g = rnnfast.backward(fwd, dh, omega=True, workspace=ws)
+    shapes = {"W_in": (H, I), "W_rec": (H, H), "b": (H,), "h0": (B, H), "u": (T, B, I),
+              "dx": (T, B, H), "omega_grad": (H, H)}
+    for name, a in [("h", fwd.h)] + [(k, getattr(g, k)) for k in shapes]:
+        assert a.__array_interface__["data"][0] % 64 == 0, name
+        assert a.dtype == np.float32 and a.flags.c_contiguous and a.flags.writeable, name
+        assert a.shape == shapes.get(name, (T, B, H)), name
+
+
 def test_freed_outputs_are_reused_but_never_while_alive():
     # Without a workspace, the memory of dropped output arrays is kept for the next call of
     # the same size; arrays still referenced (here f1.h, and a view of g1.dx) are never reused.
