@@ -120,7 +120,7 @@ def _empty(shape, dtype, workspace: "Workspace | None" = None, name: str = "") -
 
 def _empty_all(specs, dtype, workspace: "Workspace | None" = None) -> list:
     """:func:`_empty` for several ``(name, shape)`` at once: one call into the kernels' module
-    (six separate calls were ~15% of a small backward call)."""
+    (six separate calls took 8-15% of a ~40 µs backward call)."""
     if workspace is not None:
         return [workspace._array(name, shape, dtype) for name, shape in specs]
     return _core.empty_many([shape for _, shape in specs], dtype)
