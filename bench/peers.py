@@ -729,6 +729,11 @@ def memory_main(peer_name: str, size: list, dtype: str) -> int:
 
 def _worker_env(peer: str, threads: int, keep_openblas_env: bool) -> dict:
     env = dict(os.environ)
+    if peer != "numpy":
+        # NumPy's BLAS only computes these workers' inputs and checksums: on one thread, since
+        # OpenBLAS's idle threads spin for ~0.1 s after every call (measured: 110 ms of CPU
+        # after each case), which a peer measured next would share the cores with.
+        env["OPENBLAS_NUM_THREADS"] = "1"
     if peer == "numpy" and not keep_openblas_env:
         for k in OPENBLAS_VARS:
             env.pop(k, None)
@@ -1075,6 +1080,7 @@ def run_benchmark(args, log) -> dict:
                     for mode in MODES:
                         m = pool_samples([x["result"][mode] for x in rs])
                         del m["times"], m["cpus"]
+                        m["round_medians_s"] = [x["result"][mode]["median_s"] for x in rs]
                         gf = flops(T, B, I, H, mode) / m["median_s"] / 1e9
                         results.append({
                             "peer": peer, "size": name, "T": T, "B": B, "I": I, "H": H,
