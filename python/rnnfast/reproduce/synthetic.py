@@ -177,8 +177,8 @@ class SweepSettings:
 
 
 #: The default sweep: 81 runs (lengths 10, 20, 40; 3 seeds; 20,000 updates per run).
-#: Measured: 5 min 25 s with 2 workers on 2 idle cores (0.72 ms per update on average,
-#: 898,500 updates); SGD-CR solves every tanh run at length 40, SGD none.
+#: Measured: 5 min 05 s with 2 workers on 2 cores (0.69 ms per update on average,
+#: 883,750 updates); SGD-CR solves every tanh run at length 40, SGD none.
 DEFAULT = SweepSettings()
 
 #: The paper's Figure-7 settings.
