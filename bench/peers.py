@@ -28,10 +28,12 @@ rounds (default 3): a ceiling probe, then every peer in turn (the order rotated 
 round), each with its share of the repeats and time budget (warm-ups in the first round only;
 the worker keeps the case's inputs); a peer's samples of all rounds are pooled into one median.
 Why: on a shared virtual machine the speed of vector code drifts for seconds at a time by up
-to ~1.5× (measured on the 2-core EPYC this was written on: the (125,20,6,50) forward took
-265 µs for seconds, then 400-450 µs, while a scalar add chain ran at the same 3.0 GHz: the
-other tenant of the physical core, not the clock). Timed one after the other, two peers or a
-peer and the ceiling can land in different stretches; in rounds they share them. Thread counts are set explicitly for every library before every measurement:
+to ~1.6× (measured on the 2-core EPYC this was written on: the (125,20,6,50) forward took
+265 µs for seconds, then 400-470 µs, while L1 load throughput fell from 1.33 to 0.83 loads
+per cycle and FMA throughput and a scalar add chain's 3.0 GHz stayed: another tenant of the
+core's caches, not the clock). Timed one after the other, two peers or a peer and the ceiling
+can land in different stretches; in rounds they share them.
+Thread counts are set explicitly for every library before every measurement:
 rnnfast ``num_threads=``, ``torch.set_num_threads``, threadpoolctl for NumPy's BLAS. JAX/XLA
 cannot change its thread pool after import and ignores the classic
 ``--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1`` flags in current versions,
@@ -976,8 +978,8 @@ def run_benchmark(args, log) -> dict:
             "python": platform.python_version(), "cpu": _cpu_info(),
             "flops": "forward 2*T*B*H*(H+I); fwd+BPTT 3x forward",
             "omp_env": {k: v for k, v in os.environ.items() if k.startswith(("OMP_", "GOMP_"))},
-            "pin_all": args.pin, "repeats": args.repeats, "rounds": args.rounds, "budget_s": args.budget,
-            "warmup": args.warmup, "max_foreign": args.max_foreign,
+            "pin_all": args.pin, "repeats": args.repeats, "rounds": args.rounds,
+            "budget_s": args.budget, "warmup": args.warmup, "max_foreign": args.max_foreign,
             "niceness": os.getpriority(os.PRIO_PROCESS, 0), "git": _git_describe()}
     removed = {k: os.environ[k] for k in OPENBLAS_VARS if k in os.environ}
     if args.keep_openblas_env:
@@ -1187,7 +1189,8 @@ def format_tables(data: dict) -> str:
         lines.append(f"NumPy BLAS: {b.get('internal_api')} {b.get('version')}, core "
                      f"{b.get('architecture')}  ")
     lines += ["", ("Cells: median ms (q1–q3), % of the GEMM ceiling at the same threads and "
-                   f"dtype (re-measured in the case's rounds), and ×{ref} = time ÷ {ref}'s time (above 1: {ref} faster). FLOPs: "
+                   f"dtype (re-measured in the case's rounds), and ×{ref} = time ÷ {ref}'s time "
+                   f"(above 1: {ref} faster). FLOPs: "
                    "forward 2·T·B·H·(H+I), fwd+BPTT 3× that. * = other processes used more "
                    f"than {meta['max_foreign']} CPUs during that measurement (after retries)."),
               ""]
