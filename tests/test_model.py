@@ -213,6 +213,23 @@ def test_omega_off_changes_nothing():
 
 
 # --------------------------------------------------------------- save / load
+def test_atomic_text_and_json_writers(tmp_path):
+    import json
+
+    from rnnfast.model import atomic_write_json, atomic_write_text
+
+    path = tmp_path / "sub" / "a.json"  # the folder is created
+    doc = {"x": np.float32(1.5), "nan": float("nan"), "inf": np.inf, "v": np.arange(3)}
+    assert atomic_write_json(path, doc) == str(path)
+    text = path.read_text()
+    assert text.endswith("\n")
+    assert json.loads(text) == {"x": 1.5, "nan": None, "inf": "inf", "v": [0, 1, 2]}
+    assert atomic_write_text(path, "über\n") == str(path)  # replaces, UTF-8
+    assert path.read_bytes() == "über\n".encode("utf-8")
+    assert os.listdir(path.parent) == ["a.json"]
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~rnnfast.model._UMASK
+
+
 def test_save_load_round_trip(tmp_path):
     m = model("sigmoid_bce", "all", h0="learned", dtype=np.float32)
     path = tmp_path / "m.npz"

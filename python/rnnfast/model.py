@@ -35,7 +35,8 @@ from . import init as _init
 from . import losses as _losses
 from .core import ACTIVATIONS
 
-__all__ = ["RNNModel", "LossAndGrad", "CheckpointError", "atomic_write", "read_npz"]
+__all__ = ["RNNModel", "LossAndGrad", "CheckpointError", "atomic_write", "atomic_write_text",
+           "atomic_write_json", "read_npz"]
 
 H0_POLICIES = ("zeros", "learned")
 _MODEL_FORMAT = "rnnfast.RNNModel"
@@ -96,6 +97,19 @@ def atomic_write(path, write):
             os.close(dfd)
     except OSError:
         pass
+
+
+def atomic_write_text(path, text: str) -> str:
+    """:func:`atomic_write` of ``text`` as UTF-8; returns the path."""
+    path = os.fspath(path)
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+    return path
+
+
+def atomic_write_json(path, obj) -> str:
+    """:func:`atomic_write_text` of ``json_safe(obj)`` as indented strict JSON; returns the
+    path."""
+    return atomic_write_text(path, json.dumps(json_safe(obj), indent=1, allow_nan=False) + "\n")
 
 
 def json_safe(x):

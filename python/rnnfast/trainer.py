@@ -44,7 +44,7 @@ from . import clipping as _clipping
 from . import core as _core
 from . import init as _init
 from . import optim as _optim
-from .model import CheckpointError, RNNModel, atomic_write, json_safe, read_npz, write_npz
+from .model import CheckpointError, RNNModel, atomic_write_text, json_safe, read_npz, write_npz
 
 __all__ = ["Trainer", "TrainResult", "History"]
 
@@ -584,8 +584,7 @@ class Trainer:
             "validation": self.validations,
             "summary": self.summary(),
         }
-        text = json.dumps(json_safe(doc), allow_nan=False)
-        atomic_write(prefix + ".json", lambda f: f.write(text.encode()))
+        atomic_write_text(prefix + ".json", json.dumps(json_safe(doc), allow_nan=False))
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         names = list(_COLUMNS)
@@ -593,7 +592,7 @@ class Trainer:
         arrays = [cols[k] for k in names]
         for i in range(len(self.history)):
             w.writerow([_fmt(a[i]) for a in arrays])
-        atomic_write(prefix + ".csv", lambda f: f.write(buf.getvalue().encode()))
+        atomic_write_text(prefix + ".csv", buf.getvalue())
 
     def summary(self):
         """Small dict describing the run so far."""

@@ -238,7 +238,7 @@ def build(args):
 
 def run(args):
     """Entry point of ``rnnfast train`` (argparse ``func``)."""
-    from ..model import atomic_write
+    from ..model import atomic_write_text
 
     if args.nesterov and args.momentum == 0:
         raise SystemExit("rnnfast train: --nesterov needs --momentum > 0")
@@ -266,8 +266,8 @@ def run(args):
             if not args.quiet:
                 print(f"resumed at update {trainer.update}", flush=True)
         else:
-            text = json.dumps(_config_of(args), indent=2, sort_keys=True)
-            atomic_write(os.path.join(args.out, "config.json"), lambda f: f.write(text.encode()))
+            atomic_write_text(os.path.join(args.out, "config.json"),
+                              json.dumps(_config_of(args), indent=2, sort_keys=True))
     limit = None if args.time_limit is None else 60.0 * args.time_limit
     result = trainer.run(args.max_updates, time_limit=limit)
     if args.out:

@@ -76,7 +76,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import os
 import sys
@@ -92,7 +91,8 @@ from .. import optim as _optim
 from ..data import metrics as _metrics
 from ..data.music import MusicBatches, load_music, music_path
 from ..data.ptb import CharStream, load_ptb_chars
-from ..model import CheckpointError, RNNModel, atomic_write, json_safe, read_npz, write_npz
+from ..model import (CheckpointError, RNNModel, atomic_write_json, atomic_write_text, json_safe,
+                     read_npz, write_npz)
 from ..trainer import History, Trainer
 from ..commands.argtypes import (nonneg_float as _nonneg_float, nonneg_int as _nonneg_int,
                                  positive_float as _positive_float, positive_int as _positive_int)
@@ -937,10 +937,8 @@ class NaturalRun:
     def _write_results(self, results):
         if self.out is None:
             return
-        text = json.dumps(json_safe(results), indent=1, allow_nan=False)
-        atomic_write(self._path("results.json"), lambda f: f.write(text.encode()))
-        table = format_table(results)
-        atomic_write(self._path("table.md"), lambda f: f.write(table.encode()))
+        atomic_write_json(self._path("results.json"), results)
+        atomic_write_text(self._path("table.md"), format_table(results))
 
     def _save_model(self):
         if self.out is None:
@@ -992,8 +990,7 @@ class NaturalRun:
         write_npz(path, arrays, json_safe(meta))
         if self.out is not None:
             tr.save_history(self._path("history"))
-            text = json.dumps(json_safe(self.records), indent=1, allow_nan=False)
-            atomic_write(self._path("epochs.json"), lambda f: f.write(text.encode()))
+            atomic_write_json(self._path("epochs.json"), self.records)
 
     def load_checkpoint(self, path=None):
         """Restore a state written by :meth:`save_checkpoint` (same config required).
@@ -1265,8 +1262,7 @@ def run_from_args(args):
         run.load_checkpoint(ckpt)
         if log:
             log(f"resumed at epoch {run.epoch}, batch {run.batch_in_epoch}, update {run.updates}")
-    text = json.dumps(json_safe(cfg.to_dict()), indent=1)
-    atomic_write(os.path.join(out, "config.json"), lambda f: f.write(text.encode()))
+    atomic_write_json(os.path.join(out, "config.json"), cfg.to_dict())
     outcome = run.run(budget=None if args.budget is None else args.budget * 60.0)
     print(format_table(outcome.results))
     return 0

@@ -37,12 +37,11 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Mapping, Optional
 
-from ..model import atomic_write, json_safe
+from ..model import atomic_write_json, json_safe
 
 __all__ = [
     "canonical_json",
     "config_hash",
-    "atomic_write_text",
     "json_safe",
     "ResultStore",
     "SweepProgress",
@@ -96,28 +95,6 @@ def config_hash(config: Mapping) -> str:
     Python versions.
     """
     return hashlib.sha256(canonical_json(config).encode("ascii")).hexdigest()[:HASH_CHARS]
-
-
-# --------------------------------------------------------------------------- #
-# atomic files
-# --------------------------------------------------------------------------- #
-def atomic_write_text(path, text: str) -> str:
-    """Write ``text`` (UTF-8) to ``path`` atomically and return the path.
-
-    The content goes to a temporary file in the same folder (created if
-    needed), is flushed and fsync'ed, then moved over ``path`` with
-    ``os.replace``: readers see the old file or the new one, never a part
-    (:func:`rnnfast.model.atomic_write`, which also gives the file the usual
-    permissions of a new file).
-    """
-    path = os.fspath(path)
-    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
-    return path
-
-
-def atomic_write_json(path, obj) -> str:
-    """:func:`atomic_write_text` of ``json_safe(obj)`` as indented strict JSON."""
-    return atomic_write_text(path, json.dumps(json_safe(obj), indent=1, allow_nan=False) + "\n")
 
 
 # --------------------------------------------------------------------------- #

@@ -48,8 +48,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .sweep import (ResultStore, SweepProgress, atomic_write_json, atomic_write_text,
-                    config_hash, format_duration, json_safe, run_sweep)
+from ..model import atomic_write_json, atomic_write_text, json_safe
+from .sweep import ResultStore, SweepProgress, config_hash, format_duration, run_sweep
 
 __all__ = [
     "METHODS",
