@@ -1030,12 +1030,15 @@ def run_benchmark(args, log) -> dict:
     rounds = args.rounds
     per_round = {"warmup": args.warmup, "repeats": max(1, math.ceil(args.repeats / rounds)),
                  "budget": args.budget / rounds, "min_repeats": max(1, math.ceil(5 / rounds))}
+
+    def others_of(w):  # the workers that must stay quiet while w measures
+        return [x for x in workers.values() if x is not w]
+
     for n in threads_list:
         for dt in dtypes:
             nw = workers.get(("numpy", n))
             if nw is None:
                 raise SystemExit("the NumPy worker (GEMM ceiling) failed to start")
-            others_of = (lambda w: [x for x in workers.values() if x is not w])
             r = _measure_case(nw, {"cmd": "ceiling", "dtype": dt, "ns": list(args.ceiling_n),
                                    "budget": args.budget * 2}, args, others_of(nw), log)
             if not r.get("ok"):

@@ -25,9 +25,10 @@
 // in the backward step, a_{t+1} W_rec and ∂E/∂u_{t+1} = a_{t+1} W_in (when W_rec streams from
 // memory, the W_in products run as one blocked pass before/after the time loop instead). The
 // weight gradients are single products over all T·B rows after the sweep (gemm_tn): one for
-// Σ_t a_tᵀ [h_{t-1} | u_t] (∂E/∂W_rec and ∂E/∂W_in together), and Ω's. Ω's W_rec gradient uses Σ c a_tᵀ v_t = (Σ c a_tᵀ a_t) W_rec:
-// a symmetric product (half the work of a general one) and no stored v_t; when 2H > T·B, the
-// v_t of the sweep are stored and Σ c a_tᵀ v_t is one product (cheaper than the H³ term).
+// Σ_t a_tᵀ [h_{t-1} | u_t] (∂E/∂W_rec and ∂E/∂W_in together), and Ω's. Ω's W_rec gradient
+// uses Σ c a_tᵀ v_t = (Σ c a_tᵀ a_t) W_rec: a symmetric product (half the work of a general
+// one) and no stored v_t; when 2H > T·B, the v_t of the sweep are stored and Σ c a_tᵀ v_t is
+// one product (cheaper than the H³ term).
 #pragma once
 
 #include <omp.h>
