@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version as _version
 
-from . import _core
+from . import _aliases, _core
 from .core import (
     ACTIVATIONS,
+    OMEGA_BOUND,
     ForwardResult,
     Gradients,
     Workspace,
@@ -35,6 +36,9 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
 
 
+_aliases.install()
+
+
 def build_info() -> dict:
     """How this copy of rnnfast was compiled: compiler, flags, instruction sets, SIMD lanes,
     OpenMP and Eigen versions, and the default thread count."""
@@ -46,6 +50,7 @@ def build_info() -> dict:
 
 __all__ = [
     "ACTIVATIONS",
+    "OMEGA_BOUND",
     "ForwardResult",
     "Gradients",
     "Workspace",

@@ -29,6 +29,7 @@ from . import _core
 
 __all__ = [
     "ACTIVATIONS",
+    "OMEGA_BOUND",
     "ForwardResult",
     "Gradients",
     "Workspace",
@@ -42,6 +43,8 @@ __all__ = [
 
 #: Activation names, in the order the kernels number them.
 ACTIVATIONS = ("tanh", "sigmoid", "relu", "linear")
+#: Ω leaves out the pairs whose ‖∂E/∂h‖² is below this (the authors' guard against 0/0).
+OMEGA_BOUND = 1e-20
 _SCHEDULES = {"auto": 0, "serial": 1, "batch": 2, "hidden": 3}
 
 _default_threads: int | None = None
@@ -304,7 +307,7 @@ def forward(u, W_in, W_rec, b, h0=None, *, activation: str = "tanh", keep_x: boo
 
 
 def backward(fwd: ForwardResult, dh=None, *, dh_last=None, omega: bool = False,
-             omega_bound: float = 1e-20, profile: bool = False, num_threads: int | None = None,
+             omega_bound: float = OMEGA_BOUND, profile: bool = False, num_threads: int | None = None,
              workspace: Workspace | None = None, _schedule: str = "auto") -> Gradients:
     """Backpropagation through time for the network of ``fwd``.
 

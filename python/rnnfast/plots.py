@@ -14,7 +14,7 @@ Main entry points:
   radius of a saved training history;
 * :func:`write_figures` — all of the above into a folder (used by ``rnnfast figures``).
 
-Gradient-flow diagnostics (:mod:`rnnfast.diagnostics`; these need the C++ core):
+Gradient-flow diagnostics (:mod:`rnnfast.analysis.diagnostics`; these need the C++ core):
 
 * :func:`plot_gradient_flow` — ‖∂E/∂h_k‖ over k (log scale) with the bound (γλ₁)^{T−k};
 * :func:`plot_omega_ratios` — the Ω ratios r_k over k against 1;
@@ -38,7 +38,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from . import dynamics
+from .analysis import dynamics
 
 __all__ = [
     "save_figure",
@@ -637,7 +637,7 @@ _CYCLE = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:b
 
 def _as_flow_map(obj, what):
     """label -> object, from one object or a mapping; Diagnostics give their ``what`` part."""
-    from . import diagnostics as _diag
+    from .analysis import diagnostics as _diag
 
     items = dict(obj) if isinstance(obj, Mapping) else {None: obj}
     if not items:
@@ -925,7 +925,7 @@ def plot_spectral_history(history, path=None, *, activation=None, ax=None, title
     ValueError
         If the history logs neither ρ nor λ₁.
     """
-    from . import diagnostics as _diag
+    from .analysis import diagnostics as _diag
 
     if isinstance(history, (str, os.PathLike)):
         history = _read_history_file(history)
@@ -1000,7 +1000,7 @@ def plot_diagnostics(diag, path=None, *, title=None, dpi=120):
     -------
     matplotlib.figure.Figure
     """
-    from . import diagnostics as _diag
+    from .analysis import diagnostics as _diag
 
     if not isinstance(diag, _diag.Diagnostics):
         raise TypeError(f"diag: expected a diagnostics.Diagnostics, got {type(diag).__name__}")
@@ -1072,7 +1072,7 @@ def write_gradient_figures(outdir, *, task="temporal_order", inits=("basic_tanh"
     """Write the gradient-flow figures of freshly initialised models as PNGs.
 
     The models (one per initialisation, ``hidden`` units, all on the same minibatch of
-    ``task`` at ``length`` steps) are diagnosed by :func:`rnnfast.diagnostics.init_comparison`.
+    ``task`` at ``length`` steps) are diagnosed by :func:`rnnfast.analysis.diagnostics.init_comparison`.
     Files written in ``outdir`` (created if needed):
 
     * ``gradient_flow.png`` — the relative profiles ‖∂E/∂h_k‖/‖∂E/∂h_T‖ with their bounds
@@ -1094,7 +1094,7 @@ def write_gradient_figures(outdir, *, task="temporal_order", inits=("basic_tanh"
     dict of str -> str
         Figure name -> path written.
     """
-    from . import diagnostics as _diag
+    from .analysis import diagnostics as _diag
 
     outdir = os.fspath(outdir)
     os.makedirs(outdir, exist_ok=True)

@@ -38,6 +38,8 @@ from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
 import numpy as np
 
+from .nn.batch import Batch
+
 __all__ = [
     "Batch",
     "Task",
@@ -69,27 +71,6 @@ REGRESSION_THRESHOLD: float = 0.04
 DEFAULT_CHUNK_BYTES: int = 64 * 2**20
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-
-
-class Batch(NamedTuple):
-    """One minibatch of a task (time-major).
-
-    Attributes
-    ----------
-    u : np.ndarray
-        ``(T, B, n_in)`` float32/float64 inputs, C-contiguous.
-    targets : np.ndarray
-        ``softmax_ce``: int64 class indices, ``(B,)`` when ``at == "last"``,
-        ``(T, B)`` when ``at == "all"``.  ``linear_mse``: float ``(B, n_out)``
-        (same dtype as ``u``).
-    mask : np.ndarray or None
-        ``(T, B)`` bool, the steps whose cost (and error) counts, or ``None``
-        when every step counts (always ``None`` for ``at == "last"``).
-    """
-
-    u: np.ndarray
-    targets: np.ndarray
-    mask: Optional[np.ndarray]
 
 
 # --------------------------------------------------------------------------- #
@@ -314,7 +295,7 @@ class Task:
         return _check_int(length, "length", self.minimal_length)
 
     def _check_batch(self, batch) -> np.ndarray:
-        if not isinstance(batch, tuple) or len(batch) != 3:
+        if not isinstance(batch, tuple) or len(batch) not in (3, len(Batch._fields)):
             raise TypeError("batch: expected a Batch (u, targets, mask) from generate()")
         u = np.asarray(batch[0])
         if u.ndim != 3 or u.shape[2] != self.n_in:

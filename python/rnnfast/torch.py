@@ -67,7 +67,7 @@ The Ω regularizer (Pascanu et al. 2013, eq. 9-10)
 
 Clipping
     :func:`clip_grad_norm` is the paper's Algorithm 1 on torch parameters with the policies
-    of :mod:`rnnfast.clipping` (non-finite/absurd norms: raise naming the parameter, skip,
+    of :mod:`rnnfast.nn.clipping` (non-finite/absurd norms: raise naming the parameter, skip,
     or the authors' W_rec shrink; an automatic threshold), returning the pre-clip norm and
     whether it clipped.
 """
@@ -85,7 +85,7 @@ from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import PackedSequence
 
 from . import core as _rf
-from .clipping import AutoThreshold, ClipResult, GradientClipper, NONFINITE_POLICIES
+from .nn.clipping import AutoThreshold, ClipResult, GradientClipper, NONFINITE_POLICIES
 
 __all__ = ["RNN", "UnsupportedError", "InputError", "clip_grad_norm"]
 
@@ -621,10 +621,10 @@ def clip_grad_norm(parameters, max_norm: Union[float, AutoThreshold, None], *,
     ``g ← max_norm/‖g‖ · g`` when ``‖g‖ ≥ max_norm`` (no ε, gradients below the threshold
     untouched, ``strict=True`` for the authors' ``>``); the norm accumulated in float64; a
     result saying whether it clipped; the paper's automatic threshold (``max_norm`` an
-    :class:`rnnfast.clipping.AutoThreshold` kept across steps); and the non-finite policies
-    of :class:`rnnfast.clipping.GradientClipper`, whose semantics it reuses:
+    :class:`rnnfast.nn.clipping.AutoThreshold` kept across steps); and the non-finite policies
+    of :class:`rnnfast.nn.clipping.GradientClipper`, whose semantics it reuses:
 
-    ``"raise"``  :class:`rnnfast.clipping.NonFiniteGradientError` naming the parameter (the
+    ``"raise"``  :class:`rnnfast.nn.clipping.NonFiniteGradientError` naming the parameter (the
                  first with a non-finite gradient, else the one with the largest norm);
     ``"skip"``   zero every gradient, ``action="skipped"``: do not call ``optimizer.step()``
                  (momentum would still move);
@@ -657,7 +657,7 @@ def clip_grad_norm(parameters, max_norm: Union[float, AutoThreshold, None], *,
 
     Returns
     -------
-    rnnfast.clipping.ClipResult
+    rnnfast.nn.clipping.ClipResult
         ``norm`` (the total norm BEFORE clipping, a float), ``clipped``, ``scale``,
         ``threshold``, ``action`` ("ok", "clipped", "skipped", "shrunk").
 
@@ -675,7 +675,7 @@ def clip_grad_norm(parameters, max_norm: Union[float, AutoThreshold, None], *,
     if isinstance(max_norm, str):
         raise ValueError(
             f"max_norm={max_norm!r}: for the automatic threshold create "
-            "rnnfast.clipping.AutoThreshold() once and pass that object at every step"
+            "rnnfast.nn.clipping.AutoThreshold() once and pass that object at every step"
         )
     named = _named(parameters)
     if recurrent is None:

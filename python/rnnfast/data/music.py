@@ -30,6 +30,8 @@ from typing import Iterator, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
+from ..nn.batch import Batch
+
 __all__ = [
     "N_KEYS", "LOWEST_NOTE", "HIGHEST_NOTE", "SPLITS", "MUSIC_FILES",
     "UnsafePickleError", "RestrictedUnpickler", "restricted_loads",
@@ -404,29 +406,10 @@ def music_path(data_dir: PathLike, dataset: str, fmt: str = "pickle") -> Path:
 
 
 # --------------------------------------------------------------------------- batches
-class MusicBatch(NamedTuple):
-    """One padded minibatch of next-step prediction examples.
-
-    Attributes
-    ----------
-    u : ndarray, shape (T, B, 88)
-        Inputs: the previous time step's piano roll (all zeros before a piece's first step
-        when ``predict_first``), zero on padding.
-    targets : ndarray, shape (T, B, 88)
-        The piano roll to predict at each step (same float dtype as ``u``), zero on padding.
-    mask : ndarray of bool, shape (T, B)
-        True on real steps, False on padding. Real steps of a column are a prefix.
-    pieces : ndarray of int64, shape (B,)
-        Index of the piece (in the split) each column comes from.
-    starts : ndarray of int64, shape (B,)
-        Index, in the piece, of the time step targeted at row 0 of the column.
-    """
-
-    u: np.ndarray
-    targets: np.ndarray
-    mask: np.ndarray
-    pieces: np.ndarray
-    starts: np.ndarray
+#: Deprecated alias: music batches are :class:`rnnfast.nn.batch.Batch` es whose ``origin`` is
+#: ``{"pieces": (B,) piece index in the split, "starts": (B,) step of the piece targeted at
+#: row 0}``.
+MusicBatch = Batch
 
 
 class MusicBatches:
@@ -536,7 +519,7 @@ class MusicBatches:
         full, rest = divmod(self.n_examples, self.batch_size)
         return full + (1 if rest and not self.drop_last else 0)
 
-    def __iter__(self) -> Iterator[MusicBatch]:
+    def __iter__(self) -> Iterator[Batch]:
         order = (self.rng.permutation(self.n_examples) if self.rng is not None
                  else np.arange(self.n_examples))
         off = 1 if self.predict_first else 0
@@ -558,4 +541,5 @@ class MusicBatches:
                 else:
                     u[:n, col] = roll[a:a + n]
             mask = np.arange(T)[:, None] < lens[None, :]
-            yield MusicBatch(u, y, mask, self._piece[idx].copy(), self._start[idx].copy())
+            yield Batch(u, y, mask, True, {"pieces": self._piece[idx].copy(),
+                                          "starts": self._start[idx].copy()})

@@ -20,6 +20,8 @@ from typing import Iterator, NamedTuple, Union
 
 import numpy as np
 
+from ..nn.batch import Batch
+
 __all__ = ["EOL", "PTB_VOCAB_SIZE", "CharVocab", "PTBChars", "CharBatch", "CharStream",
            "load_ptb_chars", "read_char_file", "ptb_paths"]
 
@@ -179,29 +181,10 @@ def ptb_paths(data_dir: PathLike, prefix: str = "ptb.char") -> dict:
 
 
 # --------------------------------------------------------------------------- streams
-class CharBatch(NamedTuple):
-    """One truncated-BPTT segment of ``B`` parallel character streams.
-
-    Attributes
-    ----------
-    u : ndarray, shape (T, B, V) float one-hot, or (T, B) int64 indices
-        Input symbols (``V`` = vocabulary size).
-    targets : ndarray of int64, shape (T, B)
-        Symbol to predict at each step: the one ``ahead`` positions after the input.
-    mask : None
-        Every step counts (kept for symmetry with other batch types).
-    reset : bool
-        True for the first segment of an epoch: start from a zero state. False: start
-        from the final state of the previous segment (``fwd.h_last``), column by column.
-    start : int
-        Position, within each stream, of row 0 of this segment.
-    """
-
-    u: np.ndarray
-    targets: np.ndarray
-    mask: None
-    reset: bool
-    start: int
+#: Deprecated alias: character segments are :class:`rnnfast.nn.batch.Batch` es (``reset``
+#: True for the first segment of a pass; ``origin`` ``{"start": position of row 0 in each
+#: stream}``).
+CharBatch = Batch
 
 
 class CharStream:
@@ -294,13 +277,13 @@ class CharStream:
         full, rest = divmod(self.stream_length, self.seq_len)
         return full + (1 if rest and not self.drop_last else 0)
 
-    def __iter__(self) -> Iterator[CharBatch]:
+    def __iter__(self) -> Iterator[Batch]:
         eye = np.eye(self.n_symbols, dtype=self.dtype) if self.one_hot else None
         for j in range(len(self)):
             a = j * self.seq_len
             x = np.ascontiguousarray(self._x[:, a:a + self.seq_len].T)
             y = np.ascontiguousarray(self._y[:, a:a + self.seq_len].T)
-            yield CharBatch(eye[x] if self.one_hot else x, y, None, j == 0, a)
+            yield Batch(eye[x] if self.one_hot else x, y, None, j == 0, {"start": a})
 
 
 # --------------------------------------------------------------------------- data set

@@ -1,15 +1,15 @@
 """Reproductions of the paper's experiments.
 
-* :mod:`rnnfast.reproduce.sweep` — configuration hashing, an atomic per-run
+* :mod:`rnnfast.experiments.sweep` — configuration hashing, an atomic per-run
   result store and :func:`run_sweep`, which runs configurations on any
   :class:`concurrent.futures.Executor` (by default a local spawn process pool)
   and resumes interrupted sweeps;
-* :mod:`rnnfast.reproduce.synthetic` — the synthetic-task sweep of Figure 7
+* :mod:`rnnfast.experiments.synthetic` — the synthetic-task sweep of Figure 7
   (SGD / SGD-C / SGD-CR x initialisations x lengths x seeds) and the
   generalisation test.
 
 The command line is ``rnnfast reproduce synthetic|generalization``
-(:mod:`rnnfast.commands.reproduce`).
+(:mod:`rnnfast.cli.reproduce`).
 """
 
 from .sweep import (ResultStore, SweepProgress, SweepResult, config_hash, local_executor,

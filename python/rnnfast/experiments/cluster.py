@@ -1,6 +1,6 @@
 """Running sweeps on a Dask distributed cluster.
 
-:func:`rnnfast.reproduce.sweep.run_sweep` takes any
+:func:`rnnfast.experiments.sweep.run_sweep` takes any
 :class:`concurrent.futures.Executor`.  This module builds one that runs on a
 Dask cluster (``pip install 'rnnfast[dask]'``): :func:`connect` turns
 ``--scheduler tcp://host:port`` (or the environment variable
@@ -35,7 +35,7 @@ What the adapter adds to Dask's plain ``Client.get_executor()``:
 
 Worker settings: one run per worker thread, and the core limited to the
 sweep's ``threads`` (1 by default) OpenMP threads in each run by
-:func:`rnnfast.reproduce.sweep.run_in_worker`; Dask's nanny also starts worker
+:func:`rnnfast.experiments.sweep.run_in_worker`; Dask's nanny also starts worker
 processes with ``OMP_NUM_THREADS=1``.  Start workers with ``--nthreads 1`` and
 one worker process per core (``--nworkers N``): the trainer's Python parts hold
 the GIL, so runs in threads of one process slow each other down.
@@ -343,7 +343,7 @@ class DaskExecutor(cf.Executor):
             n = 0
         return max(1, n)
 
-    #: Alias read by :func:`rnnfast.reproduce.sweep.run_sweep` for its ETA.
+    #: Alias read by :func:`rnnfast.experiments.sweep.run_sweep` for its ETA.
     _max_workers = max_workers
 
     @property

@@ -43,6 +43,7 @@ __all__ = [
     "StepDecay",
     "InverseTime",
     "HalveOnRise",
+    "EpochInverse",
     "make_schedule",
     "as_schedule",
 ]
@@ -146,6 +147,9 @@ class Schedule:
     def observe(self, metric):
         """React to a validation metric (lower is better); default: nothing."""
 
+    def set_epoch(self, epoch):
+        """Called by the engine when epoch ``epoch`` (1-based) starts; default: nothing."""
+
     def state_dict(self):
         return {}
 
@@ -238,6 +242,44 @@ class HalveOnRise(Schedule):
 
     def __repr__(self):
         return f"HalveOnRise({self.value}, factor={self.factor})"
+
+
+class EpochInverse(Schedule):
+    """Ω weight decaying per epoch: ``α_e = value / (2 e)`` in epoch ``e = 1, 2, ...``.
+
+    Our reading of the paper's "1/(2t) style" schedule for the natural tasks (t the
+    epoch). The engine calls :meth:`set_epoch` at the start of every epoch; the update
+    index passed to ``__call__`` is ignored.
+
+    Parameters
+    ----------
+    value : float
+        α₀ (≥ 0).
+    """
+
+    def __init__(self, value):
+        self.value = float(value)
+        if not (math.isfinite(self.value) and self.value >= 0):
+            raise ValueError(f"value: expected a number >= 0, got {value!r}")
+        self.epoch = 1
+
+    def set_epoch(self, epoch):
+        """Set the 1-based epoch whose weight ``__call__`` returns."""
+        if int(epoch) < 1:
+            raise ValueError(f"epoch: expected >= 1, got {epoch!r}")
+        self.epoch = int(epoch)
+
+    def __call__(self, t):
+        return self.value / (2.0 * self.epoch)
+
+    def state_dict(self):
+        return {"epoch": self.epoch}
+
+    def load_state_dict(self, state):
+        self.epoch = int(state["epoch"])
+
+    def __repr__(self):
+        return f"EpochInverse({self.value})"
 
 
 def make_schedule(spec, value):

@@ -71,8 +71,9 @@ def _model_diagnostics(path, args):
     """Diagnostics of a saved model on a fresh minibatch of ``args.task``."""
     import numpy as np
 
-    from .. import diagnostics, tasks
-    from ..model import RNNModel
+    from .. import tasks
+    from ..analysis import diagnostics
+    from ..nn.model import RNNModel
 
     model = RNNModel.load(path)
     task = tasks.get_task(args.task)

@@ -1,4 +1,4 @@
-"""The ``rnnfast`` command line: one subcommand per module in :mod:`rnnfast.commands`."""
+"""The ``rnnfast`` command line: one subcommand per module in :mod:`rnnfast.cli`."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import argparse
 import importlib
 import sys
 
-#: Modules of rnnfast.commands; each exposes ``register(subparsers)``.
+#: Modules of rnnfast.cli; each exposes ``register(subparsers)``.
 COMMANDS = ("train", "reproduce", "figures")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .. import __version__
 
     parser = argparse.ArgumentParser(
         prog="rnnfast",
@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"rnnfast {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
-        importlib.import_module(f"rnnfast.commands.{name}").register(sub)
+        importlib.import_module(f"rnnfast.cli.{name}").register(sub)
     return parser
 
 

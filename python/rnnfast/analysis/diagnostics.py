@@ -1,7 +1,7 @@
 """Gradient-flow diagnostics: the analytical picture of Pascanu, Mikolov & Bengio (2013, §2.1).
 
 How the error signal travels back through time in a vanilla RNN, measured on a model
-(:class:`rnnfast.model.RNNModel`) and a minibatch. Conventions (those of :mod:`rnnfast.core`)::
+(:class:`rnnfast.nn.model.RNNModel`) and a minibatch. Conventions (those of :mod:`rnnfast.core`)::
 
     x_t = W_rec h_{t-1} + W_in u_t + b,   h_t = σ(x_t),   t = 1..T,   h_0 the initial state
 
@@ -71,10 +71,11 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-import rnnfast as _rnnfast  # attributes looked up at call time
+from .. import core as _rnnfast
 
-from . import init as _init
-from . import losses as _losses
+from ..nn import activations as _act
+from ..nn import init as _init
+from ..nn import losses as _losses
 
 __all__ = [
     "GAMMA",
@@ -93,17 +94,8 @@ __all__ = [
 ]
 
 #: Upper bound γ of |σ'| for each activation.
-GAMMA = {"tanh": 1.0, "sigmoid": 0.25, "relu": 1.0, "linear": 1.0}
-
-
-def gamma(activation: str) -> float:
-    """γ = max |σ'(x)| for ``activation`` (tanh 1, sigmoid 1/4, relu 1, linear 1)."""
-    if activation not in GAMMA:
-        raise ValueError(f"activation: expected one of {tuple(GAMMA)}, got {activation!r}")
-    return GAMMA[activation]
-
-
-# ----------------------------------------------------------------------------- spectra
+GAMMA = _act.GAMMA
+gamma = _act.gamma
 
 
 class SpectralReport(NamedTuple):
@@ -209,10 +201,10 @@ def spectral_trajectory(W_recs, activation: str = "tanh"):
 
 
 def _check_model(model):
-    from .model import RNNModel
+    from ..nn.model import RNNModel
 
     if not isinstance(model, RNNModel):
-        raise TypeError(f"model: expected an rnnfast.model.RNNModel, got {type(model).__name__}")
+        raise TypeError(f"model: expected an rnnfast.nn.model.RNNModel, got {type(model).__name__}")
 
 
 def _inputs(model, u):
@@ -222,17 +214,6 @@ def _inputs(model, u):
     if not (np.issubdtype(u.dtype, np.number) or u.dtype == bool):
         raise TypeError(f"u: expected a numeric array, got dtype {u.dtype}")
     return np.ascontiguousarray(u, dtype=model.dtype)
-
-
-def _sigma_prime(h, activation):
-    """σ'(x) from h = σ(x), same shape as h (T, B, H)."""
-    if activation == "tanh":
-        return 1.0 - h * h
-    if activation == "sigmoid":
-        return h * (1.0 - h)
-    if activation == "relu":
-        return (h > 0).astype(h.dtype)
-    return np.ones_like(h)
 
 
 def _row_norm(a):
@@ -402,7 +383,7 @@ def gradient_flow(model, u, targets, mask=None, *, h0=None, omega_bound: float =
         ratio = np.where(dh_norm > 0, _row_norm(v) / dh_norm, np.nan)
         ratio_x = np.full((T, B), np.nan)
         if T > 1:
-            vx = v[1:] * _sigma_prime(fwd.h[:-1], model.activation)
+            vx = v[1:] * _act.derivative_from_output(fwd.h[:-1], model.activation)
             ratio_x[1:] = np.where(dx_norm[1:] > 0, _row_norm(vx) / dx_norm[1:], np.nan)
     omega_valid = dh_norm ** 2 >= bound
     vectors = None
@@ -680,7 +661,7 @@ def init_comparison(task="temporal_order", *, inits=("basic_tanh", "smart_tanh",
     task : str or Task
         A registry name (:func:`rnnfast.tasks.get_task`) or a task object.
     inits : sequence of str
-        Initialisation schemes (:mod:`rnnfast.init`).
+        Initialisation schemes (:mod:`rnnfast.nn.init`).
     length, batch, hidden : int
         T, B and H.
     seed : int
@@ -694,8 +675,8 @@ def init_comparison(task="temporal_order", *, inits=("basic_tanh", "smart_tanh",
     -------
     dict init name -> Diagnostics
     """
-    from . import tasks as _tasks
-    from .model import RNNModel
+    from .. import tasks as _tasks
+    from ..nn.model import RNNModel
 
     t = _tasks.get_task(task) if isinstance(task, str) else task
     length, batch, hidden = int(length), int(batch), int(hidden)

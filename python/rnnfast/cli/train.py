@@ -7,7 +7,7 @@ units, lr 0.01 without momentum, minibatch 20, norm clipping at 1.0, Ω weight
 Outputs (in ``--out DIR``): ``config.json`` (the options), ``checkpoint.npz``
 (atomic, for ``--resume``), ``history.json`` / ``history.csv`` (per-update
 loss, pre-clip norm, clipped, Ω, ρ(W_rec), explosions; validations) and
-``model.npz`` (the final model, :meth:`rnnfast.model.RNNModel.load`).
+``model.npz`` (the final model, :meth:`rnnfast.nn.model.RNNModel.load`).
 """
 
 from __future__ import annotations
@@ -23,17 +23,19 @@ from .argtypes import (nonneg_float as _nonneg_float, nonneg_int as _nonneg_int,
 
 __all__ = ["register", "build_parser", "main"]
 
-METHODS = {
-    # method: (clip threshold, alpha)
-    "sgd": (None, 0.0),
-    "sgd-c": (1.0, 0.0),
-    "sgd-cr": (1.0, 4.0),
-}
-
 # options that control how long / how loudly a run goes; everything else must
 # match the stored config when resuming
 _RUN_CONTROL = ("max_updates", "time_limit", "progress", "quiet", "threads", "resume", "out",
                 "overwrite")
+
+
+def _method_arg(s):
+    from ..train.methods import canonical_method
+
+    try:
+        return canonical_method(s)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _clip_arg(s):
@@ -74,9 +76,10 @@ def add_arguments(p):
                    help="floating-point type (default float32, as the authors ran)")
 
     g = p.add_argument_group("method")
-    g.add_argument("--method", choices=tuple(METHODS), default="sgd-cr",
-                   help="sgd: no clipping, no Ω; sgd-c: clipping; sgd-cr: clipping + Ω "
-                        "(default). --clip and --alpha override the method's values")
+    g.add_argument("--method", type=_method_arg, default="SGD-CR",
+                   help="SGD: no clipping, no Ω; SGD-C: clipping; SGD-CR: clipping + Ω "
+                        "(default; SGD+CR, sgd-cr also accepted). --clip and --alpha override "
+                        "the method's values")
     g.add_argument("--clip", type=_clip_arg, default=None,
                    help="norm-clipping threshold (paper: 1.0), 'auto[:FACTOR]' for FACTOR (1) "
                         "times the running average norm after a 100-update warm-up, or 'none'")
@@ -155,7 +158,7 @@ def register(subparsers):
 
 
 def build_parser():
-    """A standalone parser (``python -m rnnfast.commands.train``)."""
+    """A standalone parser (``python -m rnnfast.cli.train``)."""
     p = argparse.ArgumentParser(prog="rnnfast train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(p)
@@ -180,65 +183,46 @@ def _get_task(args):
     return task
 
 
-def _resolve_method(args):
-    clip, alpha = METHODS[args.method]
-    if args.clip is not None:
-        clip = None if args.clip == "none" else args.clip
-    if args.alpha is not None:
-        alpha = args.alpha
-    return clip, alpha
-
-
 def _config_of(args):
     return {k: v for k, v in vars(args).items() if k not in _RUN_CONTROL and k != "func"}
 
 
 def build(args):
-    """Build (task, model, trainer) from parsed options."""
-    from ..clipping import AutoThreshold, GradientClipper
-    from ..model import RNNModel
-    from ..optim import SGD, make_schedule
-    from ..trainer import Trainer
+    """(task, engine, callbacks) from parsed options, through :func:`rnnfast.train.build`."""
+    from ..train import Checkpoint, Progress, Validation, build as build_engine
 
     task = _get_task(args)
-    ss = np.random.SeedSequence(args.seed)
-    init_seed = ss.spawn(3)[2]  # children 0 and 1 are the trainer's streams
     init_kwargs = {"sparse_per": args.sparse_per} if args.init == "smart_tanh" else {}
-    model = RNNModel(task.n_in, args.hidden, task.n_out, init=args.init, activation=args.activation,
-                     loss=task.loss, at=task.at, h0=args.h0, dtype=args.dtype,
-                     rng=np.random.default_rng(init_seed), init_kwargs=init_kwargs)
-    clip, alpha = _resolve_method(args)
-    if isinstance(clip, str) and clip.startswith("auto"):
-        clip = AutoThreshold(float(clip[5:]) if ":" in clip else 1.0)
-    elif clip is not None:
-        clip = float(clip)
-    clipper = GradientClipper(clip, mode=args.clip_mode, strict=args.strict_clip,
-                              nonfinite=args.nonfinite)
+    clip = None if args.clip is None else (0 if args.clip == "none" else args.clip)
     try:
-        lr = make_schedule(args.lr_schedule, args.lr)
-        alpha_s = make_schedule(args.alpha_schedule, alpha) if alpha > 0 else None
-        opt = SGD(args.lr, momentum=args.momentum, nesterov=args.nesterov)
+        engine = build_engine(
+            args.method, task=task, hidden=args.hidden, init=args.init,
+            activation=args.activation, h0=args.h0, dtype=args.dtype, init_kwargs=init_kwargs,
+            lr=args.lr, lr_schedule=args.lr_schedule, momentum=args.momentum,
+            nesterov=args.nesterov, clip=clip, clip_mode=args.clip_mode,
+            strict_clip=args.strict_clip, nonfinite=args.nonfinite, alpha=args.alpha,
+            alpha_schedule=args.alpha_schedule, omega_bound=args.omega_bound,
+            rho_every=args.rho_every, explosion_factor=args.explosion_factor, seed=args.seed,
+            num_threads=args.threads, batch_size=args.batch_size)
     except ValueError as e:
         raise SystemExit(f"rnnfast train: {e}")
     out = args.out
     log = None if args.quiet else (lambda line: print(line, flush=True))
-    trainer = Trainer(
-        model, task, opt, lr=lr, clip=clipper, alpha=alpha_s, batch_size=args.batch_size,
-        valid_every=args.valid_every, valid_size=args.valid_size, valid_batch=args.valid_batch,
-        success_error=args.success_error if args.success_error > 0 else None,
-        omega_bound=args.omega_bound, rho_every=args.rho_every,
-        explosion_factor=args.explosion_factor, seed=args.seed,
-        checkpoint_path=os.path.join(out, "checkpoint.npz") if out else None,
-        checkpoint_every=args.checkpoint_every if out else None,
-        history_path=os.path.join(out, "history") if out else None,
-        progress=args.progress, log=log, num_threads=args.threads,
-    )
-    return task, model, trainer
+    callbacks = [Progress(args.max_updates, enabled=args.progress)]
+    if args.valid_every:
+        callbacks.append(Validation(
+            task, every=args.valid_every, size=args.valid_size, batch=args.valid_batch,
+            success_error=args.success_error if args.success_error > 0 else None, log=log))
+    if out:
+        callbacks.append(Checkpoint(os.path.join(out, "checkpoint.npz"),
+                                    every=args.checkpoint_every,
+                                    history=os.path.join(out, "history")))
+    return task, engine, callbacks
 
 
 def run(args):
     """Entry point of ``rnnfast train`` (argparse ``func``)."""
-    from ..model import atomic_write_text
+    from ..fileio import atomic_write_text, json_safe
 
     if args.nesterov and args.momentum == 0:
         raise SystemExit("rnnfast train: --nesterov needs --momentum > 0")
@@ -258,28 +242,27 @@ def run(args):
     elif args.out and not args.overwrite and os.path.exists(os.path.join(args.out, "checkpoint.npz")):
         raise SystemExit(f"rnnfast train: {args.out} already holds a run; use --resume to continue "
                          "it, --overwrite to replace it, or another --out")
-    task, model, trainer = build(args)
+    task, engine, callbacks = build(args)
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         if args.resume:
-            trainer.load_checkpoint(os.path.join(args.out, "checkpoint.npz"))
+            engine.load_checkpoint(os.path.join(args.out, "checkpoint.npz"), callbacks=callbacks)
             if not args.quiet:
-                print(f"resumed at update {trainer.update}", flush=True)
+                print(f"resumed at update {engine.update}", flush=True)
         else:
             atomic_write_text(os.path.join(args.out, "config.json"),
                               json.dumps(_config_of(args), indent=2, sort_keys=True))
     limit = None if args.time_limit is None else 60.0 * args.time_limit
-    result = trainer.run(args.max_updates, time_limit=limit)
+    result = engine.fit(task, max_updates=args.max_updates, time_limit=limit,
+                        callbacks=callbacks)
     if args.out:
-        model.save(os.path.join(args.out, "model.npz"))
+        engine.model.save(os.path.join(args.out, "model.npz"))
     summary = {
         "task": args.task, "method": args.method, "init": args.init,
         "updates": result.updates, "solved": result.solved, "stopped": result.stopped,
         "best_error": result.best_error, "seconds": round(result.seconds, 3),
         "last_validation": result.last_validation,
     }
-    from ..model import json_safe
-
     print(json.dumps(json_safe(summary)), flush=True)
     return 0
 

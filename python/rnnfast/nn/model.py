@@ -19,181 +19,28 @@ corrupt, truncated or inconsistent file.
 
 from __future__ import annotations
 
-import json
-import math
 import os
-import tempfile
-import zipfile
-from collections.abc import Mapping
 from typing import NamedTuple, Optional
 
 import numpy as np
 
-import rnnfast as _rnnfast  # attributes are looked up at call time (no import cycle)
-
+from .. import core as _core
+from ..core import ACTIVATIONS
+from ..fileio import CheckpointError, read_npz, write_npz
 from . import init as _init
 from . import losses as _losses
-from .core import ACTIVATIONS
 
-__all__ = ["RNNModel", "LossAndGrad", "CheckpointError", "atomic_write", "atomic_write_text",
-           "atomic_write_json", "read_npz"]
+__all__ = ["RNNModel", "LossAndGrad", "Batch", "CheckpointError", "RECURRENT", "BIASES"]
+
+#: The recurrent weight matrix's name: where Ω's gradient goes and what the non-finite
+#: policy "shrink" acts on.
+RECURRENT = "W_rec"
+#: The bias vectors' names (frozen at zero by the PTB settings).
+BIASES = ("b", "b_out")
 
 H0_POLICIES = ("zeros", "learned")
 _MODEL_FORMAT = "rnnfast.RNNModel"
 _MODEL_VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A model or checkpoint file is corrupt, truncated or does not fit."""
-
-
-def _current_umask() -> int:
-    mask = os.umask(0o022)  # the only way to read it is to set it
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _current_umask()  # read once: os.umask is process-wide, not thread-safe to probe
-
-
-def atomic_write(path, write):
-    """Write a file atomically: ``write(fileobj)`` into a temporary file in the
-    same directory, flush and fsync it, then ``os.replace`` it over ``path``.
-
-    A crash or exception at any point leaves any previous file at ``path``
-    intact; the temporary file is removed on error. The file gets the usual
-    permissions of a new file (``0o666`` less the umask), not the private mode
-    of a temporary file.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-    write : callable(fileobj)
-        Writes the content to a binary file object.
-    """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            if os.chmod in os.supports_fd:
-                os.chmod(f.fileno(), 0o666 & ~_UMASK)
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:  # make the rename durable; not possible on every platform
-        dfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
-
-
-def atomic_write_text(path, text: str) -> str:
-    """:func:`atomic_write` of ``text`` as UTF-8; returns the path."""
-    path = os.fspath(path)
-    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
-    return path
-
-
-def atomic_write_json(path, obj) -> str:
-    """:func:`atomic_write_text` of ``json_safe(obj)`` as indented strict JSON; returns the
-    path."""
-    return atomic_write_text(path, json.dumps(json_safe(obj), indent=1, allow_nan=False) + "\n")
-
-
-def json_safe(x):
-    """Recursively turn ``x`` into strict-JSON values.
-
-    NaN becomes ``None``, ±inf the strings ``"inf"``/``"-inf"``, NumPy scalars and arrays
-    Python scalars and lists, tuples lists, mapping keys strings; any other type raises
-    ``TypeError``.
-    """
-    if isinstance(x, bool) or x is None or isinstance(x, str):
-        return x
-    if isinstance(x, np.bool_):
-        return bool(x)
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, np.floating):
-        x = float(x)
-    if isinstance(x, np.ndarray):
-        return json_safe(x.tolist())
-    if isinstance(x, float):
-        if math.isnan(x):
-            return None
-        if math.isinf(x):
-            return "inf" if x > 0 else "-inf"
-        return x
-    if isinstance(x, int):
-        return x
-    if isinstance(x, Mapping):
-        return {str(k): json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [json_safe(v) for v in x]
-    raise TypeError(f"value of type {type(x).__name__} is not JSON-serialisable: {x!r}")
-
-
-def write_npz(path, arrays, meta):
-    """Atomically write ``arrays`` (dict name -> ndarray) and a JSON ``meta`` dict."""
-    payload = dict(arrays)
-    if "__meta__" in payload:
-        raise ValueError("'__meta__' is a reserved array name")
-    payload["__meta__"] = np.array(json.dumps(meta))
-    atomic_write(path, lambda f: np.savez(f, **payload))
-
-
-def read_npz(path, expected_format):
-    """Read an archive written by :func:`write_npz`, fully, with clear errors.
-
-    Returns
-    -------
-    (meta, arrays) : (dict, dict name -> ndarray)
-
-    Raises
-    ------
-    FileNotFoundError
-        The file does not exist.
-    CheckpointError
-        It is not a readable archive (corrupt, truncated), has no valid header, or
-        its format is not ``expected_format``.
-    """
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no such file: {path!r}")
-    try:
-        with open(path, "rb") as fh:
-            z = np.load(fh, allow_pickle=False)
-            if not hasattr(z, "files"):  # a plain .npy array, not an archive
-                raise CheckpointError(f"{path!r} is a single array, not an rnnfast .npz archive")
-            with z:
-                arrays = {k: z[k] for k in z.files}
-    except CheckpointError:
-        raise
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as e:
-        raise CheckpointError(
-            f"{path!r} is not a readable rnnfast file (corrupt or truncated?): {e}"
-        ) from e
-    if "__meta__" not in arrays:
-        raise CheckpointError(f"{path!r} has no rnnfast header ('__meta__' missing)")
-    try:
-        meta = json.loads(str(arrays.pop("__meta__")))
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path!r} has an unreadable header: {e}") from e
-    if not isinstance(meta, dict) or meta.get("format") != expected_format:
-        got = meta.get("format") if isinstance(meta, dict) else None
-        raise CheckpointError(f"{path!r} is not a {expected_format} file (format {got!r})")
-    return meta, arrays
 
 
 class LossAndGrad(NamedTuple):
@@ -235,7 +82,7 @@ class RNNModel:
     n_in, n_hidden, n_out : int
         I, H, O.
     init : str
-        Initialisation scheme (see :mod:`rnnfast.init`): "sigmoid", "basic_tanh",
+        Initialisation scheme (see :mod:`rnnfast.nn.init`): "sigmoid", "basic_tanh",
         "smart_tanh", "orthogonal" or "identity". Ignored when ``params`` is given.
     activation : str or None
         "tanh", "sigmoid", "relu" or "linear"; None takes the scheme's.
@@ -244,7 +91,7 @@ class RNNModel:
     at : {"last", "all"}
         Where the cost is read.
     normalize : {"step", "sequence", "sum"}
-        Loss normalisation (see :mod:`rnnfast.losses`; "step" = authors').
+        Loss normalisation (see :mod:`rnnfast.nn.losses`; "step" = authors').
     h0 : {"zeros", "learned"}
         Initial state policy: zeros (authors), or a learned vector shared by all
         sequences (a parameter "h0" (H,), initialised to 0).
@@ -254,7 +101,7 @@ class RNNModel:
     params : dict, optional
         Explicit parameters (copied, validated) instead of an initialisation.
     init_kwargs : dict, optional
-        Extra keyword arguments for :func:`rnnfast.init.initialize`.
+        Extra keyword arguments for :func:`rnnfast.nn.init.initialize`.
     """
 
     def __init__(self, n_in, n_hidden, n_out, *, init="smart_tanh", activation=None,
@@ -390,7 +237,7 @@ class RNNModel:
         """
         u = self._input(u)
         p = self.params
-        return _rnnfast.forward(u, p["W_in"], p["W_rec"], p["b"], self.initial_state(u.shape[1], h0),
+        return _core.forward(u, p["W_in"], p["W_rec"], p["b"], self.initial_state(u.shape[1], h0),
                                 activation=self.activation, keep_x=keep_x, num_threads=num_threads)
 
     def outputs(self, u, h0=None, *, num_threads=None):
@@ -412,7 +259,7 @@ class RNNModel:
         u = self._input(u)
         p = self.params
         if self.at == "last":
-            hT = _rnnfast.final_state(u, p["W_in"], p["W_rec"], p["b"],
+            hT = _core.final_state(u, p["W_in"], p["W_rec"], p["b"],
                                       self.initial_state(u.shape[1], h0),
                                       activation=self.activation, num_threads=num_threads)
             return _losses.readout(hT, p["W_out"], p["b_out"], self.loss)
@@ -444,7 +291,7 @@ class RNNModel:
         if self.at == "last":
             if mask is not None:
                 raise ValueError('mask is only supported with at="all"')
-            h = _rnnfast.final_state(u, p["W_in"], p["W_rec"], p["b"],
+            h = _core.final_state(u, p["W_in"], p["W_rec"], p["b"],
                                      self.initial_state(u.shape[1], h0),
                                      activation=self.activation, num_threads=num_threads)
         else:
@@ -486,7 +333,7 @@ class RNNModel:
         p = self.params
         T, B = u.shape[:2]
         h0v = self.initial_state(B, h0)
-        fwd = _rnnfast.forward(u, p["W_in"], p["W_rec"], p["b"], h0v,
+        fwd = _core.forward(u, p["W_in"], p["W_rec"], p["b"], h0v,
                                activation=self.activation, num_threads=num_threads,
                                workspace=workspace)
         r = _losses.loss_and_grad(fwd.h, p["W_out"], p["b_out"], targets, kind=self.loss,
@@ -494,9 +341,9 @@ class RNNModel:
         kw = {"omega": True, "omega_bound": omega_bound} if omega else {}
         kw.update(num_threads=num_threads, workspace=workspace)
         if r.dh_last is not None:
-            g = _rnnfast.backward(fwd, dh_last=r.dh_last, **kw)
+            g = _core.backward(fwd, dh_last=r.dh_last, **kw)
         else:
-            g = _rnnfast.backward(fwd, r.dh, **kw)
+            g = _core.backward(fwd, r.dh, **kw)
         grads = {"W_in": g.W_in, "W_rec": g.W_rec, "b": g.b, "W_out": r.W_out, "b_out": r.b_out}
         if self.h0_policy == "learned" and h0 is None:
             grads["h0"] = g.h0.sum(axis=0)

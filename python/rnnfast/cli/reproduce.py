@@ -27,6 +27,9 @@ import os
 import sys
 from typing import Callable, List, Tuple, Union
 
+from ..experiments import natural as _nat
+from ..fileio import atomic_write_json
+from ..train.methods import canonical_method
 from .argtypes import nonneg_float, nonneg_int, positive_float, positive_int
 
 __all__ = ["EXPERIMENTS", "register_experiment", "register", "build_parser", "main"]
@@ -102,7 +105,7 @@ _SYNTH_FIELDS = ("task", "lengths", "seeds", "methods", "inits", "hidden", "lr",
 
 def add_synthetic_arguments(p):
     """Options of ``rnnfast reproduce synthetic``."""
-    from ..reproduce.synthetic import DEFAULT, FULL, INITS, METHODS
+    from ..experiments.synthetic import DEFAULT, FULL, INITS, METHODS
     from ..tasks import TASKS
 
     def d(name):
@@ -175,10 +178,10 @@ def add_synthetic_arguments(p):
 
 
 def synthetic_settings(args):
-    """The :class:`~rnnfast.reproduce.synthetic.SweepSettings` of parsed options."""
+    """The :class:`~rnnfast.experiments.synthetic.SweepSettings` of parsed options."""
     from dataclasses import replace
 
-    from ..reproduce.synthetic import DEFAULT, FULL
+    from ..experiments.synthetic import DEFAULT, FULL
 
     base = FULL if args.full else DEFAULT
     changes = {k: getattr(args, k) for k in _SYNTH_FIELDS if getattr(args, k, None) is not None}
@@ -203,7 +206,7 @@ def run_synthetic_command(args):
 
 def _connect_cluster(args):
     """The Dask executor of ``--scheduler`` / ``$RNNFAST_SCHEDULER``, or None (local pool)."""
-    from ..reproduce.cluster import connect, loss_printer
+    from ..experiments.cluster import connect, loss_printer
 
     try:
         executor = connect(getattr(args, "scheduler", None), n_workers=args.workers,
@@ -216,15 +219,15 @@ def _connect_cluster(args):
 
 
 def _run_synthetic(args, settings, out, executor):
-    from ..reproduce import synthetic as syn
-    from ..reproduce.sweep import config_hash, format_duration
+    from ..experiments import synthetic as syn
+    from ..experiments.sweep import config_hash, format_duration
 
     if executor is not None:
         workers = executor.max_workers
     else:
         workers = args.workers or os.cpu_count() or 1
     if args.estimate_only:
-        from ..reproduce.sweep import ResultStore
+        from ..experiments.sweep import ResultStore
 
         configs = syn.make_configs(settings)
         store = ResultStore(out)
@@ -268,7 +271,7 @@ def register_synthetic(subparsers):
 # --------------------------------------------------------------------------- #
 def add_generalization_arguments(p):
     """Options of ``rnnfast reproduce generalization``."""
-    from ..reproduce.synthetic import GENERALIZATION_LENGTHS, GeneralizationSettings
+    from ..experiments.synthetic import GENERALIZATION_LENGTHS, GeneralizationSettings
 
     D = GeneralizationSettings()
     p.add_argument("--out", default=os.path.join("rnnfast-reproduce", "generalization"),
@@ -308,7 +311,7 @@ def run_generalization_command(args):
     """Entry point of ``rnnfast reproduce generalization``."""
     from dataclasses import replace
 
-    from ..reproduce.synthetic import GeneralizationSettings, run_generalization
+    from ..experiments.synthetic import GeneralizationSettings, run_generalization
 
     try:
         settings = replace(GeneralizationSettings(), min_length=args.min_length,
@@ -341,10 +344,190 @@ def register_generalization(subparsers):
     return p
 
 
+# --------------------------------------------------------------------------- #
+# music and ptb (Table 1)
+# --------------------------------------------------------------------------- #
+
+
+def _clip_arg(s):
+    if s.lower() in ("none", "off"):
+        return 0.0
+    return positive_float(s)
+
+
+def _method_arg(s):
+    try:
+        return canonical_method(s)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _dataset_arg(s):
+    try:
+        return _nat.canonical_dataset(s)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _add_common(p, problem):
+    p.add_argument("--data", required=True, metavar="DIR",
+                   help="data root holding music/ and ptb_char/ (e.g. ../shared/data), or the "
+                        + ("music folder / data set file" if problem == "music" else "ptb_char folder"))
+    p.add_argument("--method", type=_method_arg, default="SGD-CR",
+                   help="SGD, SGD-C or SGD-CR (also sgd, sgd-c, sgd-cr); default SGD-CR")
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help="output folder (checkpoint, history, results); default "
+                        "results/<dataset>-<method>")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT/checkpoint.npz when it exists (same settings required)")
+    p.add_argument("--budget", type=positive_float, metavar="MINUTES", default=None,
+                   help="stop training after this many minutes (then evaluate); resume later "
+                        "with --resume")
+    g = p.add_argument_group("model and training (defaults: the paper's settings)")
+    g.add_argument("--hidden", type=positive_int, default=None, help="hidden units")
+    g.add_argument("--lr", type=positive_float, default=None, help="initial learning rate")
+    g.add_argument("--lr-schedule", choices=("halve", "constant"), default=None,
+                   help="halve the lr when the epoch error rises (default) or keep it constant")
+    g.add_argument("--monitor", choices=("valid", "train"), default=None,
+                   help="epoch error that the lr halving watches: the training cost of the "
+                        "epoch (default) or the validation metric")
+    g.add_argument("--clip", type=_clip_arg, default=None, metavar="THRESHOLD",
+                   help="norm-clipping threshold for SGD-C / SGD-CR ('none' disables)")
+    g.add_argument("--alpha", type=nonneg_float, default=None,
+                   help="Ω weight α0 of α_e = α0/(2e) for SGD-CR (default 1)")
+    g.add_argument("--normalize", choices=("step", "sequence", "sum"), default=None,
+                   help="cost normalisation (music: step = averaged; PTB: sequence = summed over "
+                        "the steps, averaged over the batch)")
+    g.add_argument("--seq-len", type=positive_int, default=None, help="segment length (200)")
+    g.add_argument("--batch-size", type=positive_int, default=None,
+                   help="segments (music) or parallel streams (PTB) per update")
+    g.add_argument("--max-epochs", type=positive_int, default=None)
+    g.add_argument("--patience", type=nonneg_int, default=None,
+                   help="stop after this many validations without improvement (0: never)")
+    g.add_argument("--valid-every", type=nonneg_int, default=None,
+                   help="also validate every N updates (0: only at the end of each epoch)")
+    g.add_argument("--eval-batch", type=positive_int, default=None,
+                   help="music: pieces per evaluation batch; PTB: parallel evaluation streams")
+    g.add_argument("--dtype", choices=("float32", "float64"), default=None)
+    g.add_argument("--seed", type=int, default=None)
+    r = p.add_argument_group("running")
+    r.add_argument("--threads", type=positive_int, default=None,
+                   help="threads of the C++ kernels (keep it fixed across a resume for "
+                        "bit-identical results)")
+    r.add_argument("--train-eval-limit", type=positive_int, default=None, metavar="N",
+                   help="final table: score the training split on its first N steps / "
+                        "characters only (default: all)")
+    r.add_argument("--checkpoint-every", type=positive_int, default=100, metavar="UPDATES")
+    r.add_argument("--log-every", type=nonneg_int, default=0, metavar="UPDATES",
+                   help="print a training line every N updates (0: only validations)")
+    bar = r.add_mutually_exclusive_group()
+    bar.add_argument("--progress", dest="progress", action="store_true", default=None,
+                     help="always show the progress bar (default: on a terminal)")
+    bar.add_argument("--no-progress", dest="progress", action="store_false")
+    r.add_argument("--quiet", action="store_true", help="no log lines")
+
+
+_OVERRIDES = ("hidden", "lr", "lr_schedule", "monitor", "alpha", "normalize", "seq_len",
+              "batch_size", "max_epochs", "patience", "valid_every", "eval_batch", "dtype", "seed")
+
+
+def _overrides(args):
+    o = {k: getattr(args, k) for k in _OVERRIDES}
+    if args.clip is not None:
+        o["clip"] = None if args.clip == 0.0 else args.clip
+    return o
+
+
+def config_from_args(args):
+    """NaturalConfig from parsed ``music``/``ptb`` arguments."""
+    o = _overrides(args)
+    clip_given = "clip" in o
+    clip = o.pop("clip", None)
+    if args.problem == "music":
+        cfg = _nat.music_config(args.dataset, args.method, **o)
+    else:
+        cfg = _nat.ptb_config(args.method, args.ahead, **o)
+    if clip_given:
+        cfg.clip = clip
+        cfg.validate()
+    return cfg
+
+
+def run_from_args(args):
+    """Run (or resume) the experiment described by parsed arguments; print the table.
+
+    Returns
+    -------
+    int
+        Exit status.
+    """
+    cfg = config_from_args(args)
+    slug = (cfg.dataset if cfg.problem == "music" else f"PTB-ahead{cfg.ahead}")
+    out = args.out or os.path.join("results", f"{slug}-{cfg.method.replace('+', '')}")
+    log = None if args.quiet else (lambda s: print(s, flush=True))
+    os.makedirs(out, exist_ok=True)
+    t0 = time.perf_counter()
+    problem = _nat.load_problem(cfg, args.data)
+    if log:
+        log(f"{cfg.table_row}, {cfg.method}: H={cfg.hidden} {cfg.activation}, lr {cfg.lr} "
+            f"({cfg.lr_schedule}), clip {cfg.clip if cfg.uses_clipping else 'off'}, "
+            f"alpha0 {cfg.alpha if cfg.uses_omega else 'off'}, batch {cfg.batch_size}x{cfg.seq_len}, "
+            f"{cfg.normalize} cost, {cfg.dtype}; data loaded in {time.perf_counter() - t0:.1f}s; "
+            f"{problem.n_train_batches()} updates per epoch; out {out}")
+    run = _nat.NaturalRun(cfg, problem, out=out, num_threads=args.threads, progress=args.progress,
+                     log=log, log_every=args.log_every, checkpoint_every=args.checkpoint_every,
+                     train_eval_limit=args.train_eval_limit)
+    ckpt = os.path.join(out, "checkpoint.npz")
+    if os.path.exists(ckpt):
+        if not args.resume:
+            print(f"error: {ckpt} exists; pass --resume to continue it or choose another --out",
+                  file=sys.stderr)
+            return 2
+        run.load_checkpoint(ckpt)
+        if log:
+            log(f"resumed at epoch {run.epoch}, batch {run.batch_in_epoch}, update {run.updates}")
+    atomic_write_json(os.path.join(out, "config.json"), cfg.to_dict())
+    outcome = run.run(budget=None if args.budget is None else args.budget * 60.0)
+    print(_nat.format_table(outcome.results))
+    return 0
+
+
+def _register_natural(subparsers, problem):
+    if problem == "music":
+        p = subparsers.add_parser(
+            "music", help="polyphonic music (Table 1: NLL per time step)",
+            description="Train a 300-unit sigmoid RNN (400 for MuseData) on a polyphonic music "
+                        "data set with SGD / SGD-C / SGD-CR and report train/valid/test NLL per "
+                        "time step next to the paper's Table 1.")
+        p.add_argument("--dataset", type=_dataset_arg, required=True,
+                       help="Nottingham, Piano-midi.de, MuseData or JSB")
+    else:
+        p = subparsers.add_parser(
+            "ptb", help="Penn Treebank characters (Table 1: bits per character)",
+            description="Train a 500-unit sigmoid RNN without biases on PTB characters with "
+                        "truncated BPTT (state carried across 200-step segments) and report "
+                        "train/valid/test bits per character next to the paper's Table 1.")
+        p.add_argument("--ahead", type=positive_int, default=1,
+                       help="predict the character this many steps ahead (paper: 1 and 5)")
+    _add_common(p, problem)
+    p.set_defaults(func=run_from_args, problem=problem)
+    return p
+
+
+def register_music(subparsers):
+    """Add ``music`` to the subparsers of ``rnnfast reproduce`` (argparse)."""
+    return _register_natural(subparsers, "music")
+
+
+def register_ptb(subparsers):
+    """Add ``ptb`` to the subparsers of ``rnnfast reproduce`` (argparse)."""
+    return _register_natural(subparsers, "ptb")
+
+
 register_experiment("synthetic", register_synthetic)
 register_experiment("generalization", register_generalization)
-register_experiment("music", "rnnfast.reproduce.natural:register_music")
-register_experiment("ptb", "rnnfast.reproduce.natural:register_ptb")
+register_experiment("music", register_music)
+register_experiment("ptb", register_ptb)
 
 
 # --------------------------------------------------------------------------- #
@@ -370,7 +553,7 @@ def register(subparsers):
 
 
 def build_parser():
-    """A standalone parser (``python -m rnnfast.commands.reproduce``)."""
+    """A standalone parser (``python -m rnnfast.cli.reproduce``)."""
     p = argparse.ArgumentParser(prog="rnnfast reproduce", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_experiments(p)

@@ -37,7 +37,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Mapping, Optional
 
-from ..model import atomic_write_json, json_safe
+from ..fileio import atomic_write_json, json_safe
 
 __all__ = [
     "canonical_json",

@@ -48,13 +48,14 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..model import atomic_write_json, atomic_write_text, json_safe
+from ..fileio import atomic_write_json, atomic_write_text, json_safe
+from ..train.callbacks import Callback
+from ..train.methods import METHODS as _METHOD_TABLE, canonical_method
 from .sweep import ResultStore, SweepProgress, config_hash, format_duration, run_sweep
 
 __all__ = [
     "METHODS",
     "INITS",
-    "METHOD_LABELS",
     "SweepSettings",
     "DEFAULT",
     "FULL",
@@ -77,9 +78,7 @@ __all__ = [
 ]
 
 #: The paper's three methods: name -> (uses clipping, uses Ω).
-METHODS: Dict[str, Tuple[bool, bool]] = {"sgd": (False, False), "sgd-c": (True, False),
-                                         "sgd-cr": (True, True)}
-METHOD_LABELS = {"sgd": "SGD", "sgd-c": "SGD-C", "sgd-cr": "SGD-CR"}
+METHODS: Tuple[str, ...] = tuple(_METHOD_TABLE)
 #: The paper's three initialisations (Figure 7's panels, left to right).
 INITS: Tuple[str, ...] = ("sigmoid", "basic_tanh", "smart_tanh")
 #: Version of the run function's semantics; part of every configuration.
@@ -145,6 +144,10 @@ class SweepSettings:
     convention: str = "authors"
 
     def __post_init__(self):
+        try:
+            object.__setattr__(self, "methods", tuple(canonical_method(m) for m in self.methods))
+        except ValueError as e:
+            raise ValueError(f"methods: {e}") from None
         for name in ("hidden", "batch_size", "max_updates", "valid_every", "valid_size",
                      "eval_size", "seeds"):
             v = getattr(self, name)
@@ -195,14 +198,14 @@ def make_configs(settings: SweepSettings) -> List[dict]:
     """One configuration dict per run, ordered init, method, length, seed.
 
     Each dict holds everything :func:`train_run` needs (JSON-serialisable) and
-    is hashed by :func:`rnnfast.reproduce.sweep.config_hash`.
+    is hashed by :func:`rnnfast.experiments.sweep.config_hash`.
     """
     if not isinstance(settings, SweepSettings):
         raise TypeError(f"settings: expected a SweepSettings, got {type(settings).__name__}")
     out = []
     for init in settings.inits:
         for method in settings.methods:
-            clipping, omega = METHODS[method]
+            clipping, omega = _METHOD_TABLE[method].clipping, _METHOD_TABLE[method].omega
             for L in settings.lengths:
                 for seed in run_seeds(settings.seeds):
                     out.append({
@@ -278,41 +281,30 @@ def train_run(config: dict) -> dict:
     """
     import rnnfast
     from .. import tasks as _tasks
-    from ..clipping import GradientClipper
-    from ..init import spectral_radius
-    from ..model import RNNModel
-    from ..optim import SGD
-    from ..trainer import History, Trainer
+    from ..nn.init import spectral_radius
+    from ..train import Every, Validation, build
 
     t0 = time.perf_counter()
     task = _build_task(config)
     L = int(config["length"])
     root = _seed_sequence(config)
     s_init, s_train, s_eval = root.spawn(3)
-    model = RNNModel(task.n_in, int(config["hidden"]), task.n_out, init=config["init"],
-                     loss=task.loss, at=task.at, dtype=config["dtype"],
-                     rng=np.random.default_rng(s_init))
-    clipper = GradientClipper(config["clip"], nonfinite="shrink")
-    alpha = float(config["alpha"])
     success = float(config["success_error"])
-    max_updates = int(config["max_updates"])
     every = int(config["valid_every"])
-    trainer = Trainer(model, task, SGD(float(config["lr"]), momentum=float(config["momentum"])),
-                      clip=clipper, alpha=alpha if alpha > 0 else None,
-                      batch_size=int(config["batch_size"]), valid_every=every,
-                      valid_size=int(config["valid_size"]),
-                      valid_batch=min(int(config["valid_size"]), 1000), valid_length=L,
-                      success_error=success, rho_every=0, seed=s_train, progress=False)
+    engine = build(config["method"], task=task, hidden=int(config["hidden"]),
+                   init=config["init"], dtype=config["dtype"],
+                   init_rng=np.random.default_rng(s_init), lr=float(config["lr"]),
+                   momentum=float(config["momentum"]), clip=config["clip"] or 0,
+                   alpha=float(config["alpha"]), nonfinite="shrink",
+                   batch_size=int(config["batch_size"]), seed=s_train)
+    model = engine.model
     eval_rng = np.random.default_rng(s_eval)
-    stats = {"max_norm": 0.0, "clipped": 0, "explosions": 0, "nonfinite": 0, "n": 0}
-    omega_last = float("nan")
+    stats = {"max_norm": 0.0, "clipped": 0, "explosions": 0, "nonfinite": 0, "n": 0,
+             "omega_last": float("nan")}
     confirmations: List[list] = []
-    solved_at = None
-    confirm_error = None
 
-    def fold_history():
-        nonlocal omega_last
-        h = trainer.history
+    def fold_history(engine):
+        h = engine.history
         if len(h) == 0:
             return
         norms = h["norm"]
@@ -325,37 +317,39 @@ def train_run(config: dict) -> dict:
         stats["n"] += len(h)
         om = h["omega"]
         om = om[np.isfinite(om)]
-        omega_last = float(om.mean()) if om.size else float("nan")
-        trainer.history = History()  # bounded memory on multi-million-update runs
+        stats["omega_last"] = float(om.mean()) if om.size else float("nan")
+        h.clear()  # bounded memory on multi-million-update runs
 
-    while trainer.update < max_updates:
-        stop = min(max_updates, (trainer.update // every + 1) * every)
-        trainer.run(stop)
-        fold_history()
-        if trainer.solved:
-            err = _tasks.evaluate(task, model.outputs, eval_rng,
-                                  n_sequences=int(config["eval_size"]), length=L,
-                                  dtype=np.dtype(config["dtype"]))
-            confirmations.append([trainer.update, err])
-            confirm_error = err
-            if _tasks.is_solved(err, success):
-                solved_at = trainer.update
-                break
-            trainer.solved = False  # the small sample was lucky: keep training
+    def confirm(engine):
+        # the small validation sample is below the criterion: confirm on eval_size more
+        err = _tasks.evaluate(task, model.outputs, eval_rng,
+                              n_sequences=int(config["eval_size"]), length=L,
+                              dtype=np.dtype(config["dtype"]))
+        confirmations.append([engine.update, err])
+        return _tasks.is_solved(err, success)
+
+    callbacks = [Validation(task, every=every, size=int(config["valid_size"]),
+                            batch=min(int(config["valid_size"]), 1000), length=L,
+                            success_error=success, confirm=confirm),
+                 Every(every, fold_history, at_end=True, name="fold")]
+    result = engine.fit(task, max_updates=int(config["max_updates"]), callbacks=callbacks)
+    solved_at = engine.update if result.solved else None
+    confirm_error = confirmations[-1][1] if confirmations else None
+    omega_last = stats["omega_last"]
     seconds = time.perf_counter() - t0
     n = max(1, stats["n"])
     rho = spectral_radius(model.params["W_rec"])
     return {
         "solved": solved_at is not None,
         "updates_to_success": solved_at,
-        "updates": int(trainer.update),
+        "updates": int(engine.update),
         "stopped": "solved" if solved_at is not None else "max_updates",
         "confirm_error": confirm_error,
         "confirmations": confirmations,
-        "validations": [[v["update"], v["error"]] for v in trainer.validations],
-        "best_valid_error": trainer.best_error,
+        "validations": [[v["update"], v["error"]] for v in engine.validations],
+        "best_valid_error": engine.best_error,
         "seconds": seconds,
-        "ms_per_update": 1e3 * seconds / max(1, trainer.update),
+        "ms_per_update": 1e3 * seconds / max(1, engine.update),
         "max_norm": stats["max_norm"],
         "clipped_fraction": stats["clipped"] / n,
         "explosions": stats["explosions"],
@@ -389,8 +383,7 @@ def probe_update_time(settings: SweepSettings, lengths: Optional[Sequence[int]] 
     dict length -> seconds per update
     """
     import rnnfast
-    from ..model import RNNModel
-    from ..trainer import Trainer
+    from ..train import build
 
     old = rnnfast.get_num_threads()
     rnnfast.set_num_threads(int(threads))
@@ -399,14 +392,12 @@ def probe_update_time(settings: SweepSettings, lengths: Optional[Sequence[int]] 
         for L in (lengths or settings.lengths):
             cfg = {"task": settings.task, "length": int(L), "convention": settings.convention}
             task = _build_task(cfg)
-            model = RNNModel(task.n_in, settings.hidden, task.n_out, init="basic_tanh",
-                             loss=task.loss, at=task.at, dtype=settings.dtype, rng=0)
-            tr = Trainer(model, task, clip=settings.clip, alpha=settings.alpha or None,
-                         batch_size=settings.batch_size, valid_every=0, rho_every=0, seed=0,
-                         progress=False)
-            tr.run(3)
+            engine = build("SGD-CR", task=task, hidden=settings.hidden, init="basic_tanh",
+                           dtype=settings.dtype, init_rng=0, clip=settings.clip,
+                           alpha=settings.alpha, batch_size=settings.batch_size, seed=0)
+            engine.fit(task, max_updates=3)
             t = time.perf_counter()
-            tr.run(3 + int(updates))
+            engine.fit(task, max_updates=3 + int(updates))
             out[int(L)] = (time.perf_counter() - t) / int(updates)
         return out
     finally:
@@ -540,7 +531,7 @@ def format_table(points: Sequence[dict]) -> str:
     lines = [head, "-" * len(head)]
     for p in points:
         med = "-" if p["updates_median"] is None else f"{p['updates_median']:.0f}"
-        lines.append(f"{p['init']:<11} {METHOD_LABELS.get(p['method'], p['method']):<7} "
+        lines.append(f"{p['init']:<11} {p['method']:<7} "
                      f"{p['length']:>6} {p['solved']:>3}/{p['runs']:<3} "
                      f"{100 * p['success_rate']:>5.0f}% {med:>11} {p['seconds_mean']:>10.1f}")
     return "\n".join(lines)
@@ -601,14 +592,14 @@ def plot_figure7(points: Sequence[dict], path, *, title: Optional[str] = None, d
                 continue
             style = _METHOD_STYLE.get(m, {})
             x = [p["length"] + shift[m] for p in pts]
-            top.plot(x, [100 * p["success_rate"] for p in pts], label=METHOD_LABELS.get(m, m),
+            top.plot(x, [100 * p["success_rate"] for p in pts], label=m,
                      lw=2, ms=6, **style)
             solved = [p for p in pts if p["updates_median"] is not None]
             any_solved = any_solved or bool(solved)
             if solved:
                 bottom.plot([p["length"] + shift[m] for p in solved],
                             [p["updates_median"] for p in solved],
-                            label=METHOD_LABELS.get(m, m), lw=1.5, ms=5, **style)
+                            label=m, lw=1.5, ms=5, **style)
         if not any_solved:
             bottom.text(0.5, 0.5, "no run solved", ha="center", va="center",
                         transform=bottom.transAxes, color="0.4")
@@ -648,7 +639,7 @@ def _print_progress(stream):
             what = (f"solved at {r['updates_to_success']} updates" if r["solved"]
                     else f"not solved in {r['updates']} updates (best valid error "
                          f"{100 * (r['best_valid_error'] or 1):.1f}%)")
-            print(f"{p.line()} | {c['init']} {METHOD_LABELS[c['method']]} L={c['length']} "
+            print(f"{p.line()} | {c['init']} {c['method']} L={c['length']} "
                   f"seed {c['seed']}: {what}, {r['seconds']:.1f}s", file=stream, flush=True)
         elif p.event in ("retry", "failed"):
             c = p.config
@@ -837,10 +828,8 @@ def train_generalization(settings: GeneralizationSettings, out_dir, *, threads=N
     import json
 
     from .. import tasks as _tasks
-    from ..clipping import GradientClipper
-    from ..model import RNNModel
-    from ..optim import SGD
-    from ..trainer import Trainer
+    from ..nn.model import RNNModel
+    from ..train import Checkpoint, Validation, build
 
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
@@ -859,64 +848,66 @@ def train_generalization(settings: GeneralizationSettings, out_dir, *, threads=N
                            max_length=settings.max_length)
     root = np.random.SeedSequence(int(settings.seed))
     s_init, s_train = root.spawn(2)
-    model = RNNModel(task.n_in, settings.hidden, task.n_out, init=settings.init,
-                     loss=task.loss, at=task.at, dtype=settings.dtype,
-                     rng=np.random.default_rng(s_init))
+    engine = build("SGD-CR", task=task, hidden=settings.hidden, init=settings.init,
+                   dtype=settings.dtype, init_rng=np.random.default_rng(s_init), lr=settings.lr,
+                   clip=settings.clip, alpha=settings.alpha, batch_size=settings.batch_size,
+                   seed=s_train, num_threads=threads)
+    model = engine.model
     success = settings.success_error if settings.success_error > 0 else 1e-12
-    ckpt = os.path.join(out_dir, "checkpoint.npz")
-    # checkpoints are written here (not by Trainer.run, which would write one per chunk)
-    trainer = Trainer(model, task, SGD(settings.lr), clip=GradientClipper(settings.clip),
-                      alpha=settings.alpha or None, batch_size=settings.batch_size,
-                      valid_every=settings.valid_every, valid_size=settings.valid_size,
-                      valid_batch=1000, success_error=success, seed=s_train,
-                      progress=False, log=log, num_threads=threads)
-    best = {"update": None, "error": None}
-    if os.path.exists(ckpt):
-        trainer.load_checkpoint(ckpt)
-        if os.path.exists(best_info_path) and os.path.exists(best_path):
-            with open(best_info_path, encoding="utf-8") as f:
-                best = json.load(f)
+    best = BestSnapshot(best_path, best_info_path)
+    checkpoint = Checkpoint(os.path.join(out_dir, "checkpoint.npz"),
+                            every=settings.checkpoint_every, config=cfg)
+    callbacks = [Validation(task, every=settings.valid_every, size=settings.valid_size,
+                            batch=1000, success_error=success, log=log), best, checkpoint]
+    if os.path.exists(checkpoint.path):
+        checkpoint.restore(engine, callbacks)
         if log:
-            log(f"resumed at update {trainer.update}")
+            log(f"resumed at update {engine.update}")
     t0 = time.perf_counter()
-    every, ck_every = settings.valid_every, settings.checkpoint_every
-    stopped = "max_updates"
-    while trainer.update < settings.max_updates and not trainer.solved:
-        left = None if time_limit is None else time_limit - (time.perf_counter() - t0)
-        if left is not None and left <= 0:
-            stopped = "time"
-            break
-        n_valid = len(trainer.validations)
-        stop = min(settings.max_updates, (trainer.update // every + 1) * every)
-        before = trainer.update
-        res = trainer.run(stop, time_limit=left)
-        if len(trainer.validations) > n_valid:
-            v = trainer.validations[-1]
-            if v["error"] is not None and (best["error"] is None or v["error"] < best["error"]):
-                best = {"update": v["update"], "error": v["error"]}
-                model.save(best_path)
-                atomic_write_json(best_info_path, best)
-        if trainer.update // ck_every > before // ck_every:
-            trainer.save_checkpoint(ckpt)
-        if res.stopped == "time":
-            stopped = "time"
-            break
-    if trainer.solved:
-        stopped = "solved"
-    trainer.save_checkpoint(ckpt)
+    result = engine.fit(task, max_updates=settings.max_updates, time_limit=time_limit,
+                        callbacks=callbacks)
     model.save(model_path)
-    summary = {"settings": cfg, "updates": trainer.update, "solved": trainer.solved,
-               "stopped": stopped, "best_error": trainer.best_error,
-               "best_update": best["update"],
-               "evaluated": "final" if trainer.solved or best["update"] is None else "best",
+    summary = {"settings": cfg, "updates": engine.update, "solved": engine.solved,
+               "stopped": result.stopped, "best_error": engine.best_error,
+               "best_update": best.best["update"],
+               "evaluated": "final" if engine.solved or best.best["update"] is None else "best",
                "seconds_this_call": time.perf_counter() - t0,
-               **history_summary(trainer.history, trainer.validations),
-               "last_validation": trainer.validations[-1] if trainer.validations else None}
-    if stopped in ("solved", "max_updates"):
+               **history_summary(engine.history, engine.validations),
+               "last_validation": engine.validations[-1] if engine.validations else None}
+    if result.stopped in ("solved", "max_updates"):
         atomic_write_json(summary_path, summary)
     if summary["evaluated"] == "best":
         return RNNModel.load(best_path), summary
     return model, summary
+
+
+class BestSnapshot(Callback):
+    """Callback: after each validation that lowers the error rate, save the model to
+    ``path`` and ``{"update", "error"}`` to ``info_path``."""
+
+    def __init__(self, path, info_path):
+        self.path, self.info_path = path, info_path
+        self.best = {"update": None, "error": None}
+        self._seen = 0
+
+    def on_fit_begin(self, engine):
+        self._seen = len(engine.validations)
+
+    def on_update_end(self, engine, batch, row):
+        if len(engine.validations) == self._seen:
+            return
+        self._seen = len(engine.validations)
+        v = engine.validations[-1]
+        if v["error"] is not None and (self.best["error"] is None or v["error"] < self.best["error"]):
+            self.best = {"update": v["update"], "error": v["error"]}
+            engine.model.save(self.path)
+            atomic_write_json(self.info_path, self.best)
+
+    def state_dict(self):
+        return dict(self.best)
+
+    def load_state_dict(self, state):
+        self.best = {"update": state["update"], "error": state["error"]}
 
 
 def history_summary(history, validations) -> dict:
@@ -1009,7 +1000,7 @@ def run_generalization(settings: GeneralizationSettings, out_dir, *, model_path=
     Writes ``generalization.json`` and ``generalization.csv`` in ``out_dir``
     (rewritten atomically after each length) and returns the JSON document.
     """
-    from ..model import RNNModel
+    from ..nn.model import RNNModel
 
     stream = stream or sys.stdout
     out_dir = os.fspath(out_dir)

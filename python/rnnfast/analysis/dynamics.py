@@ -27,6 +27,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..nn import activations as _act
+
 __all__ = [
     "ACTIVATIONS",
     "activation_fn",
@@ -54,8 +56,8 @@ __all__ = [
 #: Activations understood by this module.
 ACTIVATIONS = ("sigmoid", "tanh", "linear")
 
-# max_x σ'(x): 1/4 for the logistic sigmoid, 1 for tanh and the identity.
-_DERIV_MAX = {"sigmoid": 0.25, "tanh": 1.0, "linear": 1.0}
+# max_x σ'(x) (γ)
+_DERIV_MAX = _act.GAMMA
 
 # Bisection on a bracket of width <= ~1e3 reaches float64 resolution well within this.
 _BISECT_ITERS = 110
@@ -65,8 +67,7 @@ _BISECT_ITERS = 110
 
 
 def _check_activation(activation):
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    _act.check(activation, ACTIVATIONS)
     return activation
 
 
@@ -101,31 +102,10 @@ def _as_int(name, value, *, minimum):
 
 
 def activation_fn(x, activation="sigmoid"):
-    """Evaluate ``σ(x)`` and ``σ'(x)`` without overflow.
-
-    Parameters
-    ----------
-    x : array_like, shape (...)
-        Pre-activations.
-    activation : {"sigmoid", "tanh", "linear"}
-
-    Returns
-    -------
-    f, df : ndarray, shape (...)
-        ``σ(x)`` and ``σ'(x)`` (float64).
-    """
+    """σ(x) and σ'(x), float64, without overflow (:func:`rnnfast.nn.activations.value_and_derivative`
+    restricted to this module's activations)."""
     _check_activation(activation)
-    x = np.asarray(x, dtype=np.float64)
-    if activation == "linear":
-        return x.copy(), np.ones_like(x)
-    if activation == "sigmoid":
-        e = np.exp(-np.abs(x))  # in (0, 1]: never overflows
-        inv = 1.0 / (1.0 + e)
-        f = np.where(x >= 0, inv, e * inv)
-        return f, e * inv * inv
-    e = np.exp(-2.0 * np.abs(x))
-    inv = 1.0 / (1.0 + e)
-    return np.tanh(x), 4.0 * e * inv * inv
+    return _act.value_and_derivative(x, activation)
 
 
 def _deriv_inverse(c, activation):

@@ -1,1 +1,0 @@
-"""Subcommands of the ``rnnfast`` command line; each module exposes ``register(subparsers)``."""

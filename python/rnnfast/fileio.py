@@ -1,0 +1,180 @@
+"""Files written atomically and read back with validation: the one implementation used by
+models, checkpoints, histories and results.
+
+* :func:`atomic_write` (and its text / JSON forms): temporary file in the same folder, fsync,
+  ``os.replace``; a crash leaves the previous file intact and no temporary file behind; the
+  file gets the usual mode of a new file (0o666 less the umask).
+* :func:`write_npz` / :func:`read_npz`: arrays plus a JSON header (``format``, ``version``,
+  ...) in one ``.npz``; reading checks the whole archive and its format name.
+* :func:`json_safe`: strict-JSON values (NaN -> null, ±inf -> "inf"/"-inf").
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import zipfile
+from collections.abc import Mapping
+
+import numpy as np
+
+__all__ = ["CheckpointError", "atomic_write", "atomic_write_text", "atomic_write_json",
+           "json_safe", "write_npz", "read_npz"]
+
+
+class CheckpointError(ValueError):
+    """A model or checkpoint file is corrupt, truncated or does not fit."""
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()  # read once: os.umask is process-wide, not thread-safe to probe
+
+
+def atomic_write(path, write):
+    """Write a file atomically: ``write(fileobj)`` into a temporary file in the
+    same directory, flush and fsync it, then ``os.replace`` it over ``path``.
+
+    A crash or exception at any point leaves any previous file at ``path``
+    intact; the temporary file is removed on error. The file gets the usual
+    permissions of a new file (``0o666`` less the umask), not the private mode
+    of a temporary file.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    write : callable(fileobj)
+        Writes the content to a binary file object.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            if os.chmod in os.supports_fd:
+                os.chmod(f.fileno(), 0o666 & ~_UMASK)
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:  # make the rename durable; not possible on every platform
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def atomic_write_text(path, text: str) -> str:
+    """:func:`atomic_write` of ``text`` as UTF-8; returns the path."""
+    path = os.fspath(path)
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+    return path
+
+
+def atomic_write_json(path, obj, *, indent=1) -> str:
+    """:func:`atomic_write_text` of ``json_safe(obj)`` as strict JSON (``indent=None``: one
+    line, for large documents); returns the path."""
+    return atomic_write_text(path, json.dumps(json_safe(obj), indent=indent, allow_nan=False)
+                             + "\n")
+
+
+def json_safe(x):
+    """Recursively turn ``x`` into strict-JSON values.
+
+    NaN becomes ``None``, ±inf the strings ``"inf"``/``"-inf"``, NumPy scalars and arrays
+    Python scalars and lists, tuples lists, mapping keys strings; any other type raises
+    ``TypeError``.
+    """
+    if isinstance(x, bool) or x is None or isinstance(x, str):
+        return x
+    if isinstance(x, np.bool_):
+        return bool(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.floating):
+        x = float(x)
+    if isinstance(x, np.ndarray):
+        return json_safe(x.tolist())
+    if isinstance(x, float):
+        if math.isnan(x):
+            return None
+        if math.isinf(x):
+            return "inf" if x > 0 else "-inf"
+        return x
+    if isinstance(x, int):
+        return x
+    if isinstance(x, Mapping):
+        return {str(k): json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    raise TypeError(f"value of type {type(x).__name__} is not JSON-serialisable: {x!r}")
+
+
+def write_npz(path, arrays, meta):
+    """Atomically write ``arrays`` (dict name -> ndarray) and a JSON ``meta`` dict."""
+    payload = dict(arrays)
+    if "__meta__" in payload:
+        raise ValueError("'__meta__' is a reserved array name")
+    payload["__meta__"] = np.array(json.dumps(meta))
+    atomic_write(path, lambda f: np.savez(f, **payload))
+
+
+def read_npz(path, expected_format):
+    """Read an archive written by :func:`write_npz`, fully, with clear errors.
+
+    Returns
+    -------
+    (meta, arrays) : (dict, dict name -> ndarray)
+
+    Raises
+    ------
+    FileNotFoundError
+        The file does not exist.
+    CheckpointError
+        It is not a readable archive (corrupt, truncated), has no valid header, or
+        its format is not ``expected_format`` (None: any format; the caller checks it).
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such file: {path!r}")
+    try:
+        with open(path, "rb") as fh:
+            z = np.load(fh, allow_pickle=False)
+            if not hasattr(z, "files"):  # a plain .npy array, not an archive
+                raise CheckpointError(f"{path!r} is a single array, not an rnnfast .npz archive")
+            with z:
+                arrays = {k: z[k] for k in z.files}
+    except CheckpointError:
+        raise
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as e:
+        raise CheckpointError(
+            f"{path!r} is not a readable rnnfast file (corrupt or truncated?): {e}"
+        ) from e
+    if "__meta__" not in arrays:
+        raise CheckpointError(f"{path!r} has no rnnfast header ('__meta__' missing)")
+    try:
+        meta = json.loads(str(arrays.pop("__meta__")))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path!r} has an unreadable header: {e}") from e
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path!r} has a header that is not a JSON object")
+    if expected_format is not None and meta.get("format") != expected_format:
+        got = meta.get("format") if isinstance(meta, dict) else None
+        raise CheckpointError(f"{path!r} is not a {expected_format} file (format {got!r})")
+    return meta, arrays

@@ -1,0 +1,139 @@
+"""The per-update training history: a column store, and its JSON/CSV files.
+
+Columns: ``update``, ``length`` (T of the batch), ``loss``, ``norm`` (pre-clip gradient norm),
+``clipped``, ``action`` (ok / clipped / skipped / shrunk), ``omega``, ``alpha``, ``lr``,
+``rho`` (spectral radius of W_rec, NaN between measurements), ``explosion`` (pre-clip norm
+above a multiple of its running average) and ``seconds`` (wall time of the update).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+
+import numpy as np
+
+from ..fileio import CheckpointError, atomic_write_json, atomic_write_text
+
+__all__ = ["History", "COLUMNS", "ACTIONS", "write_history"]
+
+ACTIONS = ("ok", "clipped", "skipped", "shrunk")
+
+#: column name -> dtype
+COLUMNS = {
+    "update": np.int64,
+    "length": np.int64,
+    "loss": np.float64,
+    "norm": np.float64,
+    "clipped": np.int8,
+    "action": np.int8,
+    "omega": np.float64,
+    "alpha": np.float64,
+    "lr": np.float64,
+    "rho": np.float64,
+    "explosion": np.int8,
+    "seconds": np.float64,
+}
+
+
+class History:
+    """Column store of the per-update history (amortised O(1) appends)."""
+
+    def __init__(self):
+        self.clear()
+
+    def clear(self):
+        """Drop every row (long runs fold what they need and clear to bound memory)."""
+        self._n = 0
+        self._cols = {k: np.empty(1024, dt) for k, dt in COLUMNS.items()}
+
+    def __len__(self):
+        return self._n
+
+    def append(self, row):
+        """Append one row (a dict with every column)."""
+        if self._n == len(self._cols["update"]):
+            for k, a in self._cols.items():
+                b = np.empty(2 * len(a), a.dtype)
+                b[: self._n] = a[: self._n]
+                self._cols[k] = b
+        for k, a in self._cols.items():
+            a[self._n] = row[k]
+        self._n += 1
+
+    def column(self, name):
+        """A view of one column, (n,)."""
+        return self._cols[name][: self._n]
+
+    __getitem__ = column
+
+    @property
+    def columns(self):
+        return tuple(COLUMNS)
+
+    def arrays(self):
+        """dict name -> copy of each column."""
+        return {k: self.column(k).copy() for k in COLUMNS}
+
+    def load_arrays(self, arrays):
+        """Replace the rows by ``arrays`` (validated first: every column, equal lengths)."""
+        if not isinstance(arrays, dict) or "update" not in arrays:
+            raise CheckpointError("history: column 'update' is missing")
+        n = len(arrays["update"])
+        for k, dt in COLUMNS.items():
+            a = arrays.get(k)
+            if not isinstance(a, np.ndarray) or a.shape != (n,):
+                raise CheckpointError(f"history column {k!r} is missing or has the wrong shape")
+            if a.dtype != np.dtype(dt):
+                raise CheckpointError(f"history column {k!r} has dtype {a.dtype}, expected "
+                                      f"{np.dtype(dt)}")
+        cols = {k: np.empty(max(1024, n), dt) for k, dt in COLUMNS.items()}
+        for k in COLUMNS:
+            cols[k][:n] = arrays[k]
+        self._cols, self._n = cols, n
+
+    def rows(self):
+        """Rows as dicts of Python values (action by name, clipped/explosion as bool, NaN None)."""
+        cols = self.lists()
+        return [{k: cols[k][i] for k in COLUMNS} for i in range(self._n)]
+
+    def lists(self):
+        """dict name -> list of Python values (action by name, flags as bool, NaN as None)."""
+        out = {}
+        for k in COLUMNS:
+            v = self.column(k).tolist()
+            if k == "action":
+                v = [ACTIONS[a] for a in v]
+            elif k in ("clipped", "explosion"):
+                v = [bool(a) for a in v]
+            elif COLUMNS[k] is np.float64:
+                v = [None if math.isnan(a) else a for a in v]
+            out[k] = v
+        return out
+
+
+def _csv_cell(v):
+    if isinstance(v, float):
+        return repr(v) if math.isfinite(v) else ("nan" if math.isnan(v) else repr(v))
+    return str(v)
+
+
+def write_history(prefix, history, *, validations=(), summary=None):
+    """Write ``<prefix>.json`` (``{"columns", "validation", "summary"}``) and ``<prefix>.csv``
+    (one row per update), atomically."""
+    prefix = os.fspath(prefix)
+    cols = {k: history.column(k).tolist() for k in COLUMNS}
+    cols["action"] = [ACTIONS[a] for a in cols["action"]]
+    atomic_write_json(prefix + ".json",
+                      {"columns": cols, "validation": list(validations), "summary": summary or {}},
+                      indent=None)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    names = list(COLUMNS)
+    w.writerow(names)
+    arrays = [cols[k] for k in names]
+    for i in range(len(history)):
+        w.writerow([_csv_cell(a[i]) for a in arrays])
+    atomic_write_text(prefix + ".csv", buf.getvalue())
