@@ -39,8 +39,10 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from .analysis import dynamics
+from .experiments.synthetic import INITS, METHODS
 
 __all__ = [
+    "plot_figure7",
     "save_figure",
     "plot_bifurcation",
     "plot_one_neuron_map",
@@ -1123,3 +1125,90 @@ def write_gradient_figures(outdir, *, task="temporal_order", inits=("basic_tanh"
     plot_spectrum(diags, path=written["spectrum"], dpi=dpi,
                   title=f"W_rec at initialisation (H = {hidden})")
     return written
+
+
+def plot_figure7(points: Sequence[dict], path, *, title: Optional[str] = None, dpi: int = 120):
+    """Figure-7-style plot: success rate vs length, one panel per init, one line per method.
+
+    A second row shows the median number of updates to success of the solved
+    runs (log scale).  Needs matplotlib (the ``plot`` extra).
+
+    Parameters
+    ----------
+    points : sequence of dict
+        Rows of :func:`aggregate`.
+    path : str or os.PathLike
+        PNG written atomically.
+
+    Returns
+    -------
+    str
+        The path.
+
+    Raises
+    ------
+    ImportError
+        matplotlib is not installed.
+    """
+    inits = [i for i in INITS if any(p["init"] == i for p in points)]
+    inits += sorted({p["init"] for p in points} - set(inits))
+    methods = [m for m in METHODS if any(p["method"] == m for p in points)]
+    if not inits:
+        raise ValueError("points: nothing to plot")
+    n = len(inits)
+    fig = _figure((4.2 * n, 6.4))
+    axes = fig.subplots(2, n, squeeze=False, sharex=True)
+    lengths = sorted({p["length"] for p in points})
+    # dodge: shift each method a little along x so that equal curves stay visible
+    span = (lengths[-1] - lengths[0]) or max(1, lengths[0])
+    shift = {m: (i - (len(methods) - 1) / 2) * 0.012 * span for i, m in enumerate(methods)}
+    for j, init in enumerate(inits):
+        top, bottom = axes[0][j], axes[1][j]
+        any_solved = False
+        for m in methods:
+            pts = sorted((p for p in points if p["init"] == init and p["method"] == m),
+                         key=lambda p: p["length"])
+            if not pts:
+                continue
+            style = _METHOD_STYLE.get(m, {})
+            x = [p["length"] + shift[m] for p in pts]
+            top.plot(x, [100 * p["success_rate"] for p in pts], label=m,
+                     lw=2, ms=6, **style)
+            solved = [p for p in pts if p["updates_median"] is not None]
+            any_solved = any_solved or bool(solved)
+            if solved:
+                bottom.plot([p["length"] + shift[m] for p in solved],
+                            [p["updates_median"] for p in solved],
+                            label=m, lw=1.5, ms=5, **style)
+        if not any_solved:
+            bottom.text(0.5, 0.5, "no run solved", ha="center", va="center",
+                        transform=bottom.transAxes, color="0.4")
+        top.set_title(init)
+        top.set_ylim(-5, 105)
+        top.grid(alpha=0.3)
+        bottom.set_yscale("log")
+        bottom.grid(alpha=0.3, which="both")
+        bottom.set_xlabel("sequence length")
+        bottom.set_xticks(lengths)
+        if j == 0:
+            top.set_ylabel("success rate (%)")
+            bottom.set_ylabel("median updates to success")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    for ax in axes[0][1:]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    if title:
+        fig.suptitle(title)
+    try:  # matplotlib >= 3.7: a legend row below the panels
+        fig.legend(handles, labels, loc="outside lower center", ncols=len(labels))
+    except (TypeError, ValueError):
+        axes[0][0].legend(handles, labels, loc="center left")
+    save_figure(fig, path, dpi=dpi)
+    return os.fspath(path)
+
+
+# --------------------------------------------------------------------------- #
+# the sweep, end to end
+# --------------------------------------------------------------------------- #

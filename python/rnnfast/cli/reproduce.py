@@ -242,8 +242,22 @@ def _run_synthetic(args, settings, out, executor):
               f"(every remaining run spending its budget of {settings.max_updates} updates)")
         return 0
     res = syn.run_synthetic(settings, out, executor=executor, workers=workers,
-                            threads=args.threads, retries=args.retries, plot=not args.no_plot,
+                            threads=args.threads, retries=args.retries,
                             progress=not args.quiet, tick=args.progress_every)
+    if not args.no_plot and res["points"]:
+        try:
+            from ..plots import plot_figure7
+
+            path = plot_figure7(res["points"], os.path.join(out, "figure7.png"),
+                                title=f"{settings.task}: success rate vs length "
+                                      f"({settings.hidden} hidden, budget {settings.max_updates} "
+                                      f"updates, {settings.seeds} seeds)")
+            if not args.quiet:
+                print(f"  figure: {path}", flush=True)
+        except ImportError:
+            if not args.quiet:
+                print("note: matplotlib is not installed, figure7.png skipped "
+                      "(pip install 'rnnfast[plot]')")
     if executor is not None and executor.losses and not args.quiet:
         print(f"{len(executor.losses)} time(s) a worker left the cluster with a run on it; "
               f"those runs were rescheduled (LOST lines above)")

@@ -67,7 +67,6 @@ __all__ = [
     "estimate_seconds",
     "aggregate",
     "write_tables",
-    "plot_figure7",
     "run_synthetic",
     "GeneralizationSettings",
     "GENERALIZATION_LENGTHS",
@@ -545,93 +544,6 @@ _METHOD_STYLE = {"sgd": dict(color="tab:red", marker="o", ls="--"),
                  "sgd-cr": dict(color="tab:green", marker="^", ls="-")}
 
 
-def plot_figure7(points: Sequence[dict], path, *, title: Optional[str] = None, dpi: int = 120):
-    """Figure-7-style plot: success rate vs length, one panel per init, one line per method.
-
-    A second row shows the median number of updates to success of the solved
-    runs (log scale).  Needs matplotlib (the ``plot`` extra).
-
-    Parameters
-    ----------
-    points : sequence of dict
-        Rows of :func:`aggregate`.
-    path : str or os.PathLike
-        PNG written atomically.
-
-    Returns
-    -------
-    str
-        The path.
-
-    Raises
-    ------
-    ImportError
-        matplotlib is not installed.
-    """
-    from ..plots import _figure, save_figure
-
-    inits = [i for i in INITS if any(p["init"] == i for p in points)]
-    inits += sorted({p["init"] for p in points} - set(inits))
-    methods = [m for m in METHODS if any(p["method"] == m for p in points)]
-    if not inits:
-        raise ValueError("points: nothing to plot")
-    n = len(inits)
-    fig = _figure((4.2 * n, 6.4))
-    axes = fig.subplots(2, n, squeeze=False, sharex=True)
-    lengths = sorted({p["length"] for p in points})
-    # dodge: shift each method a little along x so that equal curves stay visible
-    span = (lengths[-1] - lengths[0]) or max(1, lengths[0])
-    shift = {m: (i - (len(methods) - 1) / 2) * 0.012 * span for i, m in enumerate(methods)}
-    for j, init in enumerate(inits):
-        top, bottom = axes[0][j], axes[1][j]
-        any_solved = False
-        for m in methods:
-            pts = sorted((p for p in points if p["init"] == init and p["method"] == m),
-                         key=lambda p: p["length"])
-            if not pts:
-                continue
-            style = _METHOD_STYLE.get(m, {})
-            x = [p["length"] + shift[m] for p in pts]
-            top.plot(x, [100 * p["success_rate"] for p in pts], label=m,
-                     lw=2, ms=6, **style)
-            solved = [p for p in pts if p["updates_median"] is not None]
-            any_solved = any_solved or bool(solved)
-            if solved:
-                bottom.plot([p["length"] + shift[m] for p in solved],
-                            [p["updates_median"] for p in solved],
-                            label=m, lw=1.5, ms=5, **style)
-        if not any_solved:
-            bottom.text(0.5, 0.5, "no run solved", ha="center", va="center",
-                        transform=bottom.transAxes, color="0.4")
-        top.set_title(init)
-        top.set_ylim(-5, 105)
-        top.grid(alpha=0.3)
-        bottom.set_yscale("log")
-        bottom.grid(alpha=0.3, which="both")
-        bottom.set_xlabel("sequence length")
-        bottom.set_xticks(lengths)
-        if j == 0:
-            top.set_ylabel("success rate (%)")
-            bottom.set_ylabel("median updates to success")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    for ax in axes[0][1:]:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            if lab not in labels:
-                handles.append(h)
-                labels.append(lab)
-    if title:
-        fig.suptitle(title)
-    try:  # matplotlib >= 3.7: a legend row below the panels
-        fig.legend(handles, labels, loc="outside lower center", ncols=len(labels))
-    except (TypeError, ValueError):
-        axes[0][0].legend(handles, labels, loc="center left")
-    save_figure(fig, path, dpi=dpi)
-    return os.fspath(path)
-
-
-# --------------------------------------------------------------------------- #
-# the sweep, end to end
-# --------------------------------------------------------------------------- #
 def _print_progress(stream):
     def show(p: SweepProgress):
         if p.event == "done":
@@ -653,7 +565,7 @@ def _print_progress(stream):
 
 
 def run_synthetic(settings: SweepSettings, out_dir, *, executor=None, workers=None, threads=1,
-                  retries=2, plot=True, progress=True, tick=60.0, estimate=True,
+                  retries=2, progress=True, tick=60.0, estimate=True,
                   stream=None) -> dict:
     """Run (or resume) a synthetic sweep and write its tables and figure.
 
@@ -662,8 +574,8 @@ def run_synthetic(settings: SweepSettings, out_dir, *, executor=None, workers=No
     settings : SweepSettings
     out_dir : str or os.PathLike
         Output folder: ``runs/<hash>.json`` (one per finished run),
-        ``runs.csv``, ``summary.csv``, ``summary.json``, ``figure7.png``,
-        ``sweep.json`` (the settings and run keys).
+        ``runs.csv``, ``summary.csv``, ``summary.json``, ``sweep.json`` (the settings
+        and run keys); the command line adds ``figure7.png`` (:func:`rnnfast.plots.plot_figure7`).
     executor : concurrent.futures.Executor, optional
         Default: a local spawn process pool of ``workers`` processes.
     workers : int, optional
@@ -672,8 +584,6 @@ def run_synthetic(settings: SweepSettings, out_dir, *, executor=None, workers=No
         Core threads per run (default 1).
     retries : int
         Resubmissions of a failing run.
-    plot : bool
-        Write ``figure7.png`` (skipped with a note when matplotlib is missing).
     progress : bool
         Print progress lines.
     tick : float
@@ -716,9 +626,19 @@ def run_synthetic(settings: SweepSettings, out_dir, *, executor=None, workers=No
             print(f"estimate: at most {format_duration(est)} on {workers} workers if no run "
                   f"stops early (runs stop as soon as they are solved)", file=stream, flush=True)
 
-    def on_result(_rec):
-        recs = [r for r in (store.load(config_hash(c)) for c in configs) if r is not None]
-        write_tables(out_dir, recs, settings=settings_doc)
+    # Tables while the sweep runs: records kept in memory (not re-read from disk per run)
+    # and the tables rewritten at most every `tick` seconds, so the work stays proportional
+    # to the runs finished; the final tables are written below.
+    keys = {config_hash(c) for c in configs}
+    done = {k: store.load(k) for k in keys if k in store}
+    last_write = [0.0]
+
+    def on_result(rec):
+        done[rec["key"]] = rec
+        now = time.perf_counter()
+        if now - last_write[0] >= tick:
+            write_tables(out_dir, list(done.values()), settings=settings_doc)
+            last_write[0] = time.perf_counter()
 
     res = run_sweep(configs, train_run, store, executor=executor, workers=workers,
                     threads=threads, retries=retries, cost=run_cost,
@@ -731,17 +651,6 @@ def run_synthetic(settings: SweepSettings, out_dir, *, executor=None, workers=No
              "run_seconds_total": sum(float(r["result"]["seconds"]) for r in res.records)}
     paths = write_tables(out_dir, res.records, settings=settings_doc, failures=res.failures,
                          extra=extra)
-    if plot and points:
-        try:
-            paths["figure"] = plot_figure7(
-                points, os.path.join(out_dir, "figure7.png"),
-                title=f"{settings.task}: success rate vs length "
-                      f"({settings.hidden} hidden, budget {settings.max_updates} updates, "
-                      f"{settings.seeds} seeds)")
-        except ImportError:
-            if progress:
-                print("note: matplotlib is not installed, figure7.png skipped "
-                      "(pip install 'rnnfast[plot]')", file=stream)
     if progress:
         print("", file=stream)
         print(format_table(points), file=stream)
