@@ -58,3 +58,22 @@ def install():
     if not any(isinstance(f, _AliasFinder) for f in sys.meta_path):
         # first: the path finder would load a second copy of a moved submodule
         sys.meta_path.insert(0, _AliasFinder())
+
+
+def renamed_argument(old, new):
+    """Decorator: the keyword ``old`` of a function is now ``new``; ``old`` is still accepted
+    for one release, with a DeprecationWarning."""
+    import functools
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            if old in kwargs:
+                if new in kwargs:
+                    raise TypeError(f"{fn.__name__}() got both {old!r} (deprecated) and {new!r}")
+                warnings.warn(f"{fn.__name__}({old}=...) is deprecated; use {new}=...",
+                              DeprecationWarning, stacklevel=2)
+                kwargs[new] = kwargs.pop(old)
+            return fn(*args, **kwargs)
+        return call
+    return wrap

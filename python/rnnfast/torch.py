@@ -85,7 +85,8 @@ from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import PackedSequence
 
 from . import core as _rf
-from .nn.clipping import AutoThreshold, ClipResult, GradientClipper, NONFINITE_POLICIES
+from .nn.clipping import (AutoThreshold, ClipResult, GradientClipper, NONFINITE_POLICIES,
+                          NonFiniteGradientError)
 
 __all__ = ["RNN", "UnsupportedError", "InputError", "clip_grad_norm"]
 
@@ -220,7 +221,7 @@ class _RNNFunction(torch.autograd.Function):
             _np(grad_output),                                   # dh (T, B, H)
             dh_last=None if grad_h_n is None else _np(grad_h_n[0]),  # (B, H)
             omega=omega is not None,
-            omega_bound=1e-20 if omega is None else omega.bound,
+            omega_bound=_rf.OMEGA_BOUND if omega is None else omega.bound,
             num_threads=ctx.num_threads,
         )
         if omega is not None:
@@ -327,7 +328,7 @@ class RNN(nn.Module):
                  nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
                  dropout: float = 0.0, bidirectional: bool = False, *, device=None, dtype=None,
                  num_threads: Optional[int] = None, omega: Optional[float] = None,
-                 omega_bound: float = 1e-20, **kwargs):
+                 omega_bound: float = _rf.OMEGA_BOUND, **kwargs):
         super().__init__()
         if "proj_size" in kwargs:
             raise UnsupportedError(
@@ -610,7 +611,7 @@ def _grad_view(name: str, g: torch.Tensor) -> np.ndarray:
 
 
 def clip_grad_norm(parameters, max_norm: Union[float, AutoThreshold, None], *,
-                   mode: str = "norm", strict: bool = False, nonfinite: str = "raise",
+                   mode: str = "norm", strict: bool = False, nonfinite: str = "shrink",
                    absurd: Optional[float] = 1e10,
                    recurrent: Union[torch.Tensor, Sequence[torch.Tensor], None] = None,
                    shrink: float = 0.02) -> ClipResult:
@@ -647,7 +648,8 @@ def clip_grad_norm(parameters, max_norm: Union[float, AutoThreshold, None], *,
         Algorithm 1, or clamping every entry to [-max_norm, max_norm] (Mikolov).
     strict : bool
         Clip when ``‖g‖ > max_norm`` instead of ``≥``.
-    nonfinite : {"raise", "skip", "shrink"}
+    nonfinite : {"shrink", "skip", "raise"}
+        Default "shrink", as everywhere in rnnfast (the authors' rule).
     absurd : float or None
     recurrent : Tensor or sequence of Tensor, optional
         The recurrent weight(s) W_rec for ``nonfinite="shrink"``; default: the parameters
@@ -684,9 +686,6 @@ def clip_grad_norm(parameters, max_norm: Union[float, AutoThreshold, None], *,
         rec = [recurrent]
     else:
         rec = list(recurrent)
-    if nonfinite == "shrink" and not rec:
-        raise ValueError("nonfinite='shrink' needs recurrent=<the W_rec parameter(s)> "
-                         "(or named parameters containing 'weight_hh')")
     grads = {}
     for name, p in named:
         if p.grad is not None:
@@ -700,6 +699,12 @@ def clip_grad_norm(parameters, max_norm: Union[float, AutoThreshold, None], *,
                               absurd=absurd, shrink=shrink)
     result = clipper(grads)
     if nonfinite == "shrink" and result.action == "skipped":
+        if not rec:
+            raise NonFiniteGradientError(
+                f"gradient norm is {result.norm!r} and nonfinite='shrink' (the default) needs "
+                "the recurrent weight(s): pass named parameters (names containing "
+                "'weight_hh') or recurrent=..., or choose nonfinite='skip' or 'raise'",
+                None, result.norm)
         with torch.no_grad():
             for W in rec:
                 if W.grad is None:

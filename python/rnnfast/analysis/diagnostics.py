@@ -329,7 +329,7 @@ def _reduce(a, stat):
     raise ValueError(f"stat: expected 'median', 'mean' or 'geomean', got {stat!r}")
 
 
-def gradient_flow(model, u, targets, mask=None, *, h0=None, omega_bound: float = 1e-20,
+def gradient_flow(model, u, targets, mask=None, *, h0=None, omega_bound: float = _rnnfast.OMEGA_BOUND,
                   keep_vectors: bool = False, num_threads: int | None = None) -> GradientFlow:
     """The norm of ∂E/∂h_k at every step k, the Ω ratios and Ω, for one minibatch.
 
@@ -613,7 +613,7 @@ def default_steps(T: int, count: int = 4) -> np.ndarray:
 
 
 def diagnose(model, u, targets, mask=None, *, steps=None, probe="auto", rng=None, h0=None,
-             omega_bound: float = 1e-20, num_threads: int | None = None) -> Diagnostics:
+             omega_bound: float = _rnnfast.OMEGA_BOUND, num_threads: int | None = None) -> Diagnostics:
     """Gradient flow, temporal contributions and spectrum of one model on one minibatch.
 
     Parameters

@@ -233,7 +233,7 @@ def _run_synthetic(args, settings, out, executor):
         store = ResultStore(out)
         todo = [c for c in configs if config_hash(c) not in store]
         per = syn.probe_update_time(settings, sorted({c["length"] for c in todo}) or None,
-                                    threads=args.threads)
+                                    num_threads=args.threads)
         est = syn.estimate_seconds(todo, per, workers)
         rates = ", ".join(f"L={L} {1e3 * t:.2f} ms" for L, t in sorted(per.items()))
         print(f"{len(configs)} runs, {len(configs) - len(todo)} finished in {out}; "
@@ -242,7 +242,7 @@ def _run_synthetic(args, settings, out, executor):
               f"(every remaining run spending its budget of {settings.max_updates} updates)")
         return 0
     res = syn.run_synthetic(settings, out, executor=executor, workers=workers,
-                            threads=args.threads, retries=args.retries,
+                            num_threads=args.threads, retries=args.retries,
                             progress=not args.quiet, tick=args.progress_every)
     if not args.no_plot and res["points"]:
         try:
@@ -339,7 +339,7 @@ def run_generalization_command(args):
     if args.max_length < args.min_length:
         raise SystemExit("rnnfast reproduce generalization: --max-length must be >= --min-length")
     limit = None if args.time_limit is None else 60.0 * args.time_limit
-    doc = run_generalization(settings, args.out, model_path=args.model, threads=args.threads,
+    doc = run_generalization(settings, args.out, model_path=args.model, num_threads=args.threads,
                              time_limit=limit)
     return 0 if all(r["solved"] for r in doc["rows"]) else 1
 

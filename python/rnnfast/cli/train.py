@@ -17,7 +17,7 @@ import json
 import os
 import sys
 
-import numpy as np
+from ..core import OMEGA_BOUND
 from .argtypes import (nonneg_float as _nonneg_float, nonneg_int as _nonneg_int,
                        positive_float as _positive_float, positive_int as _positive_int)
 
@@ -95,7 +95,7 @@ def add_arguments(p):
                         "Omega off)")
     g.add_argument("--alpha-schedule", default="constant",
                    help="constant, or inverse[:T0] for alpha*T0/(T0+t) (the 1/t decay)")
-    g.add_argument("--omega-bound", type=_positive_float, default=1e-20,
+    g.add_argument("--omega-bound", type=_positive_float, default=OMEGA_BOUND,
                    help="leave pairs with |dE/dh|^2 below this out of Omega (authors: 1e-20)")
 
     g = p.add_argument_group("optimiser")

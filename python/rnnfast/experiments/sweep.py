@@ -37,6 +37,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Mapping, Optional
 
+from .._aliases import renamed_argument
 from ..fileio import atomic_write_json, json_safe
 
 __all__ = [
@@ -168,13 +169,14 @@ class ResultStore:
 # --------------------------------------------------------------------------- #
 # executors
 # --------------------------------------------------------------------------- #
-def _worker_init(threads: Optional[int]) -> None:
+def _worker_init(num_threads: Optional[int]) -> None:
     """Initializer of local pool workers: pin the OpenMP thread count early."""
-    if threads is not None:
-        os.environ["OMP_NUM_THREADS"] = str(int(threads))
+    if num_threads is not None:
+        os.environ["OMP_NUM_THREADS"] = str(int(num_threads))
 
 
-def local_executor(workers: Optional[int] = None, threads: Optional[int] = 1
+@renamed_argument("threads", "num_threads")
+def local_executor(workers: Optional[int] = None, num_threads: Optional[int] = 1
                    ) -> cf.ProcessPoolExecutor:
     """A local process pool suited to rnnfast runs.
 
@@ -182,7 +184,7 @@ def local_executor(workers: Optional[int] = None, threads: Optional[int] = 1
     ----------
     workers : int, optional
         Worker processes (default: the number of CPU cores).
-    threads : int or None
+    num_threads : int or None
         OpenMP threads per worker (default 1); sets ``OMP_NUM_THREADS`` in each
         worker before rnnfast is imported there.
 
@@ -198,23 +200,23 @@ def local_executor(workers: Optional[int] = None, threads: Optional[int] = 1
         raise ValueError(f"workers: expected an integer >= 1, got {workers}")
     return cf.ProcessPoolExecutor(max_workers=workers,
                                   mp_context=multiprocessing.get_context("spawn"),
-                                  initializer=_worker_init, initargs=(threads,))
+                                  initializer=_worker_init, initargs=(num_threads,))
 
 
-def run_in_worker(fn: Callable[[dict], dict], config: dict, threads: Optional[int]) -> dict:
-    """Run ``fn(config)`` with the rnnfast core limited to ``threads`` threads.
+def run_in_worker(fn: Callable[[dict], dict], config: dict, num_threads: Optional[int]) -> dict:
+    """Run ``fn(config)`` with the rnnfast core limited to ``num_threads`` threads.
 
     This is what the sweep submits to the executor, so thread pinning does not
     depend on the executor's own initialisation hooks (a Dask worker has none
     of ours).  The returned dict gets ``"threads"`` and ``"worker_pid"`` added
     (informational; they are not part of the configuration).
     """
-    if threads is not None:
+    if num_threads is not None:
         import rnnfast
 
-        rnnfast.set_num_threads(int(threads))
+        rnnfast.set_num_threads(int(num_threads))
     out = dict(fn(config))
-    out.setdefault("threads", threads)
+    out.setdefault("threads", num_threads)
     out.setdefault("worker_pid", os.getpid())
     return out
 
@@ -321,9 +323,10 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}\n{tb[-4000:]}"
 
 
+@renamed_argument("threads", "num_threads")
 def run_sweep(configs: Iterable[Mapping], fn: Callable[[dict], dict], store: ResultStore, *,
               executor: Optional[cf.Executor] = None, workers: Optional[int] = None,
-              threads: Optional[int] = 1, retries: int = 2,
+              num_threads: Optional[int] = 1, retries: int = 2,
               cost: Optional[Callable[[dict], float]] = None,
               progress: Optional[Callable[[SweepProgress], None]] = None,
               tick: float = 60.0,
@@ -346,7 +349,7 @@ def run_sweep(configs: Iterable[Mapping], fn: Callable[[dict], dict], store: Res
     workers : int, optional
         Size of the default pool, and the parallelism assumed for the ETA
         (default: the pool's size, else the number of CPU cores).
-    threads : int or None
+    num_threads : int or None
         Core threads per run (:func:`run_in_worker`); None leaves the default.
     retries : int
         How many times a failed run is resubmitted before it counts as failed.
@@ -402,7 +405,7 @@ def run_sweep(configs: Iterable[Mapping], fn: Callable[[dict], dict], store: Res
     own = executor is None
     if own:
         workers = int(workers) if workers is not None else (os.cpu_count() or 1)
-        executor = local_executor(workers, threads)
+        executor = local_executor(workers, num_threads)
     elif workers is None:
         workers = getattr(executor, "_max_workers", None) or os.cpu_count() or 1
     workers = max(1, int(workers))
@@ -429,7 +432,7 @@ def run_sweep(configs: Iterable[Mapping], fn: Callable[[dict], dict], store: Res
 
     def submit(k, c):
         attempts[k] += 1
-        f = executor.submit(run_in_worker, fn, c, threads)
+        f = executor.submit(run_in_worker, fn, c, num_threads)
         inflight[f] = (k, c, time.perf_counter())
 
     def fail_or_retry(k, c, text, resubmit):
@@ -483,7 +486,7 @@ def run_sweep(configs: Iterable[Mapping], fn: Callable[[dict], dict], store: Res
                 rest = list(inflight.items())
                 inflight.clear()
                 executor.shutdown(wait=False, cancel_futures=True)
-                executor = local_executor(workers, threads)
+                executor = local_executor(workers, num_threads)
                 for _f, (k, c, _t0) in rest:
                     fail_or_retry(k, c, "BrokenProcessPool: a worker process died while "
                                         "this run was in the pool", resubmit)

@@ -48,6 +48,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .._aliases import renamed_argument
 from ..fileio import atomic_write_json, atomic_write_text, json_safe
 from ..train.callbacks import Callback
 from ..train.methods import METHODS as _METHOD_TABLE, canonical_method
@@ -362,8 +363,9 @@ def train_run(config: dict) -> dict:
 # --------------------------------------------------------------------------- #
 # time estimate
 # --------------------------------------------------------------------------- #
+@renamed_argument("threads", "num_threads")
 def probe_update_time(settings: SweepSettings, lengths: Optional[Sequence[int]] = None, *,
-                      updates: int = 20, threads: int = 1) -> Dict[int, float]:
+                      updates: int = 20, num_threads: int = 1) -> Dict[int, float]:
     """Measure seconds per SGD-CR update at each length (a short timing probe).
 
     Parameters
@@ -374,7 +376,7 @@ def probe_update_time(settings: SweepSettings, lengths: Optional[Sequence[int]] 
         Default ``settings.lengths``.
     updates : int
         Timed updates per length (after 3 warm-up updates).
-    threads : int
+    num_threads : int
         Core threads during the probe (as in one worker).
 
     Returns
@@ -385,7 +387,7 @@ def probe_update_time(settings: SweepSettings, lengths: Optional[Sequence[int]] 
     from ..train import build
 
     old = rnnfast.get_num_threads()
-    rnnfast.set_num_threads(int(threads))
+    rnnfast.set_num_threads(int(num_threads))
     try:
         out = {}
         for L in (lengths or settings.lengths):
@@ -564,7 +566,9 @@ def _print_progress(stream):
     return show
 
 
-def run_synthetic(settings: SweepSettings, out_dir, *, executor=None, workers=None, threads=1,
+@renamed_argument("threads", "num_threads")
+def run_synthetic(settings: SweepSettings, out_dir, *, executor=None, workers=None,
+                  num_threads=1,
                   retries=2, progress=True, tick=60.0, estimate=True,
                   stream=None) -> dict:
     """Run (or resume) a synthetic sweep and write its tables and figure.
@@ -580,7 +584,7 @@ def run_synthetic(settings: SweepSettings, out_dir, *, executor=None, workers=No
         Default: a local spawn process pool of ``workers`` processes.
     workers : int, optional
         Default: the number of CPU cores.
-    threads : int or None
+    num_threads : int or None
         Core threads per run (default 1).
     retries : int
         Resubmissions of a failing run.
@@ -618,11 +622,11 @@ def run_synthetic(settings: SweepSettings, out_dir, *, executor=None, workers=No
               flush=True)
     if estimate and todo:
         per = probe_update_time(settings, sorted({c["length"] for c in todo}),
-                                threads=threads or 1)
+                                num_threads=num_threads or 1)
         est = estimate_seconds(todo, per, workers)
         if progress:
             rates = ", ".join(f"L={L}: {1e3 * t:.2f} ms" for L, t in sorted(per.items()))
-            print(f"timing probe (per update, {threads or 1} thread): {rates}", file=stream)
+            print(f"timing probe (per update, {num_threads or 1} thread): {rates}", file=stream)
             print(f"estimate: at most {format_duration(est)} on {workers} workers if no run "
                   f"stops early (runs stop as soon as they are solved)", file=stream, flush=True)
 
@@ -641,7 +645,7 @@ def run_synthetic(settings: SweepSettings, out_dir, *, executor=None, workers=No
             last_write[0] = time.perf_counter()
 
     res = run_sweep(configs, train_run, store, executor=executor, workers=workers,
-                    threads=threads, retries=retries, cost=run_cost,
+                    num_threads=num_threads, retries=retries, cost=run_cost,
                     progress=_print_progress(stream) if progress else None, tick=tick,
                     on_result=on_result)
     points = aggregate(res.records)
@@ -721,7 +725,8 @@ class GeneralizationSettings:
     checkpoint_every: int = 20_000
 
 
-def train_generalization(settings: GeneralizationSettings, out_dir, *, threads=None,
+@renamed_argument("threads", "num_threads")
+def train_generalization(settings: GeneralizationSettings, out_dir, *, num_threads=None,
                          log: Optional[Callable[[str], None]] = None, time_limit=None):
     """Train (or resume) the generalisation model; returns ``(model, summary dict)``.
 
@@ -760,7 +765,7 @@ def train_generalization(settings: GeneralizationSettings, out_dir, *, threads=N
     engine = build("SGD-CR", task=task, hidden=settings.hidden, init=settings.init,
                    dtype=settings.dtype, init_rng=np.random.default_rng(s_init), lr=settings.lr,
                    clip=settings.clip, alpha=settings.alpha, batch_size=settings.batch_size,
-                   seed=s_train, num_threads=threads)
+                   seed=s_train, num_threads=num_threads)
     model = engine.model
     success = settings.success_error if settings.success_error > 0 else 1e-12
     best = BestSnapshot(best_path, best_info_path)
@@ -859,8 +864,9 @@ def history_summary(history, validations) -> dict:
     }
 
 
+@renamed_argument("threads", "num_threads")
 def evaluate_lengths(model, task_name: str, lengths: Sequence[int], *, n_sequences: int = 10_000,
-                     seed: int = 12345, threads=None, convention: str = "authors",
+                     seed: int = 12345, num_threads=None, convention: str = "authors",
                      on_row: Optional[Callable[[dict], None]] = None) -> List[dict]:
     """Error rate of ``model`` on ``n_sequences`` fresh sequences at each length.
 
@@ -881,7 +887,7 @@ def evaluate_lengths(model, task_name: str, lengths: Sequence[int], *, n_sequenc
                                convention=convention)
         rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(L)]))
         t0 = time.perf_counter()
-        err = _tasks.evaluate(task, lambda u: model.outputs(u, num_threads=threads), rng,
+        err = _tasks.evaluate(task, lambda u: model.outputs(u, num_threads=num_threads), rng,
                               n_sequences=int(n_sequences), length=int(L), dtype=model.dtype)
         row = {"length": int(L), "sequences": int(n_sequences),
                "errors": int(round(err * n_sequences)), "error_rate": err,
@@ -902,8 +908,9 @@ def format_generalization(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
+@renamed_argument("threads", "num_threads")
 def run_generalization(settings: GeneralizationSettings, out_dir, *, model_path=None,
-                       threads=None, stream=None, time_limit=None) -> dict:
+                       num_threads=None, stream=None, time_limit=None) -> dict:
     """Train (or load) the model and evaluate it at every test length.
 
     Writes ``generalization.json`` and ``generalization.csv`` in ``out_dir``
@@ -927,7 +934,7 @@ def run_generalization(settings: GeneralizationSettings, out_dir, *, model_path=
             f"{settings.hidden} hidden, {settings.init}, SGD-CR (clip {settings.clip}, "
             f"alpha {settings.alpha}), lr {settings.lr}, up to {settings.max_updates} updates")
         model, train = train_generalization(settings, os.path.join(out_dir, "train"),
-                                            threads=threads, log=log, time_limit=time_limit)
+                                            num_threads=num_threads, log=log, time_limit=time_limit)
         log(f"training stopped ({train['stopped']}) after {train['updates']} updates, "
             f"{format_duration(train['seconds_total'])} of updates")
         if not train["solved"]:
@@ -947,7 +954,7 @@ def run_generalization(settings: GeneralizationSettings, out_dir, *, model_path=
                                                   "error_rate", "solved", "seconds")))
 
     evaluate_lengths(model, settings.task, settings.eval_lengths, n_sequences=settings.eval_size,
-                     seed=settings.seed + 1_000_003, threads=threads, on_row=write)
+                     seed=settings.seed + 1_000_003, num_threads=num_threads, on_row=write)
     write()
     log("")
     log(format_generalization(doc["rows"]))

@@ -30,6 +30,8 @@ from typing import Mapping, NamedTuple, Optional
 
 import numpy as np
 
+from .model import RECURRENT
+
 __all__ = [
     "NONFINITE_POLICIES",
     "NonFiniteGradientError",
@@ -303,10 +305,12 @@ class GradientClipper:
         Norms above it count as non-finite (authors: 1e10); None: only NaN/Inf.
     shrink : float
         The shrink step's factor (authors: 0.02).
+    recurrent : tuple of str
+        The names of the recurrent weight(s) the shrink step acts on.
     """
 
     def __init__(self, threshold=1.0, *, mode="norm", strict=False, nonfinite="shrink",
-                 absurd=1e10, shrink=0.02):
+                 absurd=1e10, shrink=0.02, recurrent=(RECURRENT,)):
         if mode not in ("norm", "elementwise"):
             raise ValueError(f"mode={mode!r} is unknown; expected 'norm' or 'elementwise'")
         if nonfinite not in NONFINITE_POLICIES:
@@ -327,6 +331,7 @@ class GradientClipper:
         self.nonfinite = nonfinite
         self.absurd = None if absurd is None else float(absurd)
         self.shrink = float(shrink)
+        self.recurrent = tuple(recurrent)
 
     @property
     def current_threshold(self):
@@ -385,10 +390,15 @@ class GradientClipper:
             g[...] = 0
         if self.nonfinite == "skip":
             return ClipResult(norm, False, 0.0, thr, "skipped")
-        if params is None or "W_rec" not in params or "W_rec" not in grads:
-            raise ValueError("the 'shrink' policy needs params and grads that contain 'W_rec'")
-        gw = grads["W_rec"]
-        np.multiply(params["W_rec"], gw.dtype.type(self.shrink), out=gw)
+        names = [k for k in self.recurrent if k in grads and params is not None and k in params]
+        if not names:
+            raise NonFiniteGradientError(
+                f"gradient norm is {norm!r} (NaN, Inf or > {self.absurd}) and the 'shrink' "
+                f"policy found no recurrent weight {list(self.recurrent)} in the parameters "
+                "(pass params, or choose nonfinite='skip' or 'raise')", culprit, norm)
+        for k in names:
+            gw = grads[k]
+            np.multiply(params[k], gw.dtype.type(self.shrink), out=gw)
         return ClipResult(norm, False, 0.0, thr, "shrunk")
 
     def state_dict(self):

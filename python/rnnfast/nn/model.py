@@ -302,7 +302,7 @@ class RNNModel:
             return r.loss, r.y, np.array(h if h.ndim == 2 else h[-1])
         return r.loss, r.y
 
-    def loss_and_grad(self, u, targets, mask=None, *, omega=False, omega_bound=1e-20,
+    def loss_and_grad(self, u, targets, mask=None, *, omega=False, omega_bound=_core.OMEGA_BOUND,
                       h0=None, num_threads=None, workspace=None):
         """Loss and the gradients of all parameters (forward + readout + BPTT).
 
