@@ -1,5 +1,5 @@
 // Microbenchmarks of the C++ kernels: forward, backward, and the Ω-fused backward, at the
-// sizes of DESIGN.md (T, B, I, H). Counters: GFLOP/s of the work each kernel does
+// sizes of bench/peers.py (T, B, I, H). Counters: GFLOP/s of the work each kernel does
 // (forward 2·T·B·H·(H+I), backward twice that; Ω adds the symmetric product T·B·H²).
 //   cmake -S . -B build/bench -DRNNFAST_BUILD_BENCH=ON -DCMAKE_BUILD_TYPE=Release \
 //         -DCMAKE_PREFIX_PATH=$(python -c 'import sysconfig;print(sysconfig.get_paths()["purelib"])') \

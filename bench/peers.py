@@ -89,7 +89,7 @@ import numpy as np
 # Problem definitions
 # --------------------------------------------------------------------------------------------
 
-#: Named sizes (T, B, I, H) from DESIGN.md.
+#: Named sizes (T, B, I, H): P is the paper's temporal-order minibatch, S1-S5 span small to large.
 SIZES = {
     "P": (125, 20, 6, 50),
     "S1": (100, 1, 8, 50),

@@ -24,7 +24,7 @@ figure least disturbed by other processes, on two it includes OpenMP's spin-wait
 1-minute load average at the start and end is printed and stored.
 
 Sizes (T, B, I, H): P = (125, 20, 6, 50) the paper's temporal-order minibatch,
-S2 = (100, 32, 8, 100), S3 = (200, 64, 64, 256) (from DESIGN.md).
+S2 = (100, 32, 8, 100), S3 = (200, 64, 64, 256) (the sizes of bench/peers.py).
 
 Usage::
 

@@ -1127,6 +1127,11 @@ def write_gradient_figures(outdir, *, task="temporal_order", inits=("basic_tanh"
     return written
 
 
+_METHOD_STYLE = {"SGD": dict(color="tab:red", marker="o", ls="--"),
+                 "SGD-C": dict(color="tab:blue", marker="s", ls="-."),
+                 "SGD-CR": dict(color="tab:green", marker="^", ls="-")}
+
+
 def plot_figure7(points: Sequence[dict], path, *, title: Optional[str] = None, dpi: int = 120):
     """Figure-7-style plot: success rate vs length, one panel per init, one line per method.
 

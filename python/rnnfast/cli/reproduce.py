@@ -84,6 +84,16 @@ def _int_list(s):
     return vals
 
 
+def _method_list(s):
+    try:
+        vals = tuple(canonical_method(x) for x in s.replace(" ", "").split(",") if x)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if not vals:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of methods, got {s!r}")
+    return vals
+
+
 def _choice_list(choices):
     def parse(s):
         vals = tuple(x for x in s.replace(" ", "").split(",") if x)
@@ -125,8 +135,8 @@ def add_synthetic_arguments(p):
                    help="comma-separated sequence lengths, one point each" + d("lengths"))
     g.add_argument("--seeds", type=positive_int, default=None,
                    help="seeds per point (0..N-1)" + d("seeds"))
-    g.add_argument("--methods", type=_choice_list(tuple(METHODS)), default=None,
-                   help="comma-separated subset of sgd,sgd-c,sgd-cr (default all)")
+    g.add_argument("--methods", type=_method_list, default=None,
+                   help="comma-separated subset of " + ",".join(METHODS) + " (default all)")
     g.add_argument("--inits", type=_choice_list(INITS), default=None,
                    help="comma-separated subset of sigmoid,basic_tanh,smart_tanh (default all)")
     g.add_argument("--convention", choices=("authors", "martens"), default=None,

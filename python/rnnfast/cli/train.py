@@ -1,6 +1,6 @@
 """``rnnfast train``: train an RNN on one task with SGD, SGD-C or SGD-CR.
 
-Defaults are the paper's temporal-order settings (PAPER.md, Fig. 7): 50 hidden
+Defaults are the paper's temporal-order settings (its Fig. 7; docs/method.md): 50 hidden
 units, lr 0.01 without momentum, minibatch 20, norm clipping at 1.0, Ω weight
 α = 4, up to 5M updates, success at < 1% errors on 10,000 fresh sequences.
 

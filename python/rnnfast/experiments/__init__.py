@@ -15,7 +15,7 @@ The command line is ``rnnfast reproduce synthetic|generalization``
 from .sweep import (ResultStore, SweepProgress, SweepResult, config_hash, local_executor,
                     run_sweep)
 from .synthetic import (DEFAULT, FULL, GeneralizationSettings, SweepSettings, aggregate,
-                        make_configs, plot_figure7, run_generalization, run_synthetic, train_run)
+                        make_configs, run_generalization, run_synthetic, train_run)
 
 __all__ = [
     "ResultStore",
@@ -30,7 +30,6 @@ __all__ = [
     "SweepSettings",
     "aggregate",
     "make_configs",
-    "plot_figure7",
     "run_generalization",
     "run_synthetic",
     "train_run",

@@ -6,7 +6,7 @@ per character for the next character, or for the character ``k`` steps ahead),
 each trained with SGD, SGD-C (norm clipping) or SGD-CR (clipping + the Ω
 regularizer).
 
-Default settings (PAPER.md, "Reported settings"; where the paper leaves a detail
+Default settings (the paper's section 5; where the paper leaves a detail
 open our choice is marked *ours*):
 
 =============  ===========================================  ==============================

@@ -14,8 +14,8 @@ Two experiments:
   length per minibatch), then evaluated on 10,000 fresh sequences at each of
   50 ... 5000 steps with a forward-only pass whose memory does not grow with T.
 
-Methods (PAPER.md): ``sgd`` = no clipping, no Ω; ``sgd-c`` = norm clipping at
-the threshold (1.0); ``sgd-cr`` = clipping + Ω with constant weight α (4.0, the
+Methods (:mod:`rnnfast.train.methods`): ``SGD`` = no clipping, no Ω; ``SGD-C`` = norm clipping at
+the threshold (1.0); ``SGD-CR`` = clipping + Ω with constant weight α (4.0, the
 paper's temporal-order value).  Every method keeps the authors' guard against
 NaN/Inf/> 1e10 gradient norms (a shrink step on ``W_rec``).
 
@@ -536,14 +536,6 @@ def format_table(points: Sequence[dict]) -> str:
                      f"{p['length']:>6} {p['solved']:>3}/{p['runs']:<3} "
                      f"{100 * p['success_rate']:>5.0f}% {med:>11} {p['seconds_mean']:>10.1f}")
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------- #
-# figure
-# --------------------------------------------------------------------------- #
-_METHOD_STYLE = {"sgd": dict(color="tab:red", marker="o", ls="--"),
-                 "sgd-c": dict(color="tab:blue", marker="s", ls="-."),
-                 "sgd-cr": dict(color="tab:green", marker="^", ls="-")}
 
 
 def _print_progress(stream):

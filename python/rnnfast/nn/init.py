@@ -8,7 +8,7 @@ same seed always gives the same parameters. Shapes follow rnnfast's convention
 ``i``; column ``j`` its OUTGOING weights. (The authors' Theano code stores the
 transposes, ``W_hh = W_recᵀ``.)
 
-Schemes (PAPER.md, "Initialisations")
+Schemes (the paper's section 3.3 and the authors' code; docs/method.md)
 -------------------------------------
 ``"sigmoid"``      sigmoid units; ``W_in, W_rec, W_out ~ N(0, 0.01²)``.
 ``"basic_tanh"``   tanh units; all ``~ N(0, 0.1²)``.
