@@ -18,7 +18,6 @@
 #include <cstdlib>
 #include <memory>
 #include <new>
-#include <vector>
 
 #if defined(__linux__)
 #include <sys/mman.h>

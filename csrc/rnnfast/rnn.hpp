@@ -347,7 +347,6 @@ inline void row_sqnorms(const S* p, const S* q, Index ld, Index rows, Index cols
   }
 }
 
-
 // ---------------------------------------------------------------------------------------------
 // Forward: out.h (and out.x when not null) from `in`.
 
