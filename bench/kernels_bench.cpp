@@ -1,5 +1,5 @@
 // Microbenchmarks of the C++ kernels: forward, backward, and the Ω-fused backward, at the
-// sizes of bench/peers.py (T, B, I, H). Counters: GFLOP/s of the work each kernel does
+// sizes (T, B, I, H) of kSizes below. Counters: GFLOP/s of the work each kernel does
 // (forward 2·T·B·H·(H+I), backward twice that; Ω adds the symmetric product T·B·H²).
 //   cmake -S . -B build/bench -DRNNFAST_BUILD_BENCH=ON -DCMAKE_BUILD_TYPE=Release \
 //         -DCMAKE_PREFIX_PATH=$(python -c 'import sysconfig;print(sysconfig.get_paths()["purelib"])') \
@@ -15,7 +15,6 @@
 
 namespace {
 
-using rnnfast::Activation;
 using rnnfast::Index;
 
 struct Size {
@@ -50,15 +49,22 @@ struct Problem {
     du.resize(u.size());
     og.resize(W_rec.size());
   }
+  rnnfast::Inputs<S> inputs() const {
+    return {{z.T, z.B, z.I, z.H}, u.data(), W_in.data(), W_rec.data(), b.data(), nullptr};
+  }
   void forward(int threads) {
-    rnnfast::forward<S>(u.data(), W_in.data(), W_rec.data(), b.data(), nullptr, h.data(), nullptr,
-                        z.T, z.B, z.I, z.H, Activation::Tanh, threads);
+    rnnfast::Options opt;
+    opt.threads = threads;
+    rnnfast::forward<S>(inputs(), {h.data(), nullptr}, opt);
   }
   void backward(int threads, bool omega) {
-    rnnfast::backward<S>(u.data(), W_in.data(), W_rec.data(), nullptr, h.data(), dh.data(),
-                         nullptr, dx.data(), dW_in.data(), dW_rec.data(), db.data(), dh0.data(),
-                         du.data(), omega ? og.data() : nullptr, 1e-20, nullptr, z.T, z.B, z.I,
-                         z.H, Activation::Tanh, threads);
+    rnnfast::Options opt;
+    opt.threads = threads;
+    opt.omega = omega;
+    rnnfast::backward<S>(inputs(), {h.data(), nullptr}, {dh.data(), nullptr},
+                         {dx.data(), dW_in.data(), dW_rec.data(), db.data(), dh0.data(),
+                          du.data(), omega ? og.data() : nullptr, nullptr},
+                         opt);
   }
   double flops() const { return 2.0 * z.T * z.B * z.H * (z.H + z.I); }
 };

@@ -16,6 +16,7 @@
 
 namespace py = pybind11;
 using rnnfast::Activation;
+using rnnfast::Dims;
 using rnnfast::Index;
 using rnnfast::Schedule;
 
@@ -48,9 +49,9 @@ S* buffer(const py::object& obj, const char* name, std::vector<Index> shape, boo
 }
 
 // Freed output arrays, kept for the next call. Fresh memory is page-faulted in from the
-// operating system at first touch (~0.2 ms per MB here; the paper's minibatch writes ~1.1 MB
-// of outputs in a ~1 ms forward+BPTT); a loop that drops the previous call's arrays gets the
-// same memory back.
+// operating system at first touch (~0.2 ms per MB here; a float32 minibatch of (T, B, I, H) =
+// (125, 20, 6, 50) writes ~1.1 MB of outputs in a ~1 ms forward+BPTT); a loop that drops the
+// previous call's arrays gets the same memory back.
 // Bounded: at most kMaxHeld bytes are kept and blocks above kMaxBlock are never kept.
 // Never destroyed (arrays may be freed during interpreter shutdown, after static destructors).
 class OutputPool {
@@ -122,27 +123,37 @@ py::array empty_aligned(const std::vector<py::ssize_t>& shape, const py::dtype& 
   return py::array(dtype, shape, p, owner);
 }
 
+// u (T, B, I) and W_rec (H, H) give the dimensions every other array is checked against.
+Dims dims_of(const py::array& u, const py::object& W_rec) {
+  if (u.ndim() != 3) throw py::value_error("u: expected shape (T, B, I)");
+  if (!py::isinstance<py::array>(W_rec) || py::reinterpret_borrow<py::array>(W_rec).ndim() != 2)
+    throw py::value_error("W_rec: expected shape (H, H)");
+  return {u.shape(0), u.shape(1), u.shape(2), py::reinterpret_borrow<py::array>(W_rec).shape(0)};
+}
+
 template <typename S>
 void forward(const py::array& u, const py::object& W_in, const py::object& W_rec,
              const py::object& b, const py::object& h0, const py::object& h, const py::object& x,
              int activation, int num_threads, int schedule) {
-  if (u.ndim() != 3) throw py::value_error("u: expected shape (T, B, I)");
-  const Index T = u.shape(0), B = u.shape(1), I = u.shape(2);
-  if (!py::isinstance<py::array>(W_rec) || py::reinterpret_borrow<py::array>(W_rec).ndim() != 2)
-    throw py::value_error("W_rec: expected shape (H, H)");
-  const Index H = py::reinterpret_borrow<py::array>(W_rec).shape(0);
-  const S* pu = buffer<S>(u, "u", {T, B, I});
-  const S* pWi = buffer<S>(W_in, "W_in", {H, I});
-  const S* pWr = buffer<S>(W_rec, "W_rec", {H, H});
-  const S* pb = buffer<S>(b, "b", {H});
-  const S* ph0 = buffer<S>(h0, "h0", {B, H}, true);
-  S* ph = buffer<S>(h, "h", {T, B, H}, false, true);
-  S* px = buffer<S>(x, "x", {T, B, H}, true, true);
+  const Dims d = dims_of(u, W_rec);
+  const auto [T, B, I, H] = d;
+  const rnnfast::Inputs<S> in{d,
+                              buffer<S>(u, "u", {T, B, I}),
+                              buffer<S>(W_in, "W_in", {H, I}),
+                              buffer<S>(W_rec, "W_rec", {H, H}),
+                              buffer<S>(b, "b", {H}),
+                              buffer<S>(h0, "h0", {B, H}, true)};
+  const rnnfast::States<S> out{buffer<S>(h, "h", {T, B, H}, false, true),
+                               buffer<S>(x, "x", {T, B, H}, true, true)};
+  rnnfast::Options opt;
+  opt.activation = Activation(activation);
+  opt.threads = num_threads;
+  opt.schedule = Schedule(schedule);
   py::gil_scoped_release nogil;
-  rnnfast::forward<S>(pu, pWi, pWr, pb, ph0, ph, px, T, B, I, H, Activation(activation),
-                      num_threads, Schedule(schedule));
+  rnnfast::forward<S>(in, out, opt);
 }
 
+// Ω is on when omega_grad is given.
 template <typename S>
 std::pair<double, double> backward(const py::array& u, const py::object& W_in,
                                    const py::object& W_rec, const py::object& h0,
@@ -153,30 +164,33 @@ std::pair<double, double> backward(const py::array& u, const py::object& W_in,
                                    const py::object& du, const py::object& omega_grad,
                                    double omega_bound, const py::object& dh_norm,
                                    int activation, int num_threads, int schedule) {
-  if (u.ndim() != 3) throw py::value_error("u: expected shape (T, B, I)");
-  const Index T = u.shape(0), B = u.shape(1), I = u.shape(2);
-  if (!py::isinstance<py::array>(W_rec) || py::reinterpret_borrow<py::array>(W_rec).ndim() != 2)
-    throw py::value_error("W_rec: expected shape (H, H)");
-  const Index H = py::reinterpret_borrow<py::array>(W_rec).shape(0);
-  const S* pu = buffer<S>(u, "u", {T, B, I});
-  const S* pWi = buffer<S>(W_in, "W_in", {H, I});
-  const S* pWr = buffer<S>(W_rec, "W_rec", {H, H});
-  const S* ph0 = buffer<S>(h0, "h0", {B, H}, true);
-  const S* ph = buffer<S>(h, "h", {T, B, H});
-  const S* pdh = buffer<S>(dh, "dh", {T, B, H}, true);
-  const S* pdhl = buffer<S>(dh_last, "dh_last", {B, H}, true);
-  S* pdx = buffer<S>(dx, "dx", {T, B, H}, false, true);
-  S* pdWi = buffer<S>(dW_in, "dW_in", {H, I}, false, true);
-  S* pdWr = buffer<S>(dW_rec, "dW_rec", {H, H}, false, true);
-  S* pdb = buffer<S>(db, "db", {H}, false, true);
-  S* pdh0 = buffer<S>(dh0, "dh0", {B, H}, false, true);
-  S* pdu = buffer<S>(du, "du", {T, B, I}, false, true);
-  S* pog = buffer<S>(omega_grad, "omega_grad", {H, H}, true, true);
-  double* pdn = buffer<double>(dh_norm, "dh_norm", {T, B}, true, true);
+  const Dims d = dims_of(u, W_rec);
+  const auto [T, B, I, H] = d;
+  const rnnfast::Inputs<S> in{d,
+                              buffer<S>(u, "u", {T, B, I}),
+                              buffer<S>(W_in, "W_in", {H, I}),
+                              buffer<S>(W_rec, "W_rec", {H, H}),
+                              nullptr,  // b: not needed by the backward
+                              buffer<S>(h0, "h0", {B, H}, true)};
+  const rnnfast::States<const S> st{buffer<S>(h, "h", {T, B, H}), nullptr};
+  const rnnfast::Upstream<S> up{buffer<S>(dh, "dh", {T, B, H}, true),
+                                buffer<S>(dh_last, "dh_last", {B, H}, true)};
+  const rnnfast::Gradients<S> g{buffer<S>(dx, "dx", {T, B, H}, false, true),
+                                buffer<S>(dW_in, "dW_in", {H, I}, false, true),
+                                buffer<S>(dW_rec, "dW_rec", {H, H}, false, true),
+                                buffer<S>(db, "db", {H}, false, true),
+                                buffer<S>(dh0, "dh0", {B, H}, false, true),
+                                buffer<S>(du, "du", {T, B, I}, false, true),
+                                buffer<S>(omega_grad, "omega_grad", {H, H}, true, true),
+                                buffer<double>(dh_norm, "dh_norm", {T, B}, true, true)};
+  rnnfast::Options opt;
+  opt.activation = Activation(activation);
+  opt.threads = num_threads;
+  opt.schedule = Schedule(schedule);
+  opt.omega = g.omega_grad != nullptr;
+  opt.omega_bound = omega_bound;
   py::gil_scoped_release nogil;
-  const auto r = rnnfast::backward<S>(pu, pWi, pWr, ph0, ph, pdh, pdhl, pdx, pdWi, pdWr, pdb,
-                                      pdh0, pdu, pog, omega_bound, pdn, T, B, I, H,
-                                      Activation(activation), num_threads, Schedule(schedule));
+  const rnnfast::BackwardOut r = rnnfast::backward<S>(in, st, up, g, opt);
   return {r.omega_sum, r.omega_pairs};
 }
 

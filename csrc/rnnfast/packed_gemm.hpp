@@ -13,11 +13,11 @@
 #include <Eigen/Core>
 
 #include <algorithm>
+#include <cassert>
 #include <cstddef>
 #include <cstdlib>
 #include <memory>
 #include <new>
-#include <vector>
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -69,6 +69,7 @@ inline void* aligned_memory(std::size_t bytes) {
 template <typename S>
 class Buffer {
  public:
+  Buffer() = default;  // no storage
   explicit Buffer(std::size_t n) : data_(static_cast<S*>(aligned_memory(n * sizeof(S)))) {}
   S* data() { return data_.get(); }
   const S* data() const { return data_.get(); }
@@ -106,12 +107,23 @@ class PackedMatrix {
   static constexpr int PS = PanelShape<S>::PS;
   using Packet = typename PanelShape<S>::Packet;
 
-  PackedMatrix(Index K, Index N, bool single_row = false)
+  // Allocates its storage.
+  PackedMatrix(Index K, Index N, bool single_row = false) : PackedMatrix(K, N, single_row, nullptr) {}
+  // Over caller-owned `storage` of at least elements(K, N, single_row) elements (scratch
+  // allocated before a parallel region), or its own storage when `storage` is null.
+  PackedMatrix(Index K, Index N, bool single_row, S* storage)
       : single_row_(single_row), np_(single_row ? PanelShape<S>::NPW : PanelShape<S>::NP),
         nr_(np_ * PS), K_(K), N_(N),
         panels_((N + nr_ - 1) / nr_),
         last_packets_(int((N - (panels_ - 1) * nr_ + PS - 1) / PS)),
-        data_(static_cast<std::size_t>(panels_ * K * nr_)) {}
+        owned_(storage ? Buffer<S>() : Buffer<S>(elements(K, N, single_row))),
+        data_(storage ? storage : owned_.data()) {}
+
+  // Elements of the packed (K, N) matrix (full panels, padding included).
+  static std::size_t elements(Index K, Index N, bool single_row = false) {
+    const Index nr = (single_row ? PanelShape<S>::NPW : PanelShape<S>::NP) * PS;
+    return static_cast<std::size_t>((N + nr - 1) / nr * K * nr);
+  }
 
   // Whether the packed matrix is so large that a product with few rows streams it from
   // memory: such products prefetch ahead (packed_gemm) and callers avoid streaming it once
@@ -125,7 +137,7 @@ class PackedMatrix {
   Index cols() const { return N_; }
   Index panels() const { return panels_; }
   Index panel_width() const { return nr_; }  // columns of a full panel
-  const S* panel(Index p) const { return data_.data() + p * K_ * nr_; }
+  const S* panel(Index p) const { return data_ + p * K_ * nr_; }
   int packets(Index p) const { return p + 1 < panels_ ? np_ : last_packets_; }
   Index width(Index p) const { return packets(p) * PS; }
 
@@ -159,7 +171,7 @@ class PackedMatrix {
         } else if (j0 >= n1) {
           pack_row(r2, 1, p, k, n1);
         } else {  // the panel where X2 begins
-          S* dst = data_.data() + p * K_ * nr_ + k * w;
+          S* dst = data_ + p * K_ * nr_ + k * w;
           for (Index j = 0; j < w; ++j) {
             const Index c = j0 + j;
             dst[j] = c < n1 ? r1[c] : c < N_ ? r2[c - n1] : S(0);
@@ -172,7 +184,7 @@ class PackedMatrix {
  private:
   // Row k of panel p from `row`: element j of the matrix row (j ≥ c0) at row[(j − c0)·cs].
   void pack_row(const S* row, Index cs, Index p, Index k, Index c0 = 0) {
-    S* dst = data_.data() + p * K_ * nr_ + k * width(p);
+    S* dst = data_ + p * K_ * nr_ + k * width(p);
     const Index j0 = p * nr_, jn = std::min<Index>(nr_, N_ - j0), w = width(p);
     row += (j0 - c0) * cs;
     if (cs == 1 && jn == nr_) {  // a full row of the panel: whole packets
@@ -190,7 +202,8 @@ class PackedMatrix {
   Index nr_;  // columns per full panel
   Index K_, N_, panels_;
   int last_packets_;
-  Buffer<S> data_;
+  Buffer<S> owned_;  // empty over caller-owned storage
+  S* data_;
 };
 
 namespace detail {
@@ -397,6 +410,36 @@ struct MoreColumns {
   Index ldy2 = 0;
 };
 
+// Blocking of gemm_tn: KC rows of A and Bm at a time (1 KB of each), and MCT slivers of A
+// (MCT·MR output rows) per pass, so that the packed block of A (KC·MCT·MR elements, 192 KB)
+// stays in L2 while each panel of Bp (KC·NR elements, 16 KB) is swept from L1. Measured at
+// (R, M, N) = (3200, 1024, 1024): 58 GFLOP/s without the MCT blocking, 74-79 with it.
+template <typename S>
+struct GemmTnShape {
+  static constexpr int MR = PanelShape<S>::MR, NR = PanelShape<S>::NR, PS = PanelShape<S>::PS;
+  static constexpr int AP = (MR + PS - 1) / PS;  // packets that cover MR elements of a row of A
+  static constexpr Index KC = 1024 / Index(sizeof(S));
+  static constexpr Index MCT = 32;
+  static constexpr Index ABLOCK = KC * MR + AP * PS;  // one packed sliver of A, with room to overrun
+};
+
+// Scratch of gemm_tn calls with at most `rows` output rows (i1 − i0) and at most `cols`
+// columns on the right (N + more.n): a caller that runs gemm_tn inside a parallel region
+// allocates one per thread before the region, since an allocation that fails inside the
+// region would end the process.
+template <typename S>
+struct GemmTnWork {
+  using Sh = GemmTnShape<S>;
+  GemmTnWork(Index max_rows, Index max_cols)
+      : rows(max_rows), cols(max_cols), bp(PackedMatrix<S>::elements(Sh::KC, max_cols)),
+        st(size_t(max_rows * Sh::NR)),
+        ap(size_t(std::min((max_rows + Sh::MR - 1) / Sh::MR, Sh::MCT) * Sh::ABLOCK)) {}
+  Index rows, cols;
+  Buffer<S> bp;  // the packed chunk of [Bm | Bm2]
+  Buffer<S> st;  // (rows, NR): the panel shared by Bm and Bm2
+  Buffer<S> ap;  // packed slivers of A
+};
+
 // Weight-gradient product over many rows: for output rows i in [i0, i1),
 //   Y[i, j] = Σ_r s_r · A[r, i] · Bm[r, j]      (Y = Aᵀ diag(s) Bm),   r < R, j < N
 //   A (R, Ma) row stride lda;  Bm (R, N) row stride ldb;  s (R) or null (ones);  Y row stride ldy.
@@ -407,21 +450,16 @@ struct MoreColumns {
 // With `more`, the product is Aᵀ diag(s) [Bm | Bm2] into [Y | Y2] (not with `lower`): A is
 // packed once for both, and the columns share panels (∂E/∂W_rec and ∂E/∂W_in at H = 50,
 // I = 6: 0.7× the time of two products).
+// Allocates nothing: the scratch is `ws`, sized for i1 − i0 ≤ ws.rows and N + more.n ≤ ws.cols.
 template <typename S>
-void gemm_tn(Index R, Index N, const S* A, Index lda, const S* Bm, Index ldb, const double* s,
-             S* Y, Index ldy, Index i0, Index i1, bool lower = false, bool accumulate = false,
-             const MoreColumns<S>& more = {}) {
+void gemm_tn(GemmTnWork<S>& ws, Index R, Index N, const S* A, Index lda, const S* Bm, Index ldb,
+             const double* s, S* Y, Index ldy, Index i0, Index i1, bool lower = false,
+             bool accumulate = false, const MoreColumns<S>& more = {}) {
   using Packet = typename PanelShape<S>::Packet;
   using namespace Eigen::internal;
-  constexpr int MR = PanelShape<S>::MR, NR = PanelShape<S>::NR, PS = PanelShape<S>::PS;
-  constexpr int AP = (MR + PS - 1) / PS;  // packets that cover MR elements of a row of A
-  // Blocking: KC rows of A and Bm at a time (1 KB of each), and MCT slivers of A (MCT·MR
-  // output rows) per pass, so that the packed block of A (KC·MCT·MR elements, 192 KB) stays
-  // in L2 while each panel of Bp (KC·NR elements, 16 KB) is swept from L1. Measured at
-  // (R, M, N) = (3200, 1024, 1024): 58 GFLOP/s without the MCT blocking, 74-79 with it.
-  constexpr Index KC = 1024 / Index(sizeof(S));
-  constexpr Index MCT = 32;
-  constexpr Index ABLOCK = KC * MR + AP * PS;  // one packed sliver of A, with room to overrun
+  using Sh = GemmTnShape<S>;
+  constexpr int MR = Sh::MR, NR = Sh::NR, PS = Sh::PS, AP = Sh::AP;
+  constexpr Index KC = Sh::KC, MCT = Sh::MCT, ABLOCK = Sh::ABLOCK;
   const Index mi = i1 - i0;
   if (mi <= 0) return;
   if (R == 0) {
@@ -434,14 +472,15 @@ void gemm_tn(Index R, Index N, const S* A, Index lda, const S* Bm, Index ldb, co
   }
   const Index ipanels = (mi + MR - 1) / MR;
   const Index NT = N + more.n;  // columns of [Bm | Bm2]
-  PackedMatrix<S> Bp(KC, NT);
+  assert(mi <= ws.rows && NT <= ws.cols);
+  PackedMatrix<S> Bp(KC, NT, false, ws.bp.data());
   // The panel holding columns of both Bm and Bm2 writes to St (mi, NR) first, copied out to Y
   // and Y2 at the end; the panels after it write to Y2.
   const Index pboth = more.n > 0 && N % NR ? N / NR : -1;
-  Buffer<S> St(pboth >= 0 ? size_t(mi * NR) : 0);
+  S* const St = ws.st.data();
   auto both_cols = [&](Index i, auto&& f) {  // (columns of St, of Y, of Y2) of row i
     const Index j0 = pboth * NR, ny = N - j0, n2 = std::min<Index>(NR, NT - j0) - ny;
-    f(St.data() + (i - i0) * NR, Y + i * ldy + j0, ny, more.Y2 + i * more.ldy2, n2);
+    f(St + (i - i0) * NR, Y + i * ldy + j0, ny, more.Y2 + i * more.ldy2, n2);
   };
   if (pboth >= 0 && accumulate)
     for (Index i = i0; i < i1; ++i)
@@ -454,7 +493,7 @@ void gemm_tn(Index R, Index N, const S* A, Index lda, const S* Bm, Index ldb, co
   // backward at (T, B, H) = (100, 1, 50); with many rows, packing still wins).
   const bool direct_a = !s && R <= KC && Bp.panels() <= 4;
   // Packed slivers of A (uninitialised: every element read is packed first).
-  Buffer<S> Ap(direct_a ? 0 : size_t(std::min(ipanels, MCT) * ABLOCK));
+  S* const Ap = ws.ap.data();
   for (Index r0 = 0; r0 < R; r0 += KC) {
     const Index kc = std::min<Index>(KC, R - r0);
     if (more.n > 0)
@@ -469,7 +508,7 @@ void gemm_tn(Index R, Index N, const S* A, Index lda, const S* Bm, Index ldb, co
         const S* src = A + (r0 + k) * lda;
         const Packet sk = pset1<Packet>(s ? S(s[r0 + k]) : S(1));
         for (Index ip = ic0; ip < ic1; ++ip) {
-          S* dst = Ap.data() + (ip - ic0) * ABLOCK + k * MR;
+          S* dst = Ap + (ip - ic0) * ABLOCK + k * MR;
           const Index ib = i0 + ip * MR;
           if (ib + AP * PS <= i1) {
             for (int q = 0; q < AP; ++q)
@@ -492,7 +531,7 @@ void gemm_tn(Index R, Index N, const S* A, Index lda, const S* Bm, Index ldb, co
           Index ld = ldy;
           S* y = Y + ib * ldy + j0;
           if (p == pboth) {
-            y = St.data() + (ib - i0) * NR;
+            y = St + (ib - i0) * NR;
             ld = NR;
           } else if (j0 >= N) {
             y = more.Y2 + ib * more.ldy2 + (j0 - N);
@@ -500,7 +539,7 @@ void gemm_tn(Index R, Index N, const S* A, Index lda, const S* Bm, Index ldb, co
           }
           const detail::Operand<S> o1 =
               direct_a ? detail::Operand<S>{kc, A + r0 * lda + ib, 1, lda, Bp.panel(p)}
-                       : detail::Operand<S>{kc, Ap.data() + (ip - ic0) * ABLOCK, 1, MR,
+                       : detail::Operand<S>{kc, Ap + (ip - ic0) * ABLOCK, 1, MR,
                                             Bp.panel(p)};
           const detail::Operand<S> none{0, nullptr, 0, 0, nullptr};
           detail::tile_rows<S, MR>(m, Bp.packets(p), o1, none, (r0 || accumulate) ? y : nullptr,

@@ -6,7 +6,7 @@
 // All tensors are C-contiguous (row-major); the state of the batch at one step is a (B, H)
 // block whose row b is sequence b.
 //
-// Model (Elman form; the paper's formula 2 uses x_t with h_t = σ(x_t)):
+// Model (Elman form; Pascanu, Mikolov & Bengio 2013, eq. 2, with h_t = σ(x_t) named):
 //   x_t = W_rec h_{t-1} + W_in u_t + b,   h_t = σ(x_t),   t = 1..T  (stored at index t-1)
 // As row vectors, for a batch: X_t = H_{t-1} W_recᵀ + U_t W_inᵀ + 1 bᵀ.
 //
@@ -15,7 +15,7 @@
 //   a_t  = δ_t ⊙ σ'(x_t)               ∂E/∂x_t            (σ' from h_t, no x needed)
 //   ∂E/∂h_0 = a_1 W_rec,  ∂E/∂W_rec = Σ_t a_tᵀ h_{t-1},  ∂E/∂W_in = Σ_t a_tᵀ u_t,
 //   ∂E/∂b = Σ_t Σ_b a_t,  ∂E/∂u_t = a_t W_in.
-// The Ω regularizer (paper eq. 9-10, authors' squared-norm form) for the pair (t → t-1) uses
+// The Ω regularizer (ibid. eq. 9-10, the authors' squared-norm form) for the pair (t → t-1) uses
 //   v_t = a_t W_rec (the same one-step product BPTT computes), r = ‖v_t‖² / ‖δ_t‖²,
 //   term (r − 1)², and, with a_t and δ_t held constant, ∂term/∂W_rec = 4(r−1)/‖δ_t‖² · a_tᵀ v_t.
 //   Pairs with ‖δ_t‖² < bound are dropped; Ω is the mean over the remaining (t, b) pairs.
@@ -29,6 +29,12 @@
 // uses Σ c a_tᵀ v_t = (Σ c a_tᵀ a_t) W_rec: a symmetric product (half the work of a general
 // one) and no stored v_t; when 2H > T·B, the v_t of the sweep are stored and Σ c a_tᵀ v_t is
 // one product (cheaper than the H³ term).
+//
+// Arguments: every kernel takes views of caller-owned arrays grouped by role (Inputs, States,
+// Upstream, Gradients; their shapes are those of Inputs::dims) and an Options.
+// Threads: every scratch buffer of a call is allocated before its first parallel region, and
+// nothing inside a region allocates or throws (an exception leaving a region, e.g. a failed
+// allocation, would terminate the process).
 #pragma once
 
 #include <omp.h>
@@ -52,14 +58,74 @@ enum class Activation : int { Tanh = 0, Sigmoid = 1, Relu = 2, Linear = 3 };
 //   step) — for large H with too few sequences to split.
 enum class Schedule : int { Auto = 0, Serial = 1, Batch = 2, Hidden = 3 };
 
+// ---------------------------------------------------------------------------------------------
+// Kernel arguments: views of C-contiguous arrays owned by the caller.
+
+struct Dims {
+  Index T, B, I, H;
+};
+
+// What the forward reads; the backward reads it again.
+template <typename S>
+struct Inputs {
+  Dims dims;
+  const S* u = nullptr;      // (T, B, I)
+  const S* W_in = nullptr;   // (H, I)
+  const S* W_rec = nullptr;  // (H, H)
+  const S* b = nullptr;      // (H); the backward does not read it
+  const S* h0 = nullptr;     // (B, H) initial state, or null for zeros
+};
+
+// The states: written by the forward (States<S>), read by the backward (States<const S>).
+template <typename S>
+struct States {
+  S* h = nullptr;  // (T, B, H) h_1..h_T
+  S* x = nullptr;  // (T, B, H) pre-activations x_1..x_T, or null (not kept); backward ignores it
+};
+
+// The direct loss gradients the backward starts from; each may be null (none).
+template <typename S>
+struct Upstream {
+  const S* dh = nullptr;       // (T, B, H) ∂⁺E/∂h_t
+  const S* dh_last = nullptr;  // (B, H) added to ∂⁺E/∂h_T
+};
+
+// The backward's outputs, each written in full.
+template <typename S>
+struct Gradients {
+  S* dx = nullptr;            // (T, B, H) ∂E/∂x_t (the sweep builds δ_t in it first)
+  S* dW_in = nullptr;         // (H, I)
+  S* dW_rec = nullptr;        // (H, H)
+  S* db = nullptr;            // (H)
+  S* dh0 = nullptr;           // (B, H) ∂E/∂h_0
+  S* du = nullptr;            // (T, B, I) ∂E/∂u_t
+  S* omega_grad = nullptr;    // (H, H) ∂Ω/∂W_rec; required with Options::omega, else unused
+  double* dh_norm = nullptr;  // (T, B) ‖δ_t‖ per step and sequence, or null (not wanted)
+};
+
+struct Options {
+  Activation activation = Activation::Tanh;
+  int threads = 1;                     // at most: make_plan keeps small problems on one
+  Schedule schedule = Schedule::Auto;  // Auto: make_plan chooses
+  bool omega = false;                  // backward: also Ω and ∂Ω/∂W_rec
+  double omega_bound = 1e-20;          // backward: pairs with ‖δ_t‖² below it are left out of Ω
+};
+
+// Ω of a backward call, as a sum (the caller divides: Ω = omega_sum / omega_pairs).
+struct BackwardOut {
+  double omega_sum = 0.0;    // Σ over valid pairs of (r − 1)²
+  double omega_pairs = 0.0;  // number of valid (t, b) pairs
+};
+
+// ---------------------------------------------------------------------------------------------
+// Helpers: views, the thread plan, activations, row norms.
+
 template <typename S>
 using RowMat = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 template <typename S>
 using MapMat = Eigen::Map<RowMat<S>, Eigen::Unaligned, Eigen::OuterStride<>>;
 template <typename S>
 using CMapMat = Eigen::Map<const RowMat<S>, Eigen::Unaligned, Eigen::OuterStride<>>;
-template <typename S>
-using CMapRow = Eigen::Map<const Eigen::Matrix<S, 1, Eigen::Dynamic>>;
 
 // (rows, cols) row-major view with row stride ld.
 template <typename S>
@@ -78,9 +144,11 @@ struct Plan {
 
 // Chooses threads and split for a problem. Tiny problems stay on one thread: a fork/join and
 // the cross-core traffic cost more than the work.
-inline Plan make_plan(Index T, Index B, Index I, Index H, int requested, Schedule forced) {
+inline Plan make_plan(const Dims& d, const Options& opt) {
+  const auto [T, B, I, H] = d;
+  const Schedule forced = opt.schedule;
   const double flops = 2.0 * double(T) * double(B) * double(H) * double(H + I);
-  int n = std::max(1, requested);
+  int n = std::max(1, opt.threads);
   if (forced == Schedule::Serial || n == 1) return {1, Schedule::Serial};
   if (forced == Schedule::Batch) return {int(std::min<Index>(n, B)), Schedule::Batch};
   if (forced == Schedule::Hidden) {
@@ -109,6 +177,41 @@ inline void share(Index n, int tid, int nt, Index& begin, Index& end) {
   const Index q = n / nt, r = n % nt;
   begin = tid * q + std::min<Index>(tid, r);
   end = begin + q + (tid < r ? 1 : 0);
+}
+
+// Contiguous shares of the rows of a lower-triangular (n × n) result with about equal area.
+inline void share_lower(Index n, int tid, int nt, Index& begin, Index& end) {
+  auto edge = [&](int k) {
+    return k >= nt ? n : Index(std::llround(double(n) * std::sqrt(double(k) / double(nt))));
+  };
+  begin = edge(tid);
+  end = edge(tid + 1);
+}
+
+// One thread's share of every time step of the forward or the backward sweep.
+//   Batch split (and Serial): rows [b0, b1) of the batch, all H columns, all panels; no
+//   barrier per step, since a sequence depends on no other.
+//   Hidden split: all B rows, the columns [c0, c1) of panels [p0, p1) of the packed W_rec
+//   (this thread's packing share); one barrier per step, since every column of step t needs
+//   every column of step t ± 1.
+struct StepShare {
+  bool by_rows;
+  Index b0, b1, c0, c1, p0, p1;
+  Index rows() const { return b1 - b0; }
+  Index cols() const { return c1 - c0; }
+};
+
+inline StepShare step_share(const Plan& plan, Index B, Index H, Index panels, Index panel_width,
+                            int tid, int nt) {
+  StepShare s{plan.schedule != Schedule::Hidden, 0, B, 0, H, 0, panels};
+  if (s.by_rows) {
+    share(B, tid, nt, s.b0, s.b1);
+  } else {
+    share(panels, tid, nt, s.p0, s.p1);
+    s.c0 = std::min<Index>(s.p0 * panel_width, H);
+    s.c1 = std::min<Index>(s.p1 * panel_width, H);
+  }
+  return s;
 }
 
 // tanh of a float64 packet (Eigen 3.4 vectorises tanh for float only). Cephes' rational
@@ -245,259 +348,294 @@ inline void row_sqnorms(const S* p, const S* q, Index ld, Index rows, Index cols
 }
 
 // ---------------------------------------------------------------------------------------------
-// Forward.
-//   u     (T, B, I)  inputs                      W_in (H, I)   W_rec (H, H)   b (H)
-//   h0    (B, H)     initial state, or null for zeros
-//   h     (T, B, H)  out: h_1..h_T
-//   x     (T, B, H)  out: pre-activations x_1..x_T, or null when not wanted
+// Forward: out.h (and out.x when not null) from `in`.
+
+// The time loop of one thread: z_t = b + u_t W_inᵀ + h_{t-1} W_recᵀ on its share, then
+// h_t = σ(z_t). z is built in place: in x when kept, else in h.
 template <typename S>
-void forward(const S* u, const S* W_in, const S* W_rec, const S* b, const S* h0, S* h, S* x,
-             Index T, Index B, Index I, Index H, Activation act, int num_threads,
-             Schedule forced = Schedule::Auto) {
-  const Plan plan = make_plan(T, B, I, H, num_threads, forced);
+void forward_steps(const Inputs<S>& in, const States<S>& out, Activation act,
+                   const PackedMatrix<S>& Wrt, const PackedMatrix<S>& Wit, bool split_input,
+                   const StepShare& sh, int tid, int nt) {
+  const auto [T, B, I, H] = in.dims;
+  const Index BH = B * H, nb = sh.rows(), nc = sh.cols();
+  S* z = out.x ? out.x : out.h;
+  if (split_input) {  // z = b + u W_inᵀ for all T·B rows first, rows shared by the threads
+    Index r0, r1;
+    share(T * B, tid, nt, r0, r1);
+    packed_gemm_rows<S>(r1 - r0, in.u + r0 * I, I, Wit, in.b, 0, z + r0 * H, H);
+#pragma omp barrier
+  }
+  for (Index t = 0; t < T; ++t) {
+    S* zt = z + t * BH + sh.b0 * H;
+    const S* hprev = t > 0 ? out.h + (t - 1) * BH + sh.b0 * H
+                           : (in.h0 ? in.h0 + sh.b0 * H : nullptr);
+    if (nb > 0 && nc > 0) {
+      if (split_input) {  // z += h_{t-1} W_recᵀ
+        if (hprev) packed_gemm<S>(nb, hprev, H, Wrt, sh.p0, sh.p1, zt, H, zt, H);
+      } else {  // z = b + u_t W_inᵀ + h_{t-1} W_recᵀ in one pass (b broadcast: row stride 0)
+        packed_gemm<S>(nb, in.u + (t * B + sh.b0) * I, I, Wit, sh.p0, sh.p1, in.b, 0, zt, H,
+                       hprev, H, hprev ? &Wrt : nullptr);
+      }
+      activate(act, zt + sh.c0, H, out.h + t * BH + sh.b0 * H + sh.c0, H, nb, nc);
+    }
+    if (!sh.by_rows) {
+#pragma omp barrier
+    }
+  }
+}
+
+template <typename S>
+void forward(const Inputs<S>& in, const States<S>& out, const Options& opt) {
+  const auto [T, B, I, H] = in.dims;
+  const Plan plan = make_plan(in.dims, opt);
   const bool single_row = one_row_per_thread(plan, B);
   PackedMatrix<S> Wrt(H, H, single_row);  // W_recᵀ (k = from-unit, j = to-unit)
   PackedMatrix<S> Wit(I, H, single_row);  // W_inᵀ
-  S* z = x ? x : h;           // pre-activations are built in place (in h when x is not kept)
-  const Index BH = B * H;
   // When W_rec streams from memory at every step (PackedMatrix::streams), u_t W_inᵀ runs as
   // one blocked product over all steps first, so only W_rec is streamed per step.
   const bool split_input = Wrt.streams();
 
+  // Split: panels of the packed weights while packing, then the steps by StepShare (batch
+  // rows, or hidden columns when there are too few rows). Nothing inside allocates or throws.
 #pragma omp parallel num_threads(plan.threads)
   {
     const int nt = omp_get_num_threads(), tid = omp_get_thread_num();
-    Index p0, p1;
+    Index p0, p1;  // both have H columns: the same panels of each
     share(Wrt.panels(), tid, nt, p0, p1);
-    Wrt.pack(W_rec, /*rs=*/1, /*cs=*/H, p0, p1);  // element (k, j) of W_recᵀ is W_rec[j, k]
-    Wit.pack(W_in, /*rs=*/1, /*cs=*/I, p0, p1);   // same panels: both have H columns
+    Wrt.pack(in.W_rec, /*rs=*/1, /*cs=*/H, p0, p1);  // element (k, j) of W_recᵀ is W_rec[j, k]
+    Wit.pack(in.W_in, /*rs=*/1, /*cs=*/I, p0, p1);
 #pragma omp barrier
-
-    // Batch split: rows [b0, b1) of every step, no barrier. Hidden split: the columns of
-    // panels [p0, p1) of every step, one barrier per step.
-    const bool by_rows = plan.schedule != Schedule::Hidden;
-    Index b0 = 0, b1 = B, c0 = 0, c1 = H;
-    if (by_rows) {
-      share(B, tid, nt, b0, b1);
-      p0 = 0;
-      p1 = Wrt.panels();
-    } else {
-      c0 = std::min<Index>(p0 * Wrt.panel_width(), H);
-      c1 = std::min<Index>(p1 * Wrt.panel_width(), H);
-    }
-    const Index nb = b1 - b0, nc = c1 - c0;
-    if (split_input) {  // z = b + u W_inᵀ for all T·B rows first, rows shared by the threads
-      Index r0, r1;
-      share(T * B, tid, nt, r0, r1);
-      packed_gemm_rows<S>(r1 - r0, u + r0 * I, I, Wit, b, 0, z + r0 * H, H);
-#pragma omp barrier
-    }
-    for (Index t = 0; t < T; ++t) {
-      S* zt = z + t * BH + b0 * H;
-      const S* hprev = t > 0 ? h + (t - 1) * BH + b0 * H : (h0 ? h0 + b0 * H : nullptr);
-      if (nb > 0 && nc > 0) {
-        if (split_input) {  // z += h_{t-1} W_recᵀ
-          if (hprev) packed_gemm<S>(nb, hprev, H, Wrt, p0, p1, zt, H, zt, H);
-        } else {  // z = b + u_t W_inᵀ + h_{t-1} W_recᵀ in one pass (b broadcast: row stride 0)
-          packed_gemm<S>(nb, u + (t * B + b0) * I, I, Wit, p0, p1, b, 0, zt, H, hprev, H,
-                         hprev ? &Wrt : nullptr);
-        }
-        activate(act, zt + c0, H, h + t * BH + b0 * H + c0, H, nb, nc);
-      }
-      if (!by_rows) {
-#pragma omp barrier
-      }
-    }
+    const StepShare sh = step_share(plan, B, H, Wrt.panels(), Wrt.panel_width(), tid, nt);
+    forward_steps(in, out, opt.activation, Wrt, Wit, split_input, sh, tid, nt);
   }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Backward (BPTT), optionally with the Ω regularizer and the per-step norms of δ_t.
-struct BackwardOut {
-  double omega_sum = 0.0;   // Σ over valid pairs of (r − 1)²
-  double omega_pairs = 0.0; // number of valid (t, b) pairs
+
+// Every scratch buffer of one backward call, allocated before its parallel regions.
+template <typename S>
+struct BackwardWork {
+  BackwardWork(const Dims& d, const Plan& plan, bool omega, bool norms)
+      : NT(plan.threads), TB(d.T * d.B),
+        Wr(d.H, d.H, one_row_per_thread(plan, d.B)),
+        Wi(d.H, d.I, one_row_per_thread(plan, d.B)),
+        // As in the forward: with W_rec streamed from memory every step, ∂E/∂u is one blocked
+        // product after the sweep rather than a second streamed matrix per step.
+        split_input(Wr.streams()),
+        // Ω's W_rec gradient Σ c a_tᵀ v_t: as (Σ c a_tᵀ a_t) W_rec — T·B·H² + 2H³ flops, no
+        // stored v — or, when H is large against T·B, from the stored v_t = a_t W_rec of the
+        // sweep — 2·T·B·H² flops and one more (T, B, H) array. At (T, B, H) =
+        // (50, 16, 2048) the second takes ~0.4× the time.
+        omega_v(omega && 2 * d.H > TB),
+        dn2(norms ? size_t(NT * TB) : 0, 0.0),
+        vn2(omega ? size_t(NT * TB) : 0, 0.0),
+        coef(omega ? size_t(TB) : 0, 0.0),
+        G(omega && !omega_v ? size_t(d.H * d.H) : 0),
+        v(omega_v ? size_t(TB * d.H) : 0) {
+    // gemm_tn scratch: at most H output rows and H + I columns ([h | u] in weight_grads).
+    gemm.reserve(size_t(NT));
+    for (int k = 0; k < NT; ++k) gemm.emplace_back(d.H, d.H + d.I);
+  }
+  int NT;                         // threads planned; per-thread arrays have NT slots
+  Index TB;
+  PackedMatrix<S> Wr;             // W_rec:  v = a · W_rec
+  PackedMatrix<S> Wi;             // W_in:   ∂E/∂u = a · W_in
+  bool split_input, omega_v;
+  std::vector<double> dn2;        // (NT, T, B) ‖δ_t‖² partials (a hidden split sees columns)
+  std::vector<double> vn2;        // (NT, T, B) ‖v_t‖² partials
+  std::vector<double> coef;       // (T, B) Ω's pair coefficients 4(r−1)/‖δ‖² / pairs, or 0
+  Buffer<S> G;                    // (H, H) Σ c a_tᵀ a_t; fully written: lower product + mirror
+  Buffer<S> v;                    // (T, B, H) v_t = a_t W_rec, when omega_v
+  std::vector<GemmTnWork<S>> gemm;  // one per thread
 };
 
-// Contiguous shares of the rows of a lower-triangular (n × n) result with about equal area.
-inline void share_lower(Index n, int tid, int nt, Index& begin, Index& end) {
-  auto edge = [&](int k) {
-    return k >= nt ? n : Index(std::llround(double(n) * std::sqrt(double(k) / double(nt))));
-  };
-  begin = edge(tid);
-  end = edge(tid + 1);
+// Stage 1, the error sweep through time (BPTT), for one thread's share. Step t (0-based; h[t]
+// is h_{t+1}): δ_t = dh[t] + a[t+1] W_rec, then a[t] = δ_t ⊙ σ', built in place in dx; the
+// last iteration (t = −1) gives ∂E/∂h_0 = a[0] W_rec. On the way: ∂E/∂u_{t+1} = a[t+1] W_in
+// (unless split_input), ‖δ_t‖² partials and, with Ω, ‖v_t‖² partials. [q0, q1): the panels
+// of W_in (columns of ∂E/∂u) this thread computes.
+template <typename S>
+void error_sweep(const Inputs<S>& in, const States<const S>& st, const Upstream<S>& up,
+                 const Gradients<S>& g, Activation act, bool omega, BackwardWork<S>& w,
+                 const StepShare& sh, Index q0, Index q1, int tid) {
+  const auto [T, B, I, H] = in.dims;
+  const Index BH = B * H, TB = w.TB;
+  const Index b0 = sh.b0, c0 = sh.c0, nb = sh.rows(), nc = sh.cols(), p0 = sh.p0, p1 = sh.p1;
+  double* my_dn2 = w.dn2.empty() ? nullptr : w.dn2.data() + tid * TB;
+  double* my_vn2 = omega ? w.vn2.data() + tid * TB : nullptr;
+  for (Index t = T - 1; t >= -1; --t) {
+    S* d = t >= 0 ? g.dx + t * BH + b0 * H : g.dh0 + b0 * H;  // δ_t is built in place, then a_t
+    const S* dht = (t >= 0 && up.dh) ? up.dh + t * BH + b0 * H : nullptr;
+    if (nb > 0) {
+      if (t + 1 < T) {
+        const S* a_next = g.dx + (t + 1) * BH + b0 * H;
+        if (!w.split_input)
+          packed_gemm<S>(nb, a_next, H, w.Wi, q0, q1, nullptr, I,
+                         g.du + (t + 1) * B * I + b0 * I, I);
+        if (w.omega_v) {  // v = a[t+1] W_rec stored, then δ = dh + v
+          S* vt = w.v.data() + (t + 1) * BH + b0 * H;
+          packed_gemm<S>(nb, a_next, H, w.Wr, p0, p1, nullptr, H, vt, H);
+          if (nc > 0) {
+            row_sqnorms<S>(vt + c0, nullptr, H, nb, nc, my_vn2 + (t + 1) * B + b0);
+            if (dht)
+              view(d + c0, nb, nc, H) = cview(vt + c0, nb, nc, H) + cview(dht + c0, nb, nc, H);
+            else
+              view(d + c0, nb, nc, H) = cview(vt + c0, nb, nc, H);
+          }
+        } else {
+          packed_gemm<S>(nb, a_next, H, w.Wr, p0, p1, dht, H, d, H);  // δ = dh + a[t+1] W_rec
+          if (omega && nc > 0)  // Ω's ‖v‖² = ‖δ − dh‖², read back from δ (no stored v)
+            row_sqnorms(d + c0, dht ? dht + c0 : nullptr, H, nb, nc, my_vn2 + (t + 1) * B + b0);
+        }
+      } else if (nc > 0) {  // t == T-1: no later step
+        if (dht)
+          view(d + c0, nb, nc, H) = cview(dht + c0, nb, nc, H);
+        else
+          view(d + c0, nb, nc, H).setZero();
+      }
+      if (nc > 0 && t == T - 1 && up.dh_last)
+        view(d + c0, nb, nc, H) += cview(up.dh_last + b0 * H + c0, nb, nc, H);
+      if (nc > 0 && t >= 0) {
+        if (my_dn2) row_sqnorms<S>(d + c0, nullptr, H, nb, nc, my_dn2 + t * B + b0);
+        times_derivative(act, d + c0, H, st.h + t * BH + b0 * H + c0, H, d + c0, H, nb, nc);
+      }
+    }
+    if (!sh.by_rows) {
+#pragma omp barrier
+    }
+  }
 }
 
-//   u       (T, B, I)   W_in (H, I)   W_rec (H, H)   h0 (B, H) or null (zeros)
-//   h       (T, B, H)   hidden states from forward
-//   dh      (T, B, H)   direct loss gradients ∂⁺E/∂h_t, or null (none)
-//   dh_last (B, H)      extra direct gradient at the last step, or null
-//   outputs: dx (T, B, H) = ∂E/∂x_t;  dW_in (H, I);  dW_rec (H, H);  db (H);  dh0 (B, H);
-//            du (T, B, I)
-//   omega_grad (H, H) or null: ∂Ω/∂W_rec — computing it turns Ω on
-//   dh_norm (T, B) or null: out, ‖δ_t‖ per sequence (double)
-template <typename S>
-BackwardOut backward(const S* u, const S* W_in, const S* W_rec, const S* h0, const S* h,
-                     const S* dh, const S* dh_last, S* dx, S* dW_in, S* dW_rec, S* db, S* dh0,
-                     S* du, S* omega_grad, double omega_bound, double* dh_norm, Index T,
-                     Index B, Index I, Index H, Activation act, int num_threads,
-                     Schedule forced = Schedule::Auto) {
-  const Plan plan = make_plan(T, B, I, H, num_threads, forced);
-  const int NT = plan.threads;
-  const bool omega = omega_grad != nullptr;
-  const bool norms = omega || dh_norm != nullptr;
-  const Index BH = B * H, TB = T * B;
-  const bool single_row = one_row_per_thread(plan, B);
-  PackedMatrix<S> Wr(H, H, single_row);  // W_rec:  v = a · W_rec
-  PackedMatrix<S> Wi(H, I, single_row);  // W_in:   ∂E/∂u = a · W_in
-  // As in the forward: with W_rec streamed from memory every step, ∂E/∂u is one blocked
-  // product after the sweep rather than a second streamed matrix per step.
-  const bool split_input = Wr.streams();
+// ‖δ_t‖²: the per-thread partials summed into slot 0; dh_norm (T, B) = ‖δ_t‖ when not null.
+inline void reduce_norms(std::vector<double>& dn2, int NT, Index TB, double* dh_norm) {
+  for (int k = 1; k < NT; ++k)
+    for (Index i = 0; i < TB; ++i) dn2[i] += dn2[k * TB + i];
+  if (dh_norm)
+    for (Index i = 0; i < TB; ++i) dh_norm[i] = std::sqrt(dn2[i]);
+}
 
-  // Workspace, all O(H² + T·B): per-thread partial row norms (threads of the hidden split
-  // each see a block of columns), Ω's pair coefficients and its symmetric product
-  // G = Σ c a_tᵀ a_t.
-  std::vector<double> dn2(norms ? size_t(NT * TB) : 0, 0.0);  // ‖δ_t‖² partials
-  std::vector<double> vn2(omega ? size_t(NT * TB) : 0, 0.0);  // ‖v_t‖² partials
-  std::vector<double> coef(omega ? size_t(TB) : 0, 0.0);      // 4(r−1)/‖δ‖² / pairs, or 0
-  // Ω's W_rec gradient Σ c a_tᵀ v_t: as (Σ c a_tᵀ a_t) W_rec — T·B·H² + 2H³ flops, no stored
-  // v — or, when H is large against T·B, from the stored v_t = a_t W_rec of the sweep —
-  // 2·T·B·H² flops and one more (T, B, H) array. At (T, B, H) = (50, 16, 2048) the second
-  // takes ~0.4× the time.
-  const bool omega_v = omega && 2 * H > TB;
-  Buffer<S> G(omega && !omega_v ? size_t(H * H) : 0);  // fully written: lower product + mirror
-  Buffer<S> vbuf(omega_v ? size_t(TB * H) : 0);  // v_t = a_t W_rec, (T, B, H)
+// Stage 2, the Ω terms (T·B work, one thread): r = ‖v_t‖² / ‖δ_t‖² per pair, Ω's sum, and
+// each pair's coefficient c = 4(r − 1)/‖δ_t‖² / pairs in ∂Ω/∂W_rec = Σ c a_tᵀ v_t.
+// dn2: the reduced ‖δ_t‖² (T, B); vn2: the per-thread ‖v_t‖² partials (NT, T, B).
+inline BackwardOut omega_terms(const std::vector<double>& dn2, std::vector<double>& vn2,
+                               std::vector<double>& coef, int NT, Index TB, double bound) {
   BackwardOut out;
+  for (int k = 1; k < NT; ++k)
+    for (Index i = 0; i < TB; ++i) vn2[i] += vn2[k * TB + i];
+  for (Index i = 0; i < TB; ++i) {
+    if (dn2[i] >= bound) {  // false for NaN: such pairs are dropped, not propagated
+      const double r = vn2[i] / dn2[i];
+      out.omega_sum += (r - 1.0) * (r - 1.0);
+      out.omega_pairs += 1.0;
+      coef[i] = 4.0 * (r - 1.0) / dn2[i];
+    }
+  }
+  if (out.omega_pairs > 0)
+    for (Index i = 0; i < TB; ++i) coef[i] /= out.omega_pairs;
+  return out;
+}
 
-#pragma omp parallel num_threads(NT)
+// Stage 3, the weight gradients, rows [i0, i1) of each (H-row) output for one thread:
+//   ∂E/∂W_rec = Σ_{t≥2} a_tᵀ h_{t-1} + a_1ᵀ h_0;  ∂E/∂W_in = Σ_t a_tᵀ u_t;  ∂E/∂b = Σ a_t.
+// From the second step on, one product for both: a_t is packed once for h_{t-1} and u_t.
+template <typename S>
+void weight_grads(const Inputs<S>& in, const States<const S>& st, const Gradients<S>& g,
+                  GemmTnWork<S>& ws, Index i0, Index i1) {
+  const auto [T, B, I, H] = in.dims;
+  const Index BH = B * H, TB = T * B;
+  gemm_tn<S>(ws, TB - B, H, g.dx + BH, H, st.h, H, nullptr, g.dW_rec, H, i0, i1, false, false,
+             {in.u + B * I, I, I, g.dW_in, I});
+  if (in.h0)
+    gemm_tn<S>(ws, B, H, g.dx, H, in.h0, H, nullptr, g.dW_rec, H, i0, i1, false, true,
+               {in.u, I, I, g.dW_in, I});
+  else
+    gemm_tn<S>(ws, B, I, g.dx, H, in.u, I, nullptr, g.dW_in, I, i0, i1, false, true);
+  if (i1 > i0)
+    Eigen::Map<Eigen::Matrix<S, 1, Eigen::Dynamic>>(g.db + i0, i1 - i0) =
+        cview(g.dx, TB, H, H).middleCols(i0, i1 - i0).colwise().sum();
+}
+
+// Stage 3 for Ω: ∂Ω/∂W_rec = Σ c a_tᵀ v_t, rows [i0, i1) for one thread. With stored v_t one
+// product; else G = Σ c a_tᵀ a_t (lower triangle, rows shared by area, then mirrored) and
+// G W_rec. Every thread of the region must call it (barriers inside).
+template <typename S>
+void omega_weight_grad(const Dims& d, const Gradients<S>& g, BackwardWork<S>& w, Index i0,
+                       Index i1, int tid, int nt) {
+  const Index H = d.H, TB = w.TB;
+  GemmTnWork<S>& ws = w.gemm[size_t(tid)];
+  if (w.omega_v) {
+    gemm_tn<S>(ws, TB, H, g.dx, H, w.v.data(), H, w.coef.data(), g.omega_grad, H, i0, i1);
+    return;
+  }
+  Index l0, l1;
+  share_lower(H, tid, nt, l0, l1);
+  gemm_tn<S>(ws, TB, H, g.dx, H, g.dx, H, w.coef.data(), w.G.data(), H, l0, l1, /*lower=*/true);
+#pragma omp barrier
+  S* G = w.G.data();
+  for (Index i = i0; i < i1; ++i)  // mirror: writes only above the diagonal, reads below
+    for (Index j = i + 1; j < H; ++j) G[i * H + j] = G[j * H + i];
+#pragma omp barrier
+  packed_gemm<S>(i1 - i0, G + i0 * H, H, w.Wr, 0, w.Wr.panels(), nullptr, H,
+                 g.omega_grad + i0 * H, H);
+}
+
+// Fills every array of g; returns Ω's sum and pair count (zeros without Options::omega).
+// Throws std::invalid_argument, before any work, for Options::omega without g.omega_grad.
+template <typename S>
+BackwardOut backward(const Inputs<S>& in, const States<const S>& st, const Upstream<S>& up,
+                     const Gradients<S>& g, const Options& opt) {
+  if (opt.omega && !g.omega_grad)
+    throw std::invalid_argument("rnnfast::backward: Options::omega needs Gradients::omega_grad");
+  const auto [T, B, I, H] = in.dims;
+  const Plan plan = make_plan(in.dims, opt);
+  const bool omega = opt.omega, norms = omega || g.dh_norm != nullptr;
+  BackwardWork<S> w(in.dims, plan, omega, norms);
+  PackedMatrix<S>& Wr = w.Wr;
+  PackedMatrix<S>& Wi = w.Wi;
+
+  // Split: panels of the packed weights while packing, then the steps by StepShare (batch
+  // rows, or hidden columns when there are too few rows), then, with split_input, the T·B rows
+  // of ∂E/∂u. Nothing inside allocates or throws.
+#pragma omp parallel num_threads(plan.threads)
   {
     const int nt = omp_get_num_threads(), tid = omp_get_thread_num();
-    Index p0, p1, q0, q1;  // panels of W_rec and of W_in this thread packs (and, if split, owns)
-    share(Wr.panels(), tid, nt, p0, p1);
+    Index q0, q1;  // panels of W_in this thread packs and, in a hidden split, computes
     share(Wi.panels(), tid, nt, q0, q1);
-    Wr.pack(W_rec, /*rs=*/H, /*cs=*/1, p0, p1);
-    Wi.pack(W_in, /*rs=*/I, /*cs=*/1, q0, q1);
+    {
+      Index p0, p1;
+      share(Wr.panels(), tid, nt, p0, p1);
+      Wr.pack(in.W_rec, /*rs=*/H, /*cs=*/1, p0, p1);
+    }
+    Wi.pack(in.W_in, /*rs=*/I, /*cs=*/1, q0, q1);
 #pragma omp barrier
-
-    const bool by_rows = plan.schedule != Schedule::Hidden;
-    Index b0 = 0, b1 = B, c0 = 0, c1 = H;
-    if (by_rows) {
-      share(B, tid, nt, b0, b1);
-      p0 = q0 = 0;
-      p1 = Wr.panels();
+    const StepShare sh = step_share(plan, B, H, Wr.panels(), Wr.panel_width(), tid, nt);
+    if (sh.by_rows) {
+      q0 = 0;
       q1 = Wi.panels();
-    } else {
-      c0 = std::min<Index>(p0 * Wr.panel_width(), H);
-      c1 = std::min<Index>(p1 * Wr.panel_width(), H);
     }
-    const Index nb = b1 - b0, nc = c1 - c0;
-    double* my_dn2 = norms ? dn2.data() + tid * TB : nullptr;
-    double* my_vn2 = omega ? vn2.data() + tid * TB : nullptr;
-
-    // Step t (0-based; h[t] is h_{t+1}): δ_t = dh[t] + a[t+1] W_rec, then a[t] = δ_t ⊙ σ'.
-    // The last iteration (t = −1) gives ∂E/∂h_0 = a[0] W_rec.
-    for (Index t = T - 1; t >= -1; --t) {
-      S* d = t >= 0 ? dx + t * BH + b0 * H : dh0 + b0 * H;  // δ_t is built in place, then a_t
-      const S* dht = (t >= 0 && dh) ? dh + t * BH + b0 * H : nullptr;
-      if (nb > 0) {
-        if (t + 1 < T) {
-          const S* a_next = dx + (t + 1) * BH + b0 * H;
-          if (!split_input)
-            packed_gemm<S>(nb, a_next, H, Wi, q0, q1, nullptr, I, du + (t + 1) * B * I + b0 * I,
-                           I);
-          if (omega_v) {  // v = a[t+1] W_rec stored, then δ = dh + v
-            S* vt = vbuf.data() + (t + 1) * BH + b0 * H;
-            packed_gemm<S>(nb, a_next, H, Wr, p0, p1, nullptr, H, vt, H);
-            if (nc > 0) {
-              row_sqnorms<S>(vt + c0, nullptr, H, nb, nc, my_vn2 + (t + 1) * B + b0);
-              if (dht)
-                view(d + c0, nb, nc, H) = cview(vt + c0, nb, nc, H) + cview(dht + c0, nb, nc, H);
-              else
-                view(d + c0, nb, nc, H) = cview(vt + c0, nb, nc, H);
-            }
-          } else {
-            packed_gemm<S>(nb, a_next, H, Wr, p0, p1, dht, H, d, H);  // δ = dh + a[t+1] W_rec
-            if (omega && nc > 0)  // Ω's ‖v‖² = ‖δ − dh‖², read back from δ (no stored v)
-              row_sqnorms(d + c0, dht ? dht + c0 : nullptr, H, nb, nc,
-                          my_vn2 + (t + 1) * B + b0);
-          }
-        } else if (nc > 0) {  // t == T-1: no later step
-          if (dht)
-            view(d + c0, nb, nc, H) = cview(dht + c0, nb, nc, H);
-          else
-            view(d + c0, nb, nc, H).setZero();
-        }
-        if (nc > 0 && t == T - 1 && dh_last)
-          view(d + c0, nb, nc, H) += cview(dh_last + b0 * H + c0, nb, nc, H);
-        if (nc > 0 && t >= 0) {
-          if (norms) row_sqnorms<S>(d + c0, nullptr, H, nb, nc, my_dn2 + t * B + b0);
-          times_derivative(act, d + c0, H, h + t * BH + b0 * H + c0, H, d + c0, H, nb, nc);
-        }
-      }
-      if (!by_rows) {
-#pragma omp barrier
-      }
-    }
-    if (split_input) {  // ∂E/∂u = a W_in for all T·B rows, rows shared by the threads
+    error_sweep(in, st, up, g, opt.activation, omega, w, sh, q0, q1, tid);
+    if (w.split_input) {  // ∂E/∂u = a W_in for all T·B rows, rows shared by the threads
 #pragma omp barrier
       Index r0, r1;
-      share(TB, tid, nt, r0, r1);
-      packed_gemm_rows<S>(r1 - r0, dx + r0 * H, H, Wi, nullptr, I, du + r0 * I, I);
+      share(w.TB, tid, nt, r0, r1);
+      packed_gemm_rows<S>(r1 - r0, g.dx + r0 * H, H, Wi, nullptr, I, g.du + r0 * I, I);
     }
   }
 
-  // Reduce the per-thread norm partials; Ω's value and per-pair coefficients (T·B work).
-  if (norms) {
-    for (int k = 1; k < NT; ++k)
-      for (Index i = 0; i < TB; ++i) dn2[i] += dn2[k * TB + i];
-    if (dh_norm)
-      for (Index i = 0; i < TB; ++i) dh_norm[i] = std::sqrt(dn2[i]);
-  }
-  if (omega) {
-    for (int k = 1; k < NT; ++k)
-      for (Index i = 0; i < TB; ++i) vn2[i] += vn2[k * TB + i];
-    for (Index i = 0; i < TB; ++i) {
-      if (dn2[i] >= omega_bound) {  // false for NaN: such pairs are dropped, not propagated
-        const double r = vn2[i] / dn2[i];
-        out.omega_sum += (r - 1.0) * (r - 1.0);
-        out.omega_pairs += 1.0;
-        coef[i] = 4.0 * (r - 1.0) / dn2[i];
-      }
-    }
-    if (out.omega_pairs > 0)
-      for (Index i = 0; i < TB; ++i) coef[i] /= out.omega_pairs;
-  }
+  if (norms) reduce_norms(w.dn2, w.NT, w.TB, g.dh_norm);
+  BackwardOut out;
+  if (omega) out = omega_terms(w.dn2, w.vn2, w.coef, w.NT, w.TB, opt.omega_bound);
 
-  // Products over all T·B rows, each thread owning rows of the outputs (no reductions).
-#pragma omp parallel num_threads(NT)
+  // Split: rows of the (H-row) outputs, so no thread adds into another's rows (no reduction);
+  // the products run over all T·B rows. Nothing inside allocates (scratch in w.gemm) or throws.
+#pragma omp parallel num_threads(plan.threads)
   {
     const int nt = omp_get_num_threads(), tid = omp_get_thread_num();
     Index i0, i1;
     share(H, tid, nt, i0, i1);
-    // ∂E/∂W_rec = Σ_{t≥2} a_tᵀ h_{t-1} + a_1ᵀ h_0;  ∂E/∂W_in = Σ_t a_tᵀ u_t;  ∂E/∂b = Σ a_t
-    // (One product for both from the second step on: a_t is packed once for h_{t-1} and u_t.)
-    gemm_tn<S>(TB - B, H, dx + BH, H, h, H, nullptr, dW_rec, H, i0, i1, false, false,
-               {u + B * I, I, I, dW_in, I});
-    if (h0)
-      gemm_tn<S>(B, H, dx, H, h0, H, nullptr, dW_rec, H, i0, i1, false, true, {u, I, I, dW_in, I});
-    else
-      gemm_tn<S>(B, I, dx, H, u, I, nullptr, dW_in, I, i0, i1, false, true);
-    if (i1 > i0)
-      Eigen::Map<Eigen::Matrix<S, 1, Eigen::Dynamic>>(db + i0, i1 - i0) =
-          cview(dx, TB, H, H).middleCols(i0, i1 - i0).colwise().sum();
-    if (omega_v) {  // ∂Ω/∂W_rec = Σ c a_tᵀ v_t
-      gemm_tn<S>(TB, H, dx, H, vbuf.data(), H, coef.data(), omega_grad, H, i0, i1);
-    } else if (omega) {
-      // G = Σ c a_tᵀ a_t (lower triangle, rows shared by area), then ∂Ω/∂W_rec = G W_rec.
-      Index l0, l1;
-      share_lower(H, tid, nt, l0, l1);
-      gemm_tn<S>(TB, H, dx, H, dx, H, coef.data(), G.data(), H, l0, l1, /*lower=*/true);
-#pragma omp barrier
-      for (Index i = i0; i < i1; ++i)  // mirror: writes only above the diagonal, reads below
-        for (Index j = i + 1; j < H; ++j) G.data()[i * H + j] = G.data()[j * H + i];
-#pragma omp barrier
-      packed_gemm<S>(i1 - i0, G.data() + i0 * H, H, Wr, 0, Wr.panels(), nullptr, H,
-                     omega_grad + i0 * H, H);
-    }
+    weight_grads(in, st, g, w.gemm[size_t(tid)], i0, i1);
+    if (omega) omega_weight_grad(in.dims, g, w, i0, i1, tid, nt);
   }
   return out;
 }
