@@ -40,7 +40,7 @@ def main():
                               workspace=ws)
         r = losses.loss_and_grad(fwd.h, p["W_out"], p["b_out"], batch.targets, kind=m.loss,
                                  at=m.at)
-        rnnfast.backward(fwd, dh_last=r.dh_last, omega=True, workspace=ws)
+        rnnfast.backward(fwd, dh_last=r.dh_last, omega=True, input_grad=False, workspace=ws)
 
     def step():
         engine.step(batch)

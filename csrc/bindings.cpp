@@ -180,7 +180,7 @@ std::pair<double, double> backward(const py::array& u, const py::object& W_in,
                                 buffer<S>(dW_rec, "dW_rec", {H, H}, false, true),
                                 buffer<S>(db, "db", {H}, false, true),
                                 buffer<S>(dh0, "dh0", {B, H}, false, true),
-                                buffer<S>(du, "du", {T, B, I}, false, true),
+                                buffer<S>(du, "du", {T, B, I}, true, true),
                                 buffer<S>(omega_grad, "omega_grad", {H, H}, true, true),
                                 buffer<double>(dh_norm, "dh_norm", {T, B}, true, true)};
   rnnfast::Options opt;

@@ -98,7 +98,7 @@ struct Gradients {
   S* dW_rec = nullptr;        // (H, H)
   S* db = nullptr;            // (H)
   S* dh0 = nullptr;           // (B, H) ∂E/∂h_0
-  S* du = nullptr;            // (T, B, I) ∂E/∂u_t
+  S* du = nullptr;            // (T, B, I) ∂E/∂u_t, or null: not computed (W_in not packed)
   S* omega_grad = nullptr;    // (H, H) ∂Ω/∂W_rec; required with Options::omega, else unused
   double* dh_norm = nullptr;  // (T, B) ‖δ_t‖ per step and sequence, or null (not wanted)
 };
@@ -470,7 +470,7 @@ void error_sweep(const Inputs<S>& in, const States<const S>& st, const Upstream<
     if (nb > 0) {
       if (t + 1 < T) {
         const S* a_next = g.dx + (t + 1) * BH + b0 * H;
-        if (!w.split_input)
+        if (g.du && !w.split_input)
           packed_gemm<S>(nb, a_next, H, w.Wi, q0, q1, nullptr, I,
                          g.du + (t + 1) * B * I + b0 * I, I);
         if (w.omega_v) {  // v = a[t+1] W_rec stored, then δ = dh + v
@@ -607,7 +607,7 @@ BackwardOut backward(const Inputs<S>& in, const States<const S>& st, const Upstr
       share(Wr.panels(), tid, nt, p0, p1);
       Wr.pack(in.W_rec, /*rs=*/H, /*cs=*/1, p0, p1);
     }
-    Wi.pack(in.W_in, /*rs=*/I, /*cs=*/1, q0, q1);
+    if (g.du) Wi.pack(in.W_in, /*rs=*/I, /*cs=*/1, q0, q1);  // a training update needs no ∂E/∂u
 #pragma omp barrier
     const StepShare sh = step_share(plan, B, H, Wr.panels(), Wr.panel_width(), tid, nt);
     if (sh.by_rows) {
@@ -615,7 +615,7 @@ BackwardOut backward(const Inputs<S>& in, const States<const S>& st, const Upstr
       q1 = Wi.panels();
     }
     error_sweep(in, st, up, g, opt.activation, omega, w, sh, q0, q1, tid);
-    if (w.split_input) {  // ∂E/∂u = a W_in for all T·B rows, rows shared by the threads
+    if (g.du && w.split_input) {  // ∂E/∂u = a W_in for all T·B rows, rows shared by the threads
 #pragma omp barrier
       Index r0, r1;
       share(w.TB, tid, nt, r0, r1);

@@ -225,7 +225,7 @@ class Gradients:
     W_rec : (H, H)
     b : (H,)
     h0 : (B, H)
-    u : (T, B, I)
+    u : (T, B, I) or None
     dx : (T, B, H)
         ∂E/∂x_t, the error at the pre-activations.
     omega, omega_grad, omega_pairs
@@ -307,8 +307,9 @@ def forward(u, W_in, W_rec, b, h0=None, *, activation: str = "tanh", keep_x: boo
 
 
 def backward(fwd: ForwardResult, dh=None, *, dh_last=None, omega: bool = False,
-             omega_bound: float = OMEGA_BOUND, profile: bool = False, num_threads: int | None = None,
-             workspace: Workspace | None = None, _schedule: str = "auto") -> Gradients:
+             omega_bound: float = OMEGA_BOUND, profile: bool = False, input_grad: bool = True,
+             num_threads: int | None = None, workspace: Workspace | None = None,
+             _schedule: str = "auto") -> Gradients:
     """Backpropagation through time for the network of ``fwd``.
 
     Parameters
@@ -330,6 +331,9 @@ def backward(fwd: ForwardResult, dh=None, *, dh_last=None, omega: bool = False,
         gradient yourself (before clipping, as the authors do).
     profile : bool
         Also return ``dh_norm`` (T, B): ‖∂E/∂h_t‖ at every step, the gradient-flow profile.
+    input_grad : bool
+        Compute ``g.u`` = ∂E/∂u (default). A training update that does not need it passes
+        False: ``g.u`` is then None, and W_in is not packed a second time.
     num_threads : int, optional
     workspace : Workspace, optional
         Reuse the memory of the previous call with this workspace for the gradients.
@@ -357,9 +361,10 @@ def backward(fwd: ForwardResult, dh=None, *, dh_last=None, omega: bool = False,
     if not omega_bound >= 0.0:
         raise ValueError(f"omega_bound: expected a non-negative number, got {omega_bound}")
 
-    dW_in, dW_rec, db, dh0, du, dx = _empty_all(
-        [("dW_in", (H, I)), ("dW_rec", (H, H)), ("db", (H,)), ("dh0", (B, H)),
-         ("du", (T, B, I)), ("dx", (T, B, H))], dtype, workspace)
+    specs = [("dW_in", (H, I)), ("dW_rec", (H, H)), ("db", (H,)), ("dh0", (B, H)),
+             ("dx", (T, B, H))] + ([("du", (T, B, I))] if input_grad else [])
+    dW_in, dW_rec, db, dh0, dx, *du = _empty_all(specs, dtype, workspace)
+    du = du[0] if input_grad else None
     g = Gradients(W_in=dW_in, W_rec=dW_rec, b=db, h0=dh0, u=du, dx=dx)
     omega_grad = _empty((H, H), dtype, workspace, "omega_grad") if omega else None
     dh_norm = np.empty((T, B), np.float64) if profile else None

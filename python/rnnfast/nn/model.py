@@ -339,7 +339,7 @@ class RNNModel:
         r = _losses.loss_and_grad(fwd.h, p["W_out"], p["b_out"], targets, kind=self.loss,
                                   at=self.at, mask=mask, normalize=self.normalize)
         kw = {"omega": True, "omega_bound": omega_bound} if omega else {}
-        kw.update(num_threads=num_threads, workspace=workspace)
+        kw.update(num_threads=num_threads, workspace=workspace, input_grad=False)
         if r.dh_last is not None:
             g = _core.backward(fwd, dh_last=r.dh_last, **kw)
         else:
