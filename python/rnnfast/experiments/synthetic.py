@@ -680,6 +680,9 @@ class GeneralizationSettings:
         Training lengths, one drawn per minibatch in ``[min_length, max_length)``.
     hidden, lr, clip, alpha, batch_size, dtype, init :
         As for :class:`SweepSettings` (paper's values).
+    sparse_per : {"incoming", "outgoing"}
+        ``smart_tanh``: 15 non-zeros per row of W_rec (incoming, the paper's text) or per
+        column (outgoing, the authors' code, which multiplies h·W).
     max_updates : int
         Budget (5M).
     valid_every, valid_size : int
@@ -702,6 +705,7 @@ class GeneralizationSettings:
     max_length: int = 200
     hidden: int = 50
     init: str = "basic_tanh"
+    sparse_per: str = "incoming"
     lr: float = 0.01
     clip: float = 1.0
     alpha: float = 4.0
@@ -754,10 +758,12 @@ def train_generalization(settings: GeneralizationSettings, out_dir, *, num_threa
                            max_length=settings.max_length)
     root = np.random.SeedSequence(int(settings.seed))
     s_init, s_train = root.spawn(2)
+    init_kwargs = {"sparse_per": settings.sparse_per} if settings.init == "smart_tanh" else None
     engine = build("SGD-CR", task=task, hidden=settings.hidden, init=settings.init,
-                   dtype=settings.dtype, init_rng=np.random.default_rng(s_init), lr=settings.lr,
+                   init_kwargs=init_kwargs, dtype=settings.dtype,
+                   init_rng=np.random.default_rng(s_init), lr=settings.lr,
                    clip=settings.clip, alpha=settings.alpha, batch_size=settings.batch_size,
-                   seed=s_train, num_threads=num_threads)
+                   seed=s_train, num_threads=num_threads, rho_every=1000)
     model = engine.model
     success = settings.success_error if settings.success_error > 0 else 1e-12
     best = BestSnapshot(best_path, best_info_path)
