@@ -11,6 +11,8 @@ models, checkpoints, histories and results.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import os
@@ -21,7 +23,7 @@ from collections.abc import Mapping
 import numpy as np
 
 __all__ = ["CheckpointError", "atomic_write", "atomic_write_text", "atomic_write_json",
-           "json_safe", "write_npz", "read_npz"]
+           "json_safe", "write_npz", "read_npz", "csv_text"]
 
 
 class CheckpointError(ValueError):
@@ -178,3 +180,22 @@ def read_npz(path, expected_format):
         got = meta.get("format") if isinstance(meta, dict) else None
         raise CheckpointError(f"{path!r} is not a {expected_format} file (format {got!r})")
     return meta, arrays
+
+
+def csv_text(rows, columns) -> str:
+    """CSV text of ``rows`` (dicts) in ``columns`` order: None as empty, floats to 6 digits."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(columns)
+    for r in rows:
+        out = []
+        for k in columns:
+            v = r.get(k)
+            if v is None:
+                out.append("")
+            elif isinstance(v, float):
+                out.append(f"{v:.6g}")
+            else:
+                out.append(str(v))
+        w.writerow(out)
+    return buf.getvalue()

@@ -295,7 +295,7 @@ def register_synthetic(subparsers):
 # --------------------------------------------------------------------------- #
 def add_generalization_arguments(p):
     """Options of ``rnnfast reproduce generalization``."""
-    from ..experiments.synthetic import GENERALIZATION_LENGTHS, GeneralizationSettings
+    from ..experiments.generalization import GENERALIZATION_LENGTHS, GeneralizationSettings
 
     D = GeneralizationSettings()
     p.add_argument("--out", default=os.path.join("rnnfast-reproduce", "generalization"),
@@ -335,7 +335,7 @@ def run_generalization_command(args):
     """Entry point of ``rnnfast reproduce generalization``."""
     from dataclasses import replace
 
-    from ..experiments.synthetic import GeneralizationSettings, run_generalization
+    from ..experiments.generalization import GeneralizationSettings, run_generalization
 
     try:
         settings = replace(GeneralizationSettings(), min_length=args.min_length,

@@ -5,8 +5,9 @@
   :class:`concurrent.futures.Executor` (by default a local spawn process pool)
   and resumes interrupted sweeps;
 * :mod:`rnnfast.experiments.synthetic` — the synthetic-task sweep of Figure 7
-  (SGD / SGD-C / SGD-CR x initialisations x lengths x seeds) and the
-  generalisation test.
+  (SGD / SGD-C / SGD-CR x initialisations x lengths x seeds);
+* :mod:`rnnfast.experiments.generalization` — the generalisation test;
+* :mod:`rnnfast.experiments.natural` — the natural problems of Table 1.
 
 The command line is ``rnnfast reproduce synthetic|generalization``
 (:mod:`rnnfast.cli.reproduce`).
@@ -14,8 +15,8 @@ The command line is ``rnnfast reproduce synthetic|generalization``
 
 from .sweep import (ResultStore, SweepProgress, SweepResult, config_hash, local_executor,
                     run_sweep)
-from .synthetic import (DEFAULT, FULL, GeneralizationSettings, SweepSettings, aggregate,
-                        make_configs, run_generalization, run_synthetic, train_run)
+from .generalization import GeneralizationSettings, run_generalization
+from .synthetic import DEFAULT, FULL, SweepSettings, aggregate, make_configs, run_synthetic, train_run
 
 __all__ = [
     "ResultStore",

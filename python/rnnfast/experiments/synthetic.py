@@ -1,18 +1,12 @@
-"""Reproduction of the paper's synthetic experiments (section 4.1, Figure 7).
+"""The paper's synthetic sweep (section 4.1, Figure 7).
 
-Two experiments:
-
-* **the sweep** (:func:`run_synthetic`): SGD, SGD-C and SGD-CR under the three
-  initialisations ``sigmoid``, ``basic_tanh`` and ``smart_tanh``, over
-  sequence lengths and seeds, on the temporal-order problem (or another task
-  of :mod:`rnnfast.tasks`).  One run trains one model at ONE fixed sequence
-  length until it is solved or its update budget is spent.  The output is a
-  table of success rate, updates to success and wall time per run and per
-  point, as CSV and JSON, and a Figure-7-style plot.
-* **the generalisation test** (:func:`run_generalization`): one model (50 tanh
-  units, ``basic_tanh``, SGD-CR) trained on random lengths in [50, 200) (a new
-  length per minibatch), then evaluated on 10,000 fresh sequences at each of
-  50 ... 5000 steps with a forward-only pass whose memory does not grow with T.
+:func:`run_synthetic`: SGD, SGD-C and SGD-CR under the three initialisations ``sigmoid``,
+``basic_tanh`` and ``smart_tanh``, over sequence lengths and seeds, on the temporal-order
+problem (or another task of :mod:`rnnfast.tasks`). One run trains one model at ONE fixed
+sequence length until it is solved or its update budget is spent. The output is a table of
+success rate, updates to success and wall time per run and per point, as CSV and JSON (the
+command line adds the Figure-7 plot, :func:`rnnfast.plots.plot_figure7`). The generalisation
+test is :mod:`rnnfast.experiments.generalization`.
 
 Methods (:mod:`rnnfast.train.methods`): ``SGD`` = no clipping, no Ω; ``SGD-C`` = norm clipping at
 the threshold (1.0); ``SGD-CR`` = clipping + Ω with constant weight α (4.0, the
@@ -49,7 +43,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .._aliases import renamed_argument
-from ..fileio import atomic_write_json, atomic_write_text, json_safe
+from ..fileio import atomic_write_json, atomic_write_text, csv_text, json_safe
 from ..train.callbacks import Callback
 from ..train.methods import METHODS as _METHOD_TABLE, canonical_method
 from .sweep import ResultStore, SweepProgress, config_hash, format_duration, run_sweep
@@ -69,12 +63,6 @@ __all__ = [
     "aggregate",
     "write_tables",
     "run_synthetic",
-    "GeneralizationSettings",
-    "GENERALIZATION_LENGTHS",
-    "train_generalization",
-    "history_summary",
-    "evaluate_lengths",
-    "run_generalization",
 ]
 
 #: The paper's three methods: name -> (uses clipping, uses Ω).
@@ -481,24 +469,6 @@ def aggregate(records: Sequence[dict]) -> List[dict]:
     return rows
 
 
-def _csv_text(rows: Sequence[dict], columns: Sequence[str]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(columns)
-    for r in rows:
-        out = []
-        for k in columns:
-            v = r.get(k)
-            if v is None:
-                out.append("")
-            elif isinstance(v, float):
-                out.append(f"{v:.6g}")
-            else:
-                out.append(str(v))
-        w.writerow(out)
-    return buf.getvalue()
-
-
 def write_tables(out_dir, records: Sequence[dict], *, settings: Optional[dict] = None,
                  failures: Sequence[dict] = (), extra: Optional[dict] = None) -> Dict[str, str]:
     """Write ``runs.csv``, ``summary.csv`` and ``summary.json`` atomically.
@@ -512,9 +482,9 @@ def write_tables(out_dir, records: Sequence[dict], *, settings: Optional[dict] =
     runs = [_run_row(r) for r in records]
     paths = {
         "runs_csv": atomic_write_text(os.path.join(out_dir, "runs.csv"),
-                                      _csv_text(runs, RUN_COLUMNS)),
+                                      csv_text(runs, RUN_COLUMNS)),
         "summary_csv": atomic_write_text(os.path.join(out_dir, "summary.csv"),
-                                         _csv_text(points, POINT_COLUMNS)),
+                                         csv_text(points, POINT_COLUMNS)),
     }
     doc = {"settings": settings, "points": points, "runs": runs,
            "failures": [{k: f[k] for k in ("key", "config", "attempts", "error")}
@@ -660,300 +630,3 @@ def run_synthetic(settings: SweepSettings, out_dir, *, executor=None, workers=No
     return {"points": points, "records": res.records, "failures": res.failures, "paths": paths,
             "seconds": res.seconds, "computed": res.computed, "skipped": res.skipped,
             "interrupted": res.interrupted, "estimate": est}
-
-
-# --------------------------------------------------------------------------- #
-# generalisation
-# --------------------------------------------------------------------------- #
-#: The paper's test lengths.
-GENERALIZATION_LENGTHS: Tuple[int, ...] = (50, 100, 150, 200, 250, 500, 1000, 2000, 3000, 5000)
-
-
-@dataclass(frozen=True)
-class GeneralizationSettings:
-    """Settings of the generalisation test (paper: 50 tanh units, basic_tanh, SGD-CR).
-
-    Attributes
-    ----------
-    task : str
-    min_length, max_length : int
-        Training lengths, one drawn per minibatch in ``[min_length, max_length)``.
-    hidden, lr, clip, alpha, batch_size, dtype, init :
-        As for :class:`SweepSettings` (paper's values).
-    sparse_per : {"incoming", "outgoing"}
-        ``smart_tanh``: 15 non-zeros per row of W_rec (incoming, the paper's text) or per
-        column (outgoing, the authors' code, which multiplies h·W).
-    max_updates : int
-        Budget (5M).
-    valid_every, valid_size : int
-        Validation on fresh sequences of random length in the training range.
-    success_error : float
-        Stop when the validation error rate (on ``valid_size`` sequences) is
-        below this: 0.01, the paper's criterion, by default; 0 means zero
-        errors (the authors' code's stopping rule, which a run may never meet:
-        our seed 1 reached 0.08% at 146k updates, then lost it for 750k).
-    eval_lengths : tuple of int
-        Test lengths.
-    eval_size : int
-        Sequences per test length (paper: 10,000).
-    seed : int
-    checkpoint_every : int
-    """
-
-    task: str = "temporal_order"
-    min_length: int = 50
-    max_length: int = 200
-    hidden: int = 50
-    init: str = "basic_tanh"
-    sparse_per: str = "incoming"
-    lr: float = 0.01
-    clip: float = 1.0
-    alpha: float = 4.0
-    batch_size: int = 20
-    dtype: str = "float32"
-    max_updates: int = 5_000_000
-    valid_every: int = 2000
-    valid_size: int = 10_000
-    success_error: float = 0.01
-    eval_lengths: Tuple[int, ...] = GENERALIZATION_LENGTHS
-    eval_size: int = 10_000
-    seed: int = 0
-    checkpoint_every: int = 20_000
-
-
-@renamed_argument("threads", "num_threads")
-def train_generalization(settings: GeneralizationSettings, out_dir, *, num_threads=None,
-                         log: Optional[Callable[[str], None]] = None, time_limit=None):
-    """Train (or resume) the generalisation model; returns ``(model, summary dict)``.
-
-    Files in ``out_dir``: ``checkpoint.npz`` (atomic, every ``checkpoint_every``
-    updates and when the call ends; resumed when present), ``best.npz`` (the
-    model at its best validation so far, with ``best.json``), and at the end
-    ``model.npz`` and ``train.json`` (summary).  A finished training
-    (``train.json`` + ``model.npz`` present, same settings) is not redone.
-
-    The returned model is the final one when the success criterion was met,
-    otherwise the best-validation snapshot (``summary["evaluated"]`` says which).
-    """
-    import json
-
-    from .. import tasks as _tasks
-    from ..nn.model import RNNModel
-    from ..train import Checkpoint, Validation, build
-
-    out_dir = os.fspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    model_path = os.path.join(out_dir, "model.npz")
-    summary_path = os.path.join(out_dir, "train.json")
-    best_path = os.path.join(out_dir, "best.npz")
-    best_info_path = os.path.join(out_dir, "best.json")
-    cfg = json_safe(asdict(settings))
-    if os.path.exists(model_path) and os.path.exists(summary_path):
-        with open(summary_path, encoding="utf-8") as f:
-            summary = json.load(f)
-        if summary.get("settings") == cfg:
-            use = best_path if summary.get("evaluated") == "best" else model_path
-            return RNNModel.load(use), summary
-    task = _tasks.get_task(settings.task, min_length=settings.min_length,
-                           max_length=settings.max_length)
-    root = np.random.SeedSequence(int(settings.seed))
-    s_init, s_train = root.spawn(2)
-    init_kwargs = {"sparse_per": settings.sparse_per} if settings.init == "smart_tanh" else None
-    engine = build("SGD-CR", task=task, hidden=settings.hidden, init=settings.init,
-                   init_kwargs=init_kwargs, dtype=settings.dtype,
-                   init_rng=np.random.default_rng(s_init), lr=settings.lr,
-                   clip=settings.clip, alpha=settings.alpha, batch_size=settings.batch_size,
-                   seed=s_train, num_threads=num_threads, rho_every=1000)
-    model = engine.model
-    success = settings.success_error if settings.success_error > 0 else 1e-12
-    best = BestSnapshot(best_path, best_info_path)
-    checkpoint = Checkpoint(os.path.join(out_dir, "checkpoint.npz"),
-                            every=settings.checkpoint_every, config=cfg)
-    callbacks = [Validation(task, every=settings.valid_every, size=settings.valid_size,
-                            batch=1000, success_error=success, log=log), best, checkpoint]
-    if os.path.exists(checkpoint.path):
-        checkpoint.restore(engine, callbacks)
-        if log:
-            log(f"resumed at update {engine.update}")
-    t0 = time.perf_counter()
-    result = engine.fit(task, max_updates=settings.max_updates, time_limit=time_limit,
-                        callbacks=callbacks)
-    model.save(model_path)
-    summary = {"settings": cfg, "updates": engine.update, "solved": engine.solved,
-               "stopped": result.stopped, "best_error": engine.best_error,
-               "best_update": best.best["update"],
-               "evaluated": "final" if engine.solved or best.best["update"] is None else "best",
-               "seconds_this_call": time.perf_counter() - t0,
-               **history_summary(engine.history, engine.validations),
-               "last_validation": engine.validations[-1] if engine.validations else None}
-    if result.stopped in ("solved", "max_updates"):
-        atomic_write_json(summary_path, summary)
-    if summary["evaluated"] == "best":
-        return RNNModel.load(best_path), summary
-    return model, summary
-
-
-class BestSnapshot(Callback):
-    """Callback: after each validation that lowers the error rate, save the model to
-    ``path`` and ``{"update", "error"}`` to ``info_path``."""
-
-    def __init__(self, path, info_path):
-        self.path, self.info_path = path, info_path
-        self.best = {"update": None, "error": None}
-        self._seen = 0
-
-    def on_fit_begin(self, engine):
-        self._seen = len(engine.validations)
-
-    def on_update_end(self, engine, batch, row):
-        if len(engine.validations) == self._seen:
-            return
-        self._seen = len(engine.validations)
-        v = engine.validations[-1]
-        if v["error"] is not None and (self.best["error"] is None or v["error"] < self.best["error"]):
-            self.best = {"update": v["update"], "error": v["error"]}
-            engine.model.save(self.path)
-            atomic_write_json(self.info_path, self.best)
-
-    def state_dict(self):
-        return dict(self.best)
-
-    def load_state_dict(self, state):
-        self.best = {"update": state["update"], "error": state["error"]}
-
-
-def history_summary(history, validations) -> dict:
-    """Figures of a training history comparable to the authors' sample log.
-
-    Parameters
-    ----------
-    history : rnnfast.trainer.History or mapping name -> (n,) array
-        Per-update columns ``norm``, ``clipped``, ``omega``, ``rho``, ``seconds``.
-    validations : list of dict
-        Validation records (``update``, ``error``).
-
-    Returns
-    -------
-    dict
-        ``first_update_below_1pct``, ``first_update_zero_errors`` (None if
-        never), ``seconds_total`` (sum of update times), ``max_norm`` (largest
-        pre-clip norm), ``clipped_fraction``, ``final_rho`` (last recorded
-        spectral radius), ``omega_last_1000`` (mean Ω over the last 1,000 updates).
-    """
-    def first(pred):
-        return next((v["update"] for v in validations
-                     if v.get("error") is not None and pred(v["error"])), None)
-
-    norm = np.asarray(history["norm"], dtype=np.float64)
-    rho = np.asarray(history["rho"], dtype=np.float64)
-    om = np.asarray(history["omega"], dtype=np.float64)[-1000:]
-    finite = norm[np.isfinite(norm)]
-    rho = rho[np.isfinite(rho)]
-    om = om[np.isfinite(om)]
-    return {
-        "first_update_below_1pct": first(lambda e: e < 0.01),
-        "first_update_zero_errors": first(lambda e: e == 0),
-        "seconds_total": float(np.asarray(history["seconds"], dtype=np.float64).sum()),
-        "max_norm": float(finite.max()) if finite.size else None,
-        "clipped_fraction": float(np.mean(np.asarray(history["clipped"]) > 0)) if norm.size
-        else None,
-        "final_rho": float(rho[-1]) if rho.size else None,
-        "omega_last_1000": float(om.mean()) if om.size else None,
-    }
-
-
-@renamed_argument("threads", "num_threads")
-def evaluate_lengths(model, task_name: str, lengths: Sequence[int], *, n_sequences: int = 10_000,
-                     seed: int = 12345, num_threads=None, convention: str = "authors",
-                     on_row: Optional[Callable[[dict], None]] = None) -> List[dict]:
-    """Error rate of ``model`` on ``n_sequences`` fresh sequences at each length.
-
-    Forward only, in chunks; for last-step tasks the core's ``final_state``
-    keeps memory independent of T (only the chunk's inputs are stored).
-
-    Returns
-    -------
-    list of dict
-        ``length``, ``sequences``, ``errors``, ``error_rate``, ``solved``
-        (< 1 %), ``seconds``.
-    """
-    from .. import tasks as _tasks
-
-    rows = []
-    for i, L in enumerate(lengths):
-        task = _tasks.get_task(task_name, min_length=int(L), max_length=int(L),
-                               convention=convention)
-        rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(L)]))
-        t0 = time.perf_counter()
-        err = _tasks.evaluate(task, lambda u: model.outputs(u, num_threads=num_threads), rng,
-                              n_sequences=int(n_sequences), length=int(L), dtype=model.dtype)
-        row = {"length": int(L), "sequences": int(n_sequences),
-               "errors": int(round(err * n_sequences)), "error_rate": err,
-               "solved": _tasks.is_solved(err), "seconds": time.perf_counter() - t0}
-        rows.append(row)
-        if on_row is not None:
-            on_row(row)
-    return rows
-
-
-def format_generalization(rows: Sequence[dict]) -> str:
-    """Fixed-width table of :func:`evaluate_lengths` rows."""
-    head = f"{'length':>6} {'errors':>7} {'error rate':>10} {'< 1%':>5} {'seconds':>8}"
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        lines.append(f"{r['length']:>6} {r['errors']:>7} {100 * r['error_rate']:>9.2f}% "
-                     f"{'yes' if r['solved'] else 'no':>5} {r['seconds']:>8.1f}")
-    return "\n".join(lines)
-
-
-@renamed_argument("threads", "num_threads")
-def run_generalization(settings: GeneralizationSettings, out_dir, *, model_path=None,
-                       num_threads=None, stream=None, time_limit=None) -> dict:
-    """Train (or load) the model and evaluate it at every test length.
-
-    Writes ``generalization.json`` and ``generalization.csv`` in ``out_dir``
-    (rewritten atomically after each length) and returns the JSON document.
-    """
-    from ..nn.model import RNNModel
-
-    stream = stream or sys.stdout
-    out_dir = os.fspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-
-    def log(line):
-        print(line, file=stream, flush=True)
-
-    if model_path is not None:
-        model = RNNModel.load(model_path)
-        train = {"model_path": os.path.abspath(model_path)}
-        log(f"evaluating the model in {model_path}")
-    else:
-        log(f"training: {settings.task}, lengths [{settings.min_length}, {settings.max_length}), "
-            f"{settings.hidden} hidden, {settings.init}, SGD-CR (clip {settings.clip}, "
-            f"alpha {settings.alpha}), lr {settings.lr}, up to {settings.max_updates} updates")
-        model, train = train_generalization(settings, os.path.join(out_dir, "train"),
-                                            num_threads=num_threads, log=log, time_limit=time_limit)
-        log(f"training stopped ({train['stopped']}) after {train['updates']} updates, "
-            f"{format_duration(train['seconds_total'])} of updates")
-        if not train["solved"]:
-            log(f"the model did not reach the success criterion; evaluating its best "
-                f"validation snapshot (update {train['best_update']}, validation error "
-                f"{100 * (train['best_error'] or 0):.2f}%)")
-    doc = {"settings": json_safe(asdict(settings)), "train": train, "rows": []}
-
-    def write(row=None):
-        if row is not None:
-            doc["rows"].append(row)
-            log(f"  length {row['length']:>5}: {row['errors']} errors / {row['sequences']} "
-                f"({100 * row['error_rate']:.2f}%), {row['seconds']:.1f}s")
-        atomic_write_json(os.path.join(out_dir, "generalization.json"), doc)
-        atomic_write_text(os.path.join(out_dir, "generalization.csv"),
-                          _csv_text(doc["rows"], ("length", "sequences", "errors",
-                                                  "error_rate", "solved", "seconds")))
-
-    evaluate_lengths(model, settings.task, settings.eval_lengths, n_sequences=settings.eval_size,
-                     seed=settings.seed + 1_000_003, num_threads=num_threads, on_row=write)
-    write()
-    log("")
-    log(format_generalization(doc["rows"]))
-    return doc
