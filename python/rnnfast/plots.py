@@ -33,16 +33,18 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from .analysis import dynamics
+from .fileio import atomic_write
 from .experiments.synthetic import INITS, METHODS
 
 __all__ = [
     "plot_figure7",
+    "plot_generalization",
+    "plot_memory_probes",
     "save_figure",
     "plot_bifurcation",
     "plot_one_neuron_map",
@@ -88,39 +90,10 @@ def _axes(ax, figsize):
 
 
 def save_figure(fig, path, *, dpi=120):
-    """Write ``fig`` as a PNG at ``path`` atomically and return the path.
-
-    The image is rendered into a temporary file in the destination folder (created if
-    needed) and moved into place with ``os.replace``, so readers never see a partial file.
-
-    Parameters
-    ----------
-    fig : matplotlib.figure.Figure
-    path : str or os.PathLike
-        Destination file (``.png``).
-    dpi : int
-
-    Returns
-    -------
-    str
-    """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    stem = os.path.splitext(os.path.basename(path))[0]
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{stem}-", suffix=".png.tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=dpi)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    """Write ``fig`` as a PNG at ``path`` atomically (:func:`rnnfast.fileio.atomic_write`:
+    readers never see a partial file) and return the path."""
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
+    return os.fspath(path)
 
 
 def _finish(fig, path, dpi):
@@ -1217,3 +1190,59 @@ def plot_figure7(points: Sequence[dict], path, *, title: Optional[str] = None, d
 # --------------------------------------------------------------------------- #
 # the sweep, end to end
 # --------------------------------------------------------------------------- #
+
+
+# --------------------------------------------------------------------------- generalisation
+def plot_generalization(summary, path=None, *, dpi=120):
+    """Error rate against test length, one line per model, from the summary of
+    :func:`rnnfast.experiments.generalization.run_protocol`."""
+    fig = _figure((6.4, 3.8))
+    ax = fig.add_subplot()
+    lengths = [int(L) for L in summary["settings"]["eval_lengths"]]
+    for m in summary["models"]:
+        err = [100 * m["errors"][str(L)] for L in lengths]
+        ax.plot(lengths, err, marker="o", ms=3, lw=1.2,
+                label=f"seed {m['seed']}" + ("" if m["solved"] else " (unsolved)"))
+    lo, hi = summary["settings"]["min_length"], summary["settings"]["max_length"]
+    ax.axvspan(lo, hi, color="0.9", zorder=0, label="training lengths")
+    ax.axhline(75, color="0.5", ls=":", lw=1, label="chance (75%)")
+    ax.set_xscale("log")
+    ax.set_xlabel("test sequence length")
+    ax.set_ylabel("errors (%)")
+    ax.set_ylim(-2, 80)
+    s = summary["settings"]
+    ax.set_title(f"temporal order, {s['init']}, α = {s['alpha']:g}: "
+                 f"{summary['all_lengths_zero']}/{summary['finished']} models with 0 errors "
+                 "at every length", fontsize=9)
+    ax.legend(fontsize=7, ncol=2)
+    return _finish(fig, path, dpi)
+
+
+def plot_memory_probes(summary, path=None, *, dpi=120):
+    """Linear-probe accuracy of each bit against the steps after the second marker, for the
+    short and the long gap between the markers, one line per model."""
+    gaps = ("short gap", "long gap")
+    fig = _figure((8.0, 5.2))
+    axes = fig.subplots(2, 2, sharex=True, sharey=True, squeeze=False)
+    for j, gap in enumerate(gaps):
+        for m in summary["models"]:
+            pr = m.get("probes", {}).get(gap)
+            if pr is None:
+                continue
+            for i, key in enumerate(("probe_first", "probe_second")):
+                axes[i][j].plot(pr["lags"], pr[key], marker="o", ms=3, lw=1.1,
+                                label=f"seed {m['seed']}")
+        first = next((m["probes"][gap] for m in summary["models"] if "probes" in m), None)
+        if first is not None:
+            axes[0][j].set_title(f"markers at steps {first['p0']} and {first['p1']}", fontsize=9)
+        for i, bit in enumerate(("first", "second")):
+            ax = axes[i][j]
+            ax.set_xscale("log")
+            ax.axhline(0.5, color="0.5", ls=":", lw=1)
+            ax.set_ylim(0.4, 1.02)
+            if j == 0:
+                ax.set_ylabel(f"{bit} bit: probe accuracy")
+            if i == 1:
+                ax.set_xlabel("steps after the second marker")
+    axes[0][0].legend(fontsize=7)
+    return _finish(fig, path, dpi)

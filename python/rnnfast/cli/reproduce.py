@@ -25,6 +25,7 @@ import argparse
 import importlib
 import os
 import sys
+import time
 from typing import Callable, List, Tuple, Union
 
 from ..experiments import natural as _nat
@@ -295,63 +296,110 @@ def register_synthetic(subparsers):
 # --------------------------------------------------------------------------- #
 def add_generalization_arguments(p):
     """Options of ``rnnfast reproduce generalization``."""
-    from ..experiments.generalization import GENERALIZATION_LENGTHS, GeneralizationSettings
+    from ..experiments.generalization import (GENERALIZATION_LENGTHS, PRESETS,
+                                              GeneralizationSettings)
 
     D = GeneralizationSettings()
+
+    def d(name):
+        return f" (default: the config's; basic: {getattr(D, name)})"
+
     p.add_argument("--out", default=os.path.join("rnnfast-reproduce", "generalization"),
-                   help="output folder (train/ holds the resumable checkpoint)")
+                   help="output folder (train/ holds the resumable checkpoint; with --seeds, "
+                        "one seed-K folder per model and summary.md)")
     p.add_argument("--model", default=None,
                    help="evaluate this saved model (.npz) instead of training one")
-    p.add_argument("--min-length", type=positive_int, default=D.min_length,
-                   help=f"shortest training length (default {D.min_length})")
-    p.add_argument("--max-length", type=positive_int, default=D.max_length,
-                   help=f"training lengths are drawn in [min, max) (default {D.max_length})")
-    p.add_argument("--hidden", type=positive_int, default=D.hidden,
-                   help=f"hidden units (default {D.hidden})")
-    p.add_argument("--max-updates", type=positive_int, default=D.max_updates,
-                   help=f"update budget (default {D.max_updates})")
-    p.add_argument("--valid-every", type=positive_int, default=D.valid_every,
-                   help=f"updates between validations (default {D.valid_every})")
-    p.add_argument("--valid-size", type=positive_int, default=D.valid_size,
-                   help=f"validation sequences (default {D.valid_size})")
-    p.add_argument("--success-error", type=nonneg_float, default=D.success_error,
-                   help="stop when the validation error rate is below this (default 0.01, "
-                        "the paper's criterion); 0 stops at zero errors, as the authors' code")
-    p.add_argument("--eval-lengths", type=_int_list, default=GENERALIZATION_LENGTHS,
+    p.add_argument("--config", choices=tuple(PRESETS), default="basic",
+                   help="authors: the authors' code (smart_tanh with 15 non-zeros per column, "
+                        "alpha 2, stop at zero validation errors); basic: basic_tanh, alpha 4, "
+                        "stop below 1%% (default)")
+    p.add_argument("--seeds", type=positive_int, default=None, metavar="N",
+                   help="train and test N models (seeds 0..N-1) and write the summary table, "
+                        "with the memory probes of each model")
+    g = p.add_argument_group("model and training (override the config)")
+    g.add_argument("--init", choices=("sigmoid", "basic_tanh", "smart_tanh"), default=None,
+                   help="initialisation" + d("init"))
+    g.add_argument("--sparse-per", choices=("incoming", "outgoing"), default=None,
+                   help="smart_tanh's 15 non-zeros per row (incoming) or column (outgoing)")
+    g.add_argument("--alpha", type=nonneg_float, default=None, help="Ω weight" + d("alpha"))
+    g.add_argument("--lr", type=positive_float, default=None, help="learning rate" + d("lr"))
+    g.add_argument("--clip", type=positive_float, default=None,
+                   help="clipping threshold" + d("clip"))
+    g.add_argument("--batch-size", type=positive_int, default=None,
+                   help="minibatch" + d("batch_size"))
+    g.add_argument("--min-length", type=positive_int, default=None,
+                   help="shortest training length" + d("min_length"))
+    g.add_argument("--max-length", type=positive_int, default=None,
+                   help="training lengths are drawn in [min, max)" + d("max_length"))
+    g.add_argument("--hidden", type=positive_int, default=None, help="hidden units" + d("hidden"))
+    g.add_argument("--max-updates", type=positive_int, default=None,
+                   help="update budget" + d("max_updates"))
+    g.add_argument("--valid-every", type=positive_int, default=None,
+                   help="updates between validations" + d("valid_every"))
+    g.add_argument("--valid-size", type=positive_int, default=None,
+                   help="validation sequences" + d("valid_size"))
+    g.add_argument("--success-error", type=nonneg_float, default=None,
+                   help="stop when the validation error rate is below this; 0 stops at zero "
+                        "errors, as the authors' code" + d("success_error"))
+    g.add_argument("--eval-lengths", type=_int_list, default=None,
                    help="test lengths (default " + ",".join(map(str, GENERALIZATION_LENGTHS))
                         + ")")
-    p.add_argument("--eval-size", type=positive_int, default=D.eval_size,
-                   help=f"test sequences per length (default {D.eval_size})")
-    p.add_argument("--seed", type=nonneg_int, default=D.seed, help="random seed (default 0)")
-    p.add_argument("--dtype", choices=("float32", "float64"), default=D.dtype,
-                   help=f"floating-point type (default {D.dtype})")
+    g.add_argument("--eval-size", type=positive_int, default=None,
+                   help="test sequences per length" + d("eval_size"))
+    g.add_argument("--seed", type=nonneg_int, default=None,
+                   help="random seed of a single model (default 0)")
+    g.add_argument("--dtype", choices=("float32", "float64"), default=None,
+                   help="floating-point type" + d("dtype"))
     p.add_argument("--threads", type=positive_int, default=None,
                    help="core threads (default: the library's)")
     p.add_argument("--time-limit", type=positive_float, default=None,
                    help="stop training after this many minutes (rerun to resume)")
 
 
+_GEN_FIELDS = ("init", "sparse_per", "alpha", "lr", "clip", "batch_size", "min_length",
+               "max_length", "hidden", "max_updates", "valid_every", "valid_size",
+               "success_error", "eval_size", "seed", "dtype")
+
+
 def run_generalization_command(args):
     """Entry point of ``rnnfast reproduce generalization``."""
-    from dataclasses import replace
+    from ..experiments.generalization import preset, run_generalization, run_protocol
 
-    from ..experiments.generalization import GeneralizationSettings, run_generalization
-
+    overrides = {k: getattr(args, k) for k in _GEN_FIELDS}
+    if args.eval_lengths is not None:
+        overrides["eval_lengths"] = tuple(args.eval_lengths)
     try:
-        settings = replace(GeneralizationSettings(), min_length=args.min_length,
-                           max_length=args.max_length, hidden=args.hidden,
-                           max_updates=args.max_updates, valid_every=args.valid_every,
-                           valid_size=args.valid_size, success_error=args.success_error,
-                           eval_lengths=tuple(args.eval_lengths), eval_size=args.eval_size,
-                           seed=args.seed, dtype=args.dtype)
+        settings = preset(args.config, **overrides)
     except ValueError as e:
         raise SystemExit(f"rnnfast reproduce generalization: {e}") from None
-    if args.max_length < args.min_length:
+    if settings.max_length < settings.min_length:
         raise SystemExit("rnnfast reproduce generalization: --max-length must be >= --min-length")
     limit = None if args.time_limit is None else 60.0 * args.time_limit
+    if args.seeds is not None:
+        if args.model is not None:
+            raise SystemExit("rnnfast reproduce generalization: --model and --seeds exclude "
+                             "each other")
+        doc = run_protocol(settings, range(args.seeds), args.out, num_threads=args.threads,
+                           time_limit=limit)
+        _generalization_figures(doc, args.out)
+        return 0 if doc["all_lengths_zero"] == doc["finished"] == args.seeds else 1
     doc = run_generalization(settings, args.out, model_path=args.model, num_threads=args.threads,
                              time_limit=limit)
     return 0 if all(r["solved"] for r in doc["rows"]) else 1
+
+
+def _generalization_figures(doc, out):
+    try:
+        from ..plots import plot_generalization, plot_memory_probes
+    except ImportError:
+        print("note: matplotlib is not installed, the figures are skipped "
+              "(pip install 'rnnfast[plot]')")
+        return
+    if doc["models"]:
+        for plot, name in ((plot_generalization, "generalization.png"),
+                           (plot_memory_probes, "memory_probes.png")):
+            plot(doc, os.path.join(out, name))
+            print(f"  figure: {os.path.join(out, name)}")
 
 
 def register_generalization(subparsers):
@@ -359,9 +407,11 @@ def register_generalization(subparsers):
     p = subparsers.add_parser(
         "generalization",
         help="train on lengths 50-200, test on 10,000 sequences at 50 ... 5000 steps",
-        description="The paper's generalisation test: one model (50 tanh units, basic_tanh, "
-                    "SGD-CR) trained on random lengths in [50, 200), evaluated at each test "
-                    "length (forward only). Writes generalization.json/.csv in --out.",
+        description="The paper's generalisation test: a model (50 tanh units, SGD-CR) trained "
+                    "on random lengths in [50, 200), evaluated at each test length (forward "
+                    "only). Writes generalization.json/.csv in --out; with --seeds N, N models, "
+                    "summary.md/.json (models with zero errors per length), the memory probes "
+                    "of each model, and generalization.png / memory_probes.png.",
     )
     add_generalization_arguments(p)
     p.set_defaults(func=run_generalization_command)

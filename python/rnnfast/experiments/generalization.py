@@ -8,10 +8,11 @@ it at every test length on ``eval_size`` fresh sequences, forward only (the kern
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -23,7 +24,7 @@ from .sweep import format_duration
 
 __all__ = ["GeneralizationSettings", "GENERALIZATION_LENGTHS", "train_generalization",
            "history_summary", "evaluate_lengths", "format_generalization", "run_generalization",
-           "BestSnapshot"]
+           "BestSnapshot", "PRESETS", "preset", "run_protocol", "summarize", "format_protocol"]
 
 
 #: The paper's test lengths.
@@ -318,3 +319,122 @@ def run_generalization(settings: GeneralizationSettings, out_dir, *, model_path=
     log("")
     log(format_generalization(doc["rows"]))
     return doc
+
+
+# ------------------------------------------------------------------------------- protocol
+#: Named configurations of the generalisation model.
+PRESETS = {
+    # the authors' code (pascanur/trainingRNNs, RNN.py defaults): smart_tanh with 15 non-zeros
+    # per column of W_rec (their h·W convention), rescaled to ρ = 0.95; α = 2; stop at zero
+    # validation errors, checked every 1000 updates here
+    "authors": dict(init="smart_tanh", sparse_per="outgoing", alpha=2.0, success_error=0.0,
+                    valid_every=1000),
+    # rnnfast's earlier default: basic_tanh, α = 4, stop below 1% validation errors
+    "basic": dict(init="basic_tanh", alpha=4.0, success_error=0.01),
+}
+
+
+def preset(name, **overrides) -> GeneralizationSettings:
+    """The :class:`GeneralizationSettings` of a named configuration (:data:`PRESETS`), with
+    ``overrides`` (None values ignored)."""
+    if name not in PRESETS:
+        raise ValueError(f"config: expected one of {tuple(PRESETS)}, got {name!r}")
+    values = {**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}}
+    return replace(GeneralizationSettings(), **values)
+
+
+@renamed_argument("threads", "num_threads")
+def run_protocol(settings: GeneralizationSettings, seeds: Sequence[int], out_dir, *,
+                 num_threads=None, time_limit=None, stream=None, probes=True) -> dict:
+    """Train and test one model per seed (``out_dir/seed-<k>``, each resumable), then write
+    ``summary.json`` and ``summary.md``: per test length, how many finished models made zero
+    errors, each model's error rates, and (``probes``) the memory analysis of each model
+    (:mod:`rnnfast.analysis.memory`). A model whose training was cut by ``time_limit`` is
+    left out of the table until a rerun finishes it.
+
+    Returns
+    -------
+    dict
+        The summary document.
+    """
+    stream = stream or sys.stdout
+    out_dir = os.fspath(out_dir)
+    deadline = None if time_limit is None else time.perf_counter() + float(time_limit)
+    for seed in seeds:
+        left = None if deadline is None else deadline - time.perf_counter()
+        if left is not None and left <= 0:
+            print(f"time limit reached before seed {seed}; rerun to continue", file=stream)
+            break
+        print(f"=== seed {seed}", file=stream, flush=True)
+        run_generalization(replace(settings, seed=int(seed)), os.path.join(out_dir, f"seed-{seed}"),
+                           num_threads=num_threads, stream=stream, time_limit=left)
+    doc = summarize(out_dir, settings, seeds, probes=probes, num_threads=num_threads)
+    print("", file=stream)
+    print(doc["markdown"], file=stream, flush=True)
+    return doc
+
+
+def summarize(out_dir, settings, seeds, *, probes=True, num_threads=None) -> dict:
+    """Collect ``out_dir/seed-<k>/generalization.json`` of the finished models into
+    ``summary.json`` and ``summary.md`` (see :func:`run_protocol`)."""
+    from ..analysis import memory
+    from ..nn.model import RNNModel
+
+    out_dir = os.fspath(out_dir)
+    models = []
+    for seed in seeds:
+        path = os.path.join(out_dir, f"seed-{seed}", "generalization.json")
+        if not os.path.exists(path):
+            continue
+        with open(path, encoding="utf-8") as f:
+            g = json.load(f)
+        train = g["train"]
+        if train.get("stopped") not in ("solved", "max_updates"):
+            continue  # cut by a time limit: not finished
+        row = {"seed": int(seed), "solved": bool(train["solved"]), "updates": train["updates"],
+               "evaluated": train["evaluated"], "final_rho": train.get("final_rho"),
+               "omega_last_1000": train.get("omega_last_1000"),
+               "errors": {str(r["length"]): r["error_rate"] for r in g["rows"]}}
+        if probes:
+            which = "best.npz" if train["evaluated"] == "best" else "model.npz"
+            model = RNNModel.load(os.path.join(out_dir, f"seed-{seed}", "train", which))
+            row["probes"] = {}
+            for gap_name, (p0, p1) in (("short gap", (15, 60)), ("long gap", (100, 500))):
+                r = memory.marker_probe(model, p0=p0, p1=p1, lags=PROBE_LAGS, rng=seed,
+                                        num_threads=num_threads)
+                row["probes"][gap_name] = {"p0": p0, "p1": p1, **{
+                    k: np.asarray(v).tolist() for k, v in r._asdict().items()}}
+        models.append(row)
+    lengths = [int(L) for L in settings.eval_lengths]
+    zero = {str(L): sum(1 for m in models if m["errors"].get(str(L)) == 0.0) for L in lengths}
+    doc = {"settings": json_safe(asdict(settings)), "seeds": [int(s) for s in seeds],
+           "finished": len(models), "zero_error_models": zero,
+           "all_lengths_zero": sum(1 for m in models
+                                   if all(m["errors"].get(str(L)) == 0.0 for L in lengths)),
+           "models": models}
+    doc["markdown"] = format_protocol(doc)
+    atomic_write_json(os.path.join(out_dir, "summary.json"), doc)
+    atomic_write_text(os.path.join(out_dir, "summary.md"), doc["markdown"] + "\n")
+    return doc
+
+
+#: Lags (steps after the second marker) of the summary's probes.
+PROBE_LAGS = (50, 100, 250, 500, 1000, 2000, 4000)
+
+
+def format_protocol(doc) -> str:
+    """Markdown: models with zero errors per length, then each model's error rates (%)."""
+    lengths = [int(L) for L in doc["settings"]["eval_lengths"]]
+    n = doc["finished"]
+    lines = ["| | " + " | ".join(str(L) for L in lengths) + " |",
+             "|---|" + "---|" * len(lengths),
+             f"| models with 0 errors (of {n}) | "
+             + " | ".join(f"{doc['zero_error_models'][str(L)]}/{n}" for L in lengths) + " |"]
+    for m in doc["models"]:
+        tag = (f"seed {m['seed']} ({'solved' if m['solved'] else 'unsolved'} at "
+               f"{m['updates']:,} updates)")
+        lines.append(f"| {tag} | " + " | ".join(
+            f"{100 * m['errors'][str(L)]:.2f}" if str(L) in m["errors"] else "-" for L in lengths)
+            + " |")
+    lines += ["", f"{doc['all_lengths_zero']}/{n} models have zero errors at every length."]
+    return "\n".join(lines)
