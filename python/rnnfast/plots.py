@@ -43,6 +43,7 @@ from .experiments.synthetic import INITS, METHODS
 
 __all__ = [
     "plot_figure7",
+    "plot_learning_curves",
     "plot_generalization",
     "plot_memory_probes",
     "save_figure",
@@ -1245,4 +1246,43 @@ def plot_memory_probes(summary, path=None, *, dpi=120):
             if i == 1:
                 ax.set_xlabel("steps after the second marker")
     axes[0][0].legend(fontsize=7)
+    return _finish(fig, path, dpi)
+
+
+# --------------------------------------------------------------------------- Table 1
+def plot_learning_curves(out_dir, slugs, path=None, *, dpi=120):
+    """Train and validation metric per epoch of every Table-1 cell found in
+    ``out_dir/<slug>/epochs.json``, one panel per data set, one colour per method."""
+    import json
+
+    runs = {}
+    for slug in slugs:
+        f = os.path.join(os.fspath(out_dir), slug, "epochs.json")
+        if os.path.exists(f):
+            with open(f, encoding="utf-8") as fh:
+                runs[slug] = [r for r in json.load(fh) if r.get("end_of_epoch")]
+    sets = []
+    for slug in runs:
+        name = slug.rsplit("-SGD", 1)[0]
+        if name not in sets:
+            sets.append(name)
+    fig = _figure((4.0 * max(1, len(sets)), 3.4))
+    axes = fig.subplots(1, max(1, len(sets)), squeeze=False)[0]
+    colors = {"SGD": "tab:red", "SGD-C": "tab:blue", "SGD-CR": "tab:green"}
+    for ax, name in zip(axes, sets):
+        for slug, recs in runs.items():
+            if slug.rsplit("-SGD", 1)[0] != name or not recs:
+                continue
+            method = "SGD" + slug.rsplit("-SGD", 1)[1]
+            ep = [r["epoch"] for r in recs]
+            ax.plot(ep, [r["valid"] for r in recs], color=colors.get(method), lw=1.5,
+                    label=f"{method} valid")
+            tr = [(r["epoch"], r["train_cost"]) for r in recs if r["train_cost"] is not None]
+            if tr:
+                ax.plot(*zip(*tr), color=colors.get(method), lw=1, ls="--",
+                        label=f"{method} train")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=6)
+    axes[0].set_ylabel("NLL per step (music) / bits per char (PTB)")
     return _finish(fig, path, dpi)

@@ -598,10 +598,67 @@ def register_ptb(subparsers):
     return _register_natural(subparsers, "ptb")
 
 
+def register_table1(subparsers):
+    """Add ``table1`` to the subparsers of ``rnnfast reproduce``."""
+    p = subparsers.add_parser(
+        "table1", help="every cell of Table 1 (music NLL, PTB bits per character), resumable",
+        description="Train every cell of the paper's Table 1 (Piano-midi.de, Nottingham, "
+                    "MuseData; PTB characters 1 and 5 steps ahead; SGD, SGD-C, SGD-CR) with "
+                    "the paper's settings, until early stopping or --budget minutes each, "
+                    "--workers cells at a time. Writes OUT/<cell>/ (as `rnnfast reproduce "
+                    "music|ptb`), table1.md/.json next to the paper's numbers, and "
+                    "learning_curves.png. Rerun the same command to resume.")
+    p.add_argument("--data", required=True, metavar="DIR",
+                   help="data root holding music/ and ptb_char/")
+    p.add_argument("--out", default=os.path.join("rnnfast-reproduce", "table1"),
+                   help="output folder (default rnnfast-reproduce/table1)")
+    p.add_argument("--cells", default=None,
+                   help="comma-separated cells to run (default all): "
+                        + ",".join(c[0] for c in _nat.TABLE1_CELLS))
+    p.add_argument("--budget", type=positive_float, default=60.0, metavar="MINUTES",
+                   help="training minutes per cell, over all calls (default 60)")
+    p.add_argument("--workers", type=positive_int, default=2,
+                   help="cells at a time, one core each (default 2)")
+    p.add_argument("--threads", type=positive_int, default=1,
+                   help="kernel threads per cell (default 1)")
+    p.add_argument("--time-limit", type=positive_float, default=None, metavar="MINUTES",
+                   help="stop this call after this many minutes (cells cut short resume on "
+                        "the next call)")
+    p.set_defaults(func=run_table1_command)
+    return p
+
+
+def run_table1_command(args):
+    """Entry point of ``rnnfast reproduce table1``."""
+    cells = None
+    if args.cells:
+        cells = [c.strip() for c in args.cells.split(",") if c.strip()]
+        known = {c[0] for c in _nat.TABLE1_CELLS}
+        bad = [c for c in cells if c not in known]
+        if bad:
+            raise SystemExit(f"rnnfast reproduce table1: unknown cells {bad}; expected some of "
+                             f"{sorted(known)}")
+    limit = None if args.time_limit is None else 60.0 * args.time_limit
+    results = _nat.run_table1(args.data, args.out, cells=cells, budget_minutes=args.budget,
+                              workers=args.workers, num_threads=args.threads, time_limit=limit)
+    print(_nat.format_table1(results))
+    try:
+        from ..plots import plot_learning_curves
+    except ImportError:
+        print("note: matplotlib is not installed, learning_curves.png skipped")
+        return 0
+    if results:
+        path = os.path.join(args.out, "learning_curves.png")
+        plot_learning_curves(args.out, [c[0] for c in _nat.TABLE1_CELLS], path)
+        print(f"  figure: {path}")
+    return 0
+
+
 register_experiment("synthetic", register_synthetic)
 register_experiment("generalization", register_generalization)
 register_experiment("music", register_music)
 register_experiment("ptb", register_ptb)
+register_experiment("table1", register_table1)
 
 
 # --------------------------------------------------------------------------- #

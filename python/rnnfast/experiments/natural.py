@@ -99,7 +99,8 @@ __all__ = [
     "PAPER_TABLE1", "PAPER_SOTA", "METHODS", "MUSIC_DATASETS",
     "NaturalConfig", "music_config", "ptb_config",
     "MusicProblem", "PTBProblem", "NaturalRun", "RunOutcome", "load_problem",
-    "format_table", "readme_rows",
+    "format_table", "readme_rows", "TABLE1_CELLS", "cell_config", "run_cell", "run_table1",
+    "format_table1",
 ]
 
 #: Table 1 of the paper, train / test: {row: {method: (train, test)}}; None = n/a.
@@ -960,3 +961,134 @@ def readme_rows(results_list):
                      f"{o['test']:.2f} | {_fmt(p[0] if p else None)} / {_fmt(p[1] if p else None)} | "
                      f"{r['train_seconds'] / 60:.0f} min |")
     return "\n".join(lines) + "\n"
+
+
+# ======================================================================= Table 1
+#: Every cell of Table 1: (slug, problem, dataset or ahead, method), in run order.
+TABLE1_CELLS = tuple(
+    [(f"{d}-{m}", "music", d, m) for d in ("Nottingham", "Piano-midi.de", "MuseData")
+     for m in METHODS]
+    + [(f"PTB-ahead{a}-{m}", "ptb", a, m) for a in (1, 5) for m in METHODS
+       if not (a == 5 and m == "SGD")])  # the paper has no 5-step SGD cell
+
+
+#: The order the cells run in: the headline cells first (PTB SGD-CR, then the music sets from
+#: the quickest), MuseData (the largest) last.
+RUN_ORDER = ("PTB-ahead1-SGD-CR", "PTB-ahead1-SGD-C", "Nottingham-SGD-CR", "Nottingham-SGD-C",
+             "Nottingham-SGD", "Piano-midi.de-SGD-CR", "Piano-midi.de-SGD-C",
+             "Piano-midi.de-SGD", "PTB-ahead5-SGD-CR", "PTB-ahead5-SGD-C", "PTB-ahead1-SGD",
+             "MuseData-SGD-CR", "MuseData-SGD-C", "MuseData-SGD")
+
+
+def cell_config(problem, what, method, **overrides):
+    """The paper's settings of one Table-1 cell."""
+    if problem == "music":
+        return music_config(what, method, **overrides)
+    return ptb_config(method, int(what), **overrides)
+
+
+def run_cell(args):
+    """Run (or resume) one cell for at most its remaining budget; returns its results dict
+    with ``"slug"`` (a process-pool worker: ``args`` = (slug, problem, what, method,
+    data_dir, out_dir, budget_seconds, deadline, num_threads, overrides); ``deadline``, a
+    ``time.time()`` value or None, also bounds this call)."""
+    (slug, problem, what, method, data_dir, out_dir, budget, deadline, num_threads,
+     overrides) = args
+    cfg = cell_config(problem, what, method, **overrides)
+    out = os.path.join(out_dir, slug)
+    os.makedirs(out, exist_ok=True)
+    log_path = os.path.join(out, "log.txt")
+    with open(log_path, "a", encoding="utf-8") as log_file:
+        def log(line):
+            print(line, file=log_file, flush=True)
+
+        run = NaturalRun(cfg, load_problem(cfg, data_dir), out=out, num_threads=num_threads,
+                         progress=False, log=log, train_eval_limit=1_000_000)
+        if os.path.exists(os.path.join(out, "checkpoint.npz")):
+            run.load_checkpoint()
+        left = float(budget) - run.tracker.train_seconds
+        if deadline is not None:
+            left = min(left, deadline - time.time())
+        outcome = run.run(budget=max(left, 0.0))
+    res = dict(outcome.results)
+    res["slug"] = slug
+    res["budget_seconds"] = float(budget)
+    return res
+
+
+def format_table1(results) -> str:
+    """Markdown: every finished cell next to the paper's train / test numbers, with times."""
+    lines = ["| data set | method | ours train / valid / test | paper train / test | "
+             "epochs | stopped | training time |", "|---|---|---|---|---|---|---|"]
+    for slug, problem, what, method in TABLE1_CELLS:
+        r = results.get(slug)
+        if r is None:
+            continue
+        o, p = r["ours"], r.get("paper")
+        lines.append(f"| {r['dataset']} | {method} | {o['train']:.2f} / {o['valid']:.2f} / "
+                     f"**{o['test']:.2f}** | {_fmt(p[0] if p else None)} / "
+                     f"{_fmt(p[1] if p else None)} | {r['epochs']} | {r['stopped']} | "
+                     f"{r['train_seconds'] / 60:.0f} min |")
+    return "\n".join(lines)
+
+
+def run_table1(data_dir, out_dir, *, cells=None, budget_minutes=60.0, workers=2, num_threads=1,
+               time_limit=None, overrides=None, stream=None):
+    """Run every cell of Table 1 (or ``cells``, slugs of :data:`TABLE1_CELLS`), ``workers``
+    at a time, each until its early stop or ``budget_minutes`` of training in total (over
+    all calls: a cell cut by ``time_limit`` seconds resumes on the next call; a cell whose
+    turn comes after the time limit is evaluated as it stands). Writes ``table1.md``
+    and ``table1.json`` in ``out_dir`` after every finished cell.
+
+    Returns
+    -------
+    dict slug -> results of the cells that have results
+    """
+    import concurrent.futures as cf
+    import json
+    import multiprocessing
+    import sys
+
+    stream = stream or sys.stdout
+    out_dir = os.fspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    order = {slug: i for i, slug in enumerate(RUN_ORDER)}
+    todo = sorted((c for c in TABLE1_CELLS if cells is None or c[0] in cells),
+                  key=lambda c: order.get(c[0], len(order)))
+    results = {}
+    for slug, *_ in TABLE1_CELLS:
+        path = os.path.join(out_dir, slug, "results.json")
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                results[slug] = json.load(f)
+    budget = 60.0 * float(budget_minutes)
+    deadline = None if time_limit is None else time.time() + float(time_limit)
+
+    def write():
+        atomic_write_json(os.path.join(out_dir, "table1.json"), results)
+        atomic_write_text(os.path.join(out_dir, "table1.md"), format_table1(results) + "\n")
+
+    def finished(slug):
+        r = results.get(slug)
+        return r is not None and (r["stopped"] in ("early_stop", "max_epochs")
+                                  or r["train_seconds"] >= budget - 1.0)
+
+    pending = [c for c in todo if not finished(c[0])]
+    ctx = multiprocessing.get_context("spawn")
+    with cf.ProcessPoolExecutor(max_workers=int(workers), mp_context=ctx) as pool:
+        futures = {}
+        for slug, problem, what, method in pending:
+            futures[pool.submit(run_cell, (slug, problem, what, method, os.fspath(data_dir),
+                                           out_dir, budget, deadline, num_threads,
+                                           dict(overrides or {})))] = slug
+            print(f"queued {slug}", file=stream, flush=True)
+        for f in cf.as_completed(futures):
+            slug = futures[f]
+            r = f.result()
+            results[slug] = r
+            write()
+            print(f"{slug}: train/valid/test {r['ours']['train']:.3f} / {r['ours']['valid']:.3f} "
+                  f"/ {r['ours']['test']:.3f} (paper {r.get('paper')}), {r['stopped']}, "
+                  f"{r['train_seconds'] / 60:.1f} min", file=stream, flush=True)
+    write()
+    return results
