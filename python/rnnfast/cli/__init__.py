@@ -25,6 +25,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_subcommand(name: str, argv: list[str] | None = None) -> int:
+    """``rnnfast NAME ARGV...``: what each subcommand module's ``main`` runs
+    (``python -m rnnfast.cli.NAME``)."""
+    return main([name] + list(sys.argv[1:] if argv is None else argv))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:

@@ -23,7 +23,7 @@ import os
 import sys
 from .argtypes import positive_int as _positive_int
 
-__all__ = ["register", "build_parser", "main"]
+__all__ = ["register", "main"]
 
 
 def _add_arguments(p):
@@ -150,17 +150,11 @@ def register(subparsers):
     return p
 
 
-def build_parser():
-    """A stand-alone parser for ``rnnfast figures`` (used by :func:`main`)."""
-    p = argparse.ArgumentParser(prog="rnnfast figures", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_arguments(p)
-    return p
-
-
 def main(argv=None):
-    """Run ``rnnfast figures`` with ``argv`` (default: ``sys.argv[1:]``)."""
-    return run(build_parser().parse_args(argv))
+    """``rnnfast figures ARGV...`` (``python -m rnnfast.cli.figures``)."""
+    from . import run_subcommand
+
+    return run_subcommand("figures", argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -33,7 +33,7 @@ from ..fileio import atomic_write_json
 from ..train.methods import canonical_method
 from .argtypes import nonneg_float, nonneg_int, positive_float, positive_int
 
-__all__ = ["EXPERIMENTS", "register_experiment", "register", "build_parser", "main"]
+__all__ = ["EXPERIMENTS", "register_experiment", "register", "main"]
 
 #: ``(name, register)`` of every experiment of ``rnnfast reproduce``, in help order.
 #: ``register(subparsers)`` adds the sub-subcommand (argparse) and sets
@@ -683,21 +683,11 @@ def register(subparsers):
     return p
 
 
-def build_parser():
-    """A standalone parser (``python -m rnnfast.cli.reproduce``)."""
-    p = argparse.ArgumentParser(prog="rnnfast reproduce", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_experiments(p)
-    return p
-
-
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("interrupted: rerun the same command to resume", file=sys.stderr)
-        return 130
+    """``rnnfast reproduce ARGV...`` (``python -m rnnfast.cli.reproduce``)."""
+    from . import run_subcommand
+
+    return run_subcommand("reproduce", argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -21,7 +21,7 @@ from ..core import OMEGA_BOUND
 from .argtypes import (nonneg_float as _nonneg_float, nonneg_int as _nonneg_int,
                        positive_float as _positive_float, positive_int as _positive_int)
 
-__all__ = ["register", "build_parser", "main"]
+__all__ = ["register", "main"]
 
 # options that control how long / how loudly a run goes; everything else must
 # match the stored config when resuming
@@ -157,15 +157,6 @@ def register(subparsers):
     return p
 
 
-def build_parser():
-    """A standalone parser (``python -m rnnfast.cli.train``)."""
-    p = argparse.ArgumentParser(prog="rnnfast train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(p)
-    p.set_defaults(func=run)
-    return p
-
-
 def _get_task(args):
     from .. import tasks as _tasks
 
@@ -268,8 +259,10 @@ def run(args):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    """``rnnfast train ARGV...`` (``python -m rnnfast.cli.train``)."""
+    from . import run_subcommand
+
+    return run_subcommand("train", argv)
 
 
 if __name__ == "__main__":  # pragma: no cover
