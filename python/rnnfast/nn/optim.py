@@ -21,8 +21,9 @@ validation results through :meth:`Schedule.observe`:
 
 - :class:`Constant` — ``value``.
 - :class:`StepDecay` — ``value · gamma^⌊t / step⌋``.
-- :class:`InverseTime` — ``value · t0 / (t0 + t)``, the "1/t" decay the paper
-  uses for α on the natural tasks (``value=0.5, t0=1`` gives ``1/(2(1+t))``).
+- :class:`InverseTime` — ``value · t0 / (t0 + t)``, a "1/t" decay per update
+  (``value=0.5, t0=1`` gives ``1/(2(1+t))``); the natural tasks' α uses
+  :class:`EpochInverse`, the same decay per epoch.
 - :class:`HalveOnRise` — ``value``, multiplied by ``factor`` (½) every time the
   observed validation error rises above the previous one (the paper's music
   runs).
