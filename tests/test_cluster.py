@@ -24,9 +24,9 @@ import traceback
 
 import pytest
 
-from rnnfast.reproduce import cluster as cl
-from rnnfast.reproduce import sweep as sw
-from rnnfast.reproduce import synthetic as syn
+from rnnfast.experiments import cluster as cl
+from rnnfast.experiments import sweep as sw
+from rnnfast.experiments import synthetic as syn
 
 
 # --------------------------------------------------------------------------- run functions
@@ -182,11 +182,11 @@ def test_cluster_sweep_gives_the_local_results(dask_ex, tmp_path):
                                  inits=("smart_tanh",), max_updates=150, valid_every=50,
                                  valid_size=100, eval_size=200)
     t0 = time.perf_counter()
-    local = syn.run_synthetic(settings, tmp_path / "local", workers=2, threads=1, plot=False,
+    local = syn.run_synthetic(settings, tmp_path / "local", workers=2, num_threads=1,
                               progress=False, estimate=False)
     t1 = time.perf_counter()
     dask = syn.run_synthetic(settings, tmp_path / "dask", executor=dask_ex,
-                             workers=dask_ex.max_workers, threads=1, plot=False,
+                             workers=dask_ex.max_workers, num_threads=1,
                              progress=False, estimate=False)
     t2 = time.perf_counter()
     print(f"\n4 runs: local spawn pool {t1 - t0:.2f} s, LocalCluster {t2 - t1:.2f} s")
@@ -226,7 +226,7 @@ def test_interrupted_cluster_sweep_resumes_without_redoing_finished_runs(dask_ex
             state["raised"] = True
             raise KeyboardInterrupt
 
-    res = sw.run_sweep(configs, _logged_run, store, executor=dask_ex, threads=1,
+    res = sw.run_sweep(configs, _logged_run, store, executor=dask_ex, num_threads=1,
                        progress=interrupt_after_three)
     assert res.interrupted and res.computed == 3
     first = {sw.config_hash(c): (tmp_path / "out" / "runs" / f"{sw.config_hash(c)}.json")
@@ -242,7 +242,7 @@ def test_interrupted_cluster_sweep_resumes_without_redoing_finished_runs(dask_ex
     with open(os.path.join(d, "phase"), "w") as f:
         f.write("2")
 
-    res2 = sw.run_sweep(configs, _logged_run, store, executor=dask_ex, threads=1)
+    res2 = sw.run_sweep(configs, _logged_run, store, executor=dask_ex, num_threads=1)
     assert not res2.interrupted and not res2.failures
     assert res2.skipped == 3 and res2.computed == 5
     assert [r["result"]["value"] for r in res2.records] == [10 * i for i in range(8)]
@@ -285,7 +285,7 @@ def test_killing_a_worker_mid_run_redoes_only_that_run(dask_ex, tmp_path):
 
     th = threading.Thread(target=killer, daemon=True)
     th.start()
-    res = sw.run_sweep(configs, _logged_run, store, executor=dask_ex, threads=1, retries=2,
+    res = sw.run_sweep(configs, _logged_run, store, executor=dask_ex, num_threads=1, retries=2,
                        progress=show, tick=2.0)
     th.join(timeout=60)
     for loss in dask_ex.losses:
@@ -329,7 +329,7 @@ def test_a_run_that_kills_its_workers_fails_after_bounded_retries(dask_ex, tmp_p
         configs.append({"x": 3, "dir": d, "die": True, "after": [0, 1, 2]})  # submitted last
         events = []
         res = sw.run_sweep(configs, _deadly_run, sw.ResultStore(tmp_path / "out"),
-                           executor=dask_ex, threads=1, retries=1,
+                           executor=dask_ex, num_threads=1, retries=1,
                            progress=lambda p: events.append(p.event))
     finally:
         sched.allowed_failures = saved

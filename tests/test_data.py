@@ -19,6 +19,7 @@ from rnnfast.data.music import (MusicBatches, UnsafePickleError, load_music,
                                 load_music_mat, load_music_pickle, music_path, notes_to_roll,
                                 restricted_loads, roll_to_notes)
 from rnnfast.data.ptb import CharStream, CharVocab, load_ptb_chars, read_char_file
+from rnnfast.nn.batch import Batch
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 SPLITS = ("train", "valid", "test")
@@ -243,14 +244,15 @@ def test_mat_errors(tmp_path):
 
 # --------------------------------------------------------------------------- music batches
 def _check_batch_columns(b, rolls, predict_first=True):
+    assert isinstance(b, Batch) and b.reset  # the one batch type; whole sequences
     T, B, K = b.u.shape
     assert K == 88 and b.targets.shape == (T, B, 88) and b.mask.shape == (T, B)
-    assert b.mask.dtype == bool and b.pieces.shape == b.starts.shape == (B,)
+    assert b.mask.dtype == bool and b.origin["pieces"].shape == b.origin["starts"].shape == (B,)
     seen = []
     for col in range(B):
         n = int(b.mask[:, col].sum())
         assert b.mask[:n, col].all() and not b.mask[n:, col].any()
-        p, s = int(b.pieces[col]), int(b.starts[col])
+        p, s = int(b.origin["pieces"][col]), int(b.origin["starts"][col])
         roll = rolls[p].astype(b.u.dtype)
         ext = np.concatenate([np.zeros((1, 88)), roll]) if predict_first else roll
         # targets: the rows after the inputs (ext starts with a zero row if predict_first)
@@ -366,7 +368,8 @@ def test_char_stream_contiguous_segments(ahead, one_hot):
     assert cs.carries_state is True and cs.stream_length == L and len(cs) == -(-L // T)
     xs, ys = [], []
     for j, b in enumerate(cs):
-        assert b.reset == (j == 0) and b.start == j * T and b.mask is None
+        assert isinstance(b, Batch)
+        assert b.reset == (j == 0) and b.origin["start"] == j * T and b.mask is None
         assert b.targets.dtype == np.int64 and b.targets.shape[1] == B
         if one_hot:
             assert b.u.dtype == np.float32 and b.u.shape == b.targets.shape + (V,)

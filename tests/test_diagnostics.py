@@ -8,9 +8,9 @@ import struct
 import numpy as np
 import pytest
 
-from rnnfast import diagnostics as D
-from rnnfast import losses
-from rnnfast.model import RNNModel
+from rnnfast.analysis import diagnostics as D
+from rnnfast.nn import losses
+from rnnfast.nn.model import RNNModel
 
 import reference
 
@@ -387,7 +387,7 @@ def test_gradient_plots_headless(tmp_path):
 def test_figures_command_gradients(tmp_path, capsys, monkeypatch):
     pytest.importorskip("matplotlib")
     from rnnfast import plots
-    from rnnfast.commands import figures
+    from rnnfast.cli import figures
 
     calls = []
 

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from rnnfast import dynamics as dyn
+from rnnfast.analysis import dynamics as dyn
 
 
 def sig(x):
@@ -385,7 +385,7 @@ def test_missing_matplotlib_message(monkeypatch):
 def test_figures_command(tmp_path, capsys, monkeypatch):
     pytest.importorskip("matplotlib")
     from rnnfast import plots
-    from rnnfast.commands import figures
+    from rnnfast.cli import figures
 
     calls = []
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from rnnfast import init as I
+from rnnfast.nn import init as I
 
 
 @pytest.mark.parametrize("per", ["incoming", "outgoing"])

@@ -72,6 +72,16 @@ def test_imports_flow_downwards(path):
     assert not bad, f"{me} (layer {layer(me)}) imports higher layers: {bad}"
 
 
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: module_name(p))
+def test_no_module_imports_a_deprecated_path(path):
+    from rnnfast._aliases import MOVED
+
+    if module_name(path) == "rnnfast._aliases":
+        return
+    old = [m for m in imports(path) if m in MOVED or m.rpartition(".")[0] in MOVED]
+    assert not old, f"{module_name(path)} imports deprecated paths: {old}"
+
+
 def test_the_checker_sees_an_upward_import():
     f = PKG / "nn" / "model.py"
     src = f.read_text(encoding="utf-8") + "\n\ndef _x():\n    from ..train import engine\n"

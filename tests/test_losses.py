@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from rnnfast import losses as L
+from rnnfast.nn import losses as L
 
 KINDS = ("softmax_ce", "linear_mse", "sigmoid_bce")
 

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 import rnnfast
-from rnnfast import losses as L
-from rnnfast.model import CheckpointError, RNNModel
+import rnnfast.fileio
+from rnnfast.nn import losses as L
+from rnnfast.fileio import CheckpointError
+from rnnfast.nn.model import RNNModel
 
 T, B, I, H, O = 5, 3, 2, 4, 3
 
@@ -216,7 +218,7 @@ def test_omega_off_changes_nothing():
 def test_atomic_text_and_json_writers(tmp_path):
     import json
 
-    from rnnfast.model import atomic_write_json, atomic_write_text
+    from rnnfast.fileio import atomic_write_json, atomic_write_text
 
     path = tmp_path / "sub" / "a.json"  # the folder is created
     doc = {"x": np.float32(1.5), "nan": float("nan"), "inf": np.inf, "v": np.arange(3)}
@@ -227,7 +229,7 @@ def test_atomic_text_and_json_writers(tmp_path):
     assert atomic_write_text(path, "über\n") == str(path)  # replaces, UTF-8
     assert path.read_bytes() == "über\n".encode("utf-8")
     assert os.listdir(path.parent) == ["a.json"]
-    assert os.stat(path).st_mode & 0o777 == 0o666 & ~rnnfast.model._UMASK
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~rnnfast.fileio._UMASK
 
 
 def test_save_load_round_trip(tmp_path):
@@ -236,7 +238,7 @@ def test_save_load_round_trip(tmp_path):
     m.save(path)
     assert os.listdir(tmp_path) == ["m.npz"]  # no temporary file left behind
     # the usual mode of a new file, not the temporary file's private 0600
-    assert os.stat(path).st_mode & 0o777 == 0o666 & ~rnnfast.model._UMASK
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~rnnfast.fileio._UMASK
     m2 = RNNModel.load(path)
     assert m2.config() == m.config()
     for k in m.params:

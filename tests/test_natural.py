@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 
 from rnnfast.data import MusicBatches, bits_per_char, music_nll
-from rnnfast.model import CheckpointError, RNNModel
-from rnnfast.reproduce import natural as nat
+from rnnfast.fileio import CheckpointError
+from rnnfast.nn.model import RNNModel
+from rnnfast.cli import reproduce as rcli
+from rnnfast.experiments import natural as nat
 from conftest import SHARED_DATA
 
 THREADS = 1
@@ -71,7 +73,7 @@ def ptb_dir(tmp_path_factory):
 
 
 def _music_cfg(**kw):
-    method = kw.pop("method", "SGD+CR")
+    method = kw.pop("method", "SGD-CR")
     base = dict(hidden=8, seq_len=10, batch_size=3, max_epochs=2, patience=0, eval_batch=2,
                 dtype="float64", seed=3)
     base.update(kw)
@@ -79,7 +81,7 @@ def _music_cfg(**kw):
 
 
 def _ptb_cfg(**kw):
-    method, ahead = kw.pop("method", "SGD+CR"), kw.pop("ahead", 1)
+    method, ahead = kw.pop("method", "SGD-CR"), kw.pop("ahead", 1)
     base = dict(hidden=10, seq_len=12, batch_size=4, max_epochs=2, patience=0, eval_batch=3,
                 eval_chunk=17, dtype="float64", seed=5)
     base.update(kw)
@@ -94,13 +96,14 @@ def _run(cfg, data_dir, out=None, **kw):
 # ------------------------------------------------------------------ defaults
 def test_paper_defaults():
     c = nat.music_config("Nottingham", "SGD+CR")
+    assert c.method == "SGD-CR"  # any accepted spelling in, the canonical one kept
     assert (c.hidden, c.activation, c.lr, c.clip, c.normalize, c.seq_len, c.biases) == \
         (300, "sigmoid", 1.0, 8.0, "step", 200, True)
     assert c.uses_omega and c.uses_clipping
     m = nat.music_config("musedata", "sgd-c")
-    assert (m.dataset, m.hidden, m.lr, m.method, m.uses_omega) == ("MuseData", 400, 0.5, "SGD+C", False)
+    assert (m.dataset, m.hidden, m.lr, m.method, m.uses_omega) == ("MuseData", 400, 0.5, "SGD-C", False)
     assert nat.music_config("JSB", "SGD").clip is None
-    for method, lr in (("SGD+C", 0.01), ("SGD+CR", 0.05), ("SGD", 0.001)):
+    for method, lr in (("SGD-C", 0.01), ("SGD-CR", 0.05), ("SGD", 0.001)):
         p = nat.ptb_config(method)
         assert (p.hidden, p.biases, p.lr, p.normalize, p.seq_len) == (500, False, lr, "sequence", 200)
         assert p.clip == (None if method == "SGD" else 45.0)
@@ -114,15 +117,19 @@ def test_paper_defaults():
 
 
 def test_epoch_inverse_schedule():
-    s = nat.EpochInverse(1.0)
+    from rnnfast.nn.optim import EpochInverse  # moved here from the natural experiments
+
+    s = EpochInverse(1.0)
     assert s(0) == 0.5
     s.set_epoch(4)
     assert s(123) == pytest.approx(1 / 8)
-    t = nat.EpochInverse(1.0)
+    t = EpochInverse(1.0)
     t.load_state_dict(s.state_dict())
     assert t(0) == s(0)
     with pytest.raises(ValueError, match="value"):
-        nat.EpochInverse(-1)
+        EpochInverse(-1)
+    with pytest.raises(ValueError, match="epoch"):
+        s.set_epoch(0)
 
 
 # ------------------------------------------------------------------ metrics
@@ -168,7 +175,7 @@ def test_ptb_evaluate_carries_state_and_resets_between_splits(ptb_dir):
 
 
 def test_ptb_training_carries_state_across_segments(ptb_dir, monkeypatch):
-    cfg = _ptb_cfg(method="SGD+C", max_epochs=2)
+    cfg = _ptb_cfg(method="SGD-C", max_epochs=2)
     run = _run(cfg, ptb_dir)
     seen = []
     orig = RNNModel.loss_and_grad
@@ -217,14 +224,14 @@ def test_music_end_to_end_writes_table(music_dir, tmp_path):
     m = RNNModel.load(out / "model.npz")
     assert m.n_hidden == 8
     rows = nat.readme_rows([r])
-    assert "| Nottingham | SGD+CR |" in rows and "2.95 / 3.36" in rows
+    assert "| Nottingham | SGD-CR |" in rows and "2.95 / 3.36" in rows
 
 
 def test_training_reduces_music_cost(music_dir):
-    cfg = _music_cfg(max_epochs=6, method="SGD+C", hidden=16)
+    cfg = _music_cfg(max_epochs=6, method="SGD-C", hidden=16)
     run = _run(cfg, music_dir)
     run.run(final=False)
-    v = [r["valid"] for r in run.records]
+    v = [r["valid"] for r in run.tracker.records]
     assert v[-1] < v[0]
 
 
@@ -243,7 +250,7 @@ def test_checkpoint_resume_continues_exactly(which, music_dir, ptb_dir, tmp_path
     oa = a.run(max_updates=stop_at, final=False)
     assert oa.stopped == "max_updates" and a.updates == stop_at
     if which == "ptb":
-        assert a.model.carry is not None
+        assert a.engine.h_carry is not None
     b = _run(cfg, data, out=str(out))
     b.load_checkpoint()
     assert b.updates == stop_at
@@ -251,10 +258,10 @@ def test_checkpoint_resume_continues_exactly(which, music_dir, ptb_dir, tmp_path
     assert b.updates == full.updates
     for k in full.model.params:
         np.testing.assert_array_equal(b.model.params[k], full.model.params[k])
-        np.testing.assert_array_equal(b.best_params[k], full.best_params[k])
-    np.testing.assert_array_equal(b.trainer.history["loss"], full.trainer.history["loss"])
-    full_end = [r["valid"] for r in full.records if r["end_of_epoch"]]
-    b_end = [r["valid"] for r in b.records if r["end_of_epoch"]]
+        np.testing.assert_array_equal(b.tracker.best_params[k], full.tracker.best_params[k])
+    np.testing.assert_array_equal(b.engine.history["loss"], full.engine.history["loss"])
+    full_end = [r["valid"] for r in full.tracker.records if r["end_of_epoch"]]
+    b_end = [r["valid"] for r in b.tracker.records if r["end_of_epoch"]]
     assert b_end == full_end
 
 
@@ -271,7 +278,7 @@ def test_resume_refuses_other_settings(music_dir, tmp_path):
 
 
 def test_budget_stops_on_time_and_resumes(music_dir, tmp_path):
-    cfg = _music_cfg(max_epochs=10_000, hidden=32, method="SGD+C")
+    cfg = _music_cfg(max_epochs=10_000, hidden=32, method="SGD-C")
     out = tmp_path / "b"
     run = _run(cfg, music_dir, out=str(out))
     t0 = time.perf_counter()
@@ -280,7 +287,7 @@ def test_budget_stops_on_time_and_resumes(music_dir, tmp_path):
     assert outcome.stopped == "budget"
     assert 0.5 <= outcome.train_seconds < 0.5 + 5.0
     assert wall < 0.5 + 10.0
-    assert outcome.updates > 0 and run.finished is None
+    assert outcome.updates > 0 and run.tracker.finished is None
     more = _run(cfg, music_dir, out=str(out))
     more.load_checkpoint()
     assert more.updates == outcome.updates
@@ -290,34 +297,35 @@ def test_budget_stops_on_time_and_resumes(music_dir, tmp_path):
 
 
 def test_early_stopping_and_lr_halving(music_dir, monkeypatch):
-    cfg = _music_cfg(max_epochs=50, patience=2, lr=0.8, method="SGD+C", monitor="valid")
+    cfg = _music_cfg(max_epochs=50, patience=2, lr=0.8, method="SGD-C", monitor="valid")
     run = _run(cfg, music_dir)
     values = iter([5.0, 4.0, 4.5, 3.0, 3.5, 3.6, 1.0])  # valid metric per epoch
 
     monkeypatch.setattr(run.problem, "evaluate", lambda *a, **k: (next(values), 10))
     outcome = run.run(final=False)
     assert outcome.stopped == "early_stop" and outcome.epochs == 6
-    assert [r["improved"] for r in run.records] == [True, True, False, True, False, False]
-    assert [r["lr"] for r in run.records] == [0.8, 0.8, 0.8, 0.4, 0.4, 0.2]
-    assert run.best_valid == 3.0
+    assert [r["improved"] for r in run.tracker.records] == [True, True, False, True, False, False]
+    assert [r["lr"] for r in run.tracker.records] == [0.8, 0.8, 0.8, 0.4, 0.4, 0.2]
+    assert run.tracker.best_valid == 3.0
 
 
 def test_lr_halving_watches_the_training_cost_by_default(music_dir, monkeypatch):
-    cfg = _music_cfg(max_epochs=4, lr=0.8, method="SGD+C")
+    cfg = _music_cfg(max_epochs=4, lr=0.8, method="SGD-C")
     assert cfg.monitor == "train"
     run = _run(cfg, music_dir)
     costs = iter([5.0, 4.0, 4.5, 3.0])  # training cost of each epoch, nats per step
-    monkeypatch.setattr(run, "epoch_cost", [0.0, 0])
-    orig = run.validate
+    tracker = run.tracker
+    monkeypatch.setattr(tracker, "epoch_cost", [0.0, 0])
+    orig = tracker.validate
 
-    def validate(**kw):
-        run.epoch_cost = [next(costs), 1]
-        return orig(**kw)
+    def validate(engine, **kw):
+        tracker.epoch_cost = [next(costs), 1]
+        return orig(engine, **kw)
 
-    monkeypatch.setattr(run, "validate", validate)
+    monkeypatch.setattr(tracker, "validate", validate)
     run.run(final=False)
-    assert [r["train_cost"] for r in run.records] == [5.0, 4.0, 4.5, 3.0]
-    assert [r["lr_next"] for r in run.records] == [0.8, 0.8, 0.4, 0.4]
+    assert [r["train_cost"] for r in run.tracker.records] == [5.0, 4.0, 4.5, 3.0]
+    assert [r["lr_next"] for r in run.tracker.records] == [0.8, 0.8, 0.4, 0.4]
 
 
 # ------------------------------------------------------------------ CLI
@@ -326,16 +334,16 @@ def test_cli_end_to_end(music_dir, ptb_dir, tmp_path, capsys):
     argv = ["music", "--dataset", "nottingham", "--data", music_dir, "--method", "sgd-c",
             "--hidden", "6", "--seq-len", "8", "--batch-size", "4", "--max-epochs", "2",
             "--dtype", "float64", "--threads", "1", "--out", str(out), "--quiet", "--no-progress"]
-    assert nat.main(argv) == 0
+    assert rcli.main(argv) == 0
     text = capsys.readouterr().out
-    assert "Nottingham, SGD+C" in text and "3.48" in text
-    assert nat.main(argv) == 2  # a checkpoint exists: needs --resume
+    assert "Nottingham, SGD-C" in text and "3.48" in text
+    assert rcli.main(argv) == 2  # a checkpoint exists: needs --resume
     assert "--resume" in capsys.readouterr().err
-    assert nat.main(argv + ["--resume"]) == 0  # finished run: table again
+    assert rcli.main(argv + ["--resume"]) == 0  # finished run: table again
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["clip"] == 8.0 and cfg["hidden"] == 6
     out2 = tmp_path / "cli-ptb"
-    assert nat.main(["ptb", "--data", ptb_dir, "--ahead", "5", "--method", "cr", "--hidden", "6",
+    assert rcli.main(["ptb", "--data", ptb_dir, "--ahead", "5", "--method", "cr", "--hidden", "6",
                      "--seq-len", "9", "--batch-size", "2", "--max-epochs", "1", "--clip", "none",
                      "--dtype", "float64", "--threads", "1", "--out", str(out2), "--quiet",
                      "--no-progress"]) == 0
@@ -347,14 +355,14 @@ def test_cli_end_to_end(music_dir, ptb_dir, tmp_path, capsys):
 def test_register_functions_hook_into_a_parser():
     parser = argparse.ArgumentParser(prog="rnnfast reproduce")
     sub = parser.add_subparsers(dest="what", required=True)
-    nat.register_music(sub)
-    nat.register_ptb(sub)
+    rcli.register_music(sub)
+    rcli.register_ptb(sub)
     a = parser.parse_args(["music", "--dataset", "Piano-midi.de", "--data", "x", "--budget", "2"])
-    assert a.func is nat.run_from_args and a.problem == "music" and a.budget == 2.0
-    cfg = nat.config_from_args(a)
-    assert cfg.dataset == "Piano-midi.de" and cfg.hidden == 300 and cfg.method == "SGD+CR"
+    assert a.func is rcli.run_from_args and a.problem == "music" and a.budget == 2.0
+    cfg = rcli.config_from_args(a)
+    assert cfg.dataset == "Piano-midi.de" and cfg.hidden == 300 and cfg.method == "SGD-CR"
     p = parser.parse_args(["ptb", "--data", "x", "--ahead", "5", "--method", "SGD+C"])
-    cfg = nat.config_from_args(p)
+    cfg = rcli.config_from_args(p)
     assert (cfg.ahead, cfg.lr, cfg.clip, cfg.biases) == (5, 0.01, 45.0, False)
     with pytest.raises(SystemExit):
         parser.parse_args(["music", "--dataset", "Bach", "--data", "x"])
@@ -366,20 +374,20 @@ def test_register_functions_hook_into_a_parser():
 @pytest.mark.skipif(not (SHARED_DATA / "music" / "Nottingham.pickle").exists(),
                     reason="../shared/data/music not present")
 def test_real_nottingham_one_update():
-    cfg = nat.music_config("Nottingham", "SGD+CR")
+    cfg = nat.music_config("Nottingham", "SGD-CR")
     problem = nat.load_problem(cfg, SHARED_DATA)
     assert len(problem.data.train) == 694 and problem.data.n_steps("train") == 176_561
     run = nat.NaturalRun(cfg, problem, num_threads=None, progress=False)
     assert run.model.n_hidden == 300 and run.model.activation == "sigmoid"
     run.run(max_updates=1, final=False, validate_on_stop=False)
-    assert run.updates == 1 and np.isfinite(run.trainer.history["loss"][0])
-    assert np.isfinite(run.trainer.history["omega"][0])
+    assert run.updates == 1 and np.isfinite(run.engine.history["loss"][0])
+    assert np.isfinite(run.engine.history["omega"][0])
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "ptb_char" / "ptb.char.valid.txt").exists(),
                     reason="../shared/data/ptb_char not present")
 def test_real_ptb_problem():
-    cfg = nat.ptb_config("SGD+C")
+    cfg = nat.ptb_config("SGD-C")
     problem = nat.load_problem(cfg, SHARED_DATA)
     assert problem.n_in == problem.n_out == 50
     n = problem.data.train.size

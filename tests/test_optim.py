@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from rnnfast import optim as O
+from rnnfast.nn import optim as O
 
 
 def quad_grad(p):

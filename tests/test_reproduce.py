@@ -16,10 +16,11 @@ import threading
 import numpy as np
 import pytest
 
-from rnnfast import model as rnnfast_model
-from rnnfast.reproduce import sweep as sw
-from rnnfast.reproduce import synthetic as syn
-from rnnfast.commands import reproduce as cmd
+from rnnfast import fileio
+from rnnfast.experiments import sweep as sw
+from rnnfast.experiments import generalization as gen
+from rnnfast.experiments import synthetic as syn
+from rnnfast.cli import reproduce as cmd
 
 
 # --------------------------------------------------------------------------- helpers
@@ -73,7 +74,7 @@ def test_config_hash_is_canonical_and_stable_across_processes():
     assert sw.canonical_json(cfg) == text
     assert sw.config_hash(cfg) == hashlib.sha256(text.encode()).hexdigest()[:16]
     # another interpreter with a different string-hash seed gives the same key
-    code = ("import json,sys; from rnnfast.reproduce.sweep import config_hash; "
+    code = ("import json,sys; from rnnfast.experiments.sweep import config_hash; "
             "print(config_hash(json.loads(sys.argv[1])))")
     env = dict(os.environ, PYTHONHASHSEED="12345")
     out = subprocess.run([sys.executable, "-c", code, json.dumps(reordered)], env=env,
@@ -100,17 +101,17 @@ def test_make_configs_cover_the_grid_and_pair_methods():
     keys = {sw.config_hash(c) for c in cfgs}
     assert len(keys) == len(cfgs)
     by = {(c["init"], c["method"], c["length"], c["seed"]): c for c in cfgs}
-    assert by[("sigmoid", "sgd", 20, 0)]["clip"] is None
-    assert by[("sigmoid", "sgd", 20, 0)]["alpha"] == 0.0
-    assert by[("sigmoid", "sgd-c", 20, 0)]["clip"] == 1.0
-    assert by[("sigmoid", "sgd-c", 20, 0)]["alpha"] == 0.0
-    assert by[("sigmoid", "sgd-cr", 20, 0)]["alpha"] == 4.0
+    assert by[("sigmoid", "SGD", 20, 0)]["clip"] is None
+    assert by[("sigmoid", "SGD", 20, 0)]["alpha"] == 0.0
+    assert by[("sigmoid", "SGD-C", 20, 0)]["clip"] == 1.0
+    assert by[("sigmoid", "SGD-C", 20, 0)]["alpha"] == 0.0
+    assert by[("sigmoid", "SGD-CR", 20, 0)]["alpha"] == 4.0
     # the three methods of one point share their seeds (paired comparison)
     seeds = {tuple(syn._seed_sequence(by[("basic_tanh", m, 30, 1)]).generate_state(4))
              for m in syn.METHODS}
     assert len(seeds) == 1
-    assert syn._seed_sequence(by[("basic_tanh", "sgd", 30, 0)]).generate_state(2).tolist() != \
-        syn._seed_sequence(by[("basic_tanh", "sgd", 30, 1)]).generate_state(2).tolist()
+    assert syn._seed_sequence(by[("basic_tanh", "SGD", 30, 0)]).generate_state(2).tolist() != \
+        syn._seed_sequence(by[("basic_tanh", "SGD", 30, 1)]).generate_state(2).tolist()
     with pytest.raises(ValueError, match="methods"):
         syn.SweepSettings(methods=("adam",))
     with pytest.raises(ValueError, match="max_updates"):
@@ -124,7 +125,7 @@ def test_store_writes_atomically_and_ignores_corrupt_files(tmp_path, monkeypatch
     key = store.save(cfg, {"value": 1})
     assert store.load(key)["result"] == {"value": 1}
     assert os.listdir(tmp_path / "runs") == [f"{key}.json"]
-    assert os.stat(store.path(key)).st_mode & 0o777 == 0o666 & ~rnnfast_model._UMASK
+    assert os.stat(store.path(key)).st_mode & 0o777 == 0o666 & ~fileio._UMASK
 
     # a crash while writing leaves the previous file intact and no temporary file
     def boom(*a, **k):
@@ -164,7 +165,7 @@ def test_sweep_resumes_without_redoing_finished_runs(tmp_path):
     fn = Counter(_square)
     events = []
     with cf.ThreadPoolExecutor(2) as ex:
-        res = sw.run_sweep(configs, fn, store, executor=ex, threads=None,
+        res = sw.run_sweep(configs, fn, store, executor=ex, num_threads=None,
                            progress=lambda p: events.append((p.event, p.done)))
     assert res.computed == 5 and res.skipped == 0 and not res.failures
     assert [r["result"]["value"] for r in res.records] == [0, 1, 4, 9, 16]
@@ -176,13 +177,13 @@ def test_sweep_resumes_without_redoing_finished_runs(tmp_path):
     os.remove(store.path(sw.config_hash({"x": 4})))
     fn2 = Counter(_square)
     with cf.ThreadPoolExecutor(2) as ex:
-        res2 = sw.run_sweep(configs, fn2, store, executor=ex, threads=None)
+        res2 = sw.run_sweep(configs, fn2, store, executor=ex, num_threads=None)
     assert sorted(c["x"] for c in fn2.calls) == [1, 4]
     assert res2.skipped == 3 and res2.computed == 2
     # complete sweep: nothing to do
     fn3 = Counter(_square)
     with cf.ThreadPoolExecutor(2) as ex:
-        res3 = sw.run_sweep(configs, fn3, store, executor=ex, threads=None)
+        res3 = sw.run_sweep(configs, fn3, store, executor=ex, num_threads=None)
     assert fn3.calls == [] and res3.computed == 0 and len(res3.records) == 5
 
 
@@ -203,7 +204,7 @@ def test_failed_runs_are_retried_a_bounded_number_of_times(tmp_path):
     events = []
     with cf.ThreadPoolExecutor(2) as ex:
         res = sw.run_sweep([{"x": i} for i in range(4)], flaky, sw.ResultStore(tmp_path),
-                           executor=ex, threads=None, retries=2,
+                           executor=ex, num_threads=None, retries=2,
                            progress=lambda p: events.append(p.event))
     assert attempts == {0: 1, 1: 2, 2: 3, 3: 1}
     assert [r["config"]["x"] for r in res.records] == [0, 1, 3]
@@ -219,7 +220,7 @@ def test_a_dying_worker_is_retried_in_a_rebuilt_spawn_pool(tmp_path):
     configs = [{"x": i, "dir": str(tmp_path), "die": i == 1} for i in range(3)]
     events = []
     res = sw.run_sweep(configs, _die_once, sw.ResultStore(tmp_path / "out"), workers=2,
-                       threads=1, retries=2, progress=lambda p: events.append(p.event))
+                       num_threads=1, retries=2, progress=lambda p: events.append(p.event))
     assert not res.failures
     assert sorted(r["result"]["value"] for r in res.records) == [0, 10, 20]
     assert os.path.exists(tmp_path / "died-1")
@@ -254,14 +255,14 @@ def test_train_run_is_a_pure_function_of_its_config():
 
 def test_short_temporal_order_is_solved_by_sgd_cr_end_to_end(tmp_path):
     """Smoke test: temporal order at length 20, SGD-CR, smart_tanh, paper's lr/clip/alpha,
-    solved (< 1% errors on 2,000 fresh sequences) within 3,000 updates; the tables and
-    the figure are written, and a rerun does no work."""
+    solved (< 1% errors on 2,000 fresh sequences) within 3,000 updates; the tables are
+    written, and a rerun does no work."""
     settings = syn.SweepSettings(lengths=(20,), seeds=1, methods=("sgd-cr",),
                                  inits=("smart_tanh",), max_updates=3000, valid_every=250,
                                  valid_size=500, eval_size=2000)
     out = tmp_path / "sweep"
     with cf.ThreadPoolExecutor(1) as ex:  # the spawn pool is tested above
-        res = syn.run_synthetic(settings, out, executor=ex, workers=1, threads=1,
+        res = syn.run_synthetic(settings, out, executor=ex, workers=1, num_threads=1,
                                 progress=False, estimate=False)
     assert res["computed"] == 1 and not res["failures"]
     r = res["records"][0]["result"]
@@ -274,16 +275,10 @@ def test_short_temporal_order_is_solved_by_sgd_cr_end_to_end(tmp_path):
         assert (out / name).is_file()
     doc = json.loads((out / "summary.json").read_text())
     assert doc["points"][0]["solved"] == 1 and doc["settings"]["lengths"] == [20]
-    try:
-        import matplotlib
-    except ImportError:
-        assert not (out / "figure7.png").exists()
-    else:
-        assert matplotlib.__version__
-        png = (out / "figure7.png").read_bytes()
-        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    # the experiment layer does not plot (the CLI draws Figure 7 through rnnfast.plots)
+    assert not (out / "figure7.png").exists()
     again = syn.run_synthetic(settings, out, executor=cf.ThreadPoolExecutor(1), workers=1,
-                              threads=1, progress=False, estimate=False)
+                              num_threads=1, progress=False, estimate=False)
     assert again["computed"] == 0 and again["skipped"] == 1
     assert again["records"][0]["result"] == res["records"][0]["result"]
 
@@ -296,10 +291,10 @@ def test_aggregate_on_hand_built_records():
                 "result": {"solved": solved, "updates_to_success": ups if solved else None,
                            "updates": ups if solved else 100, "seconds": secs}}
 
-    recs = [rec("sgd-cr", 50, 0, True, 40, 1.0), rec("sgd-cr", 50, 1, True, 60, 3.0),
-            rec("sgd-cr", 50, 2, False, None, 5.0), rec("sgd", 50, 0, False, None, 2.0)]
+    recs = [rec("SGD-CR", 50, 0, True, 40, 1.0), rec("SGD-CR", 50, 1, True, 60, 3.0),
+            rec("SGD-CR", 50, 2, False, None, 5.0), rec("SGD", 50, 0, False, None, 2.0)]
     pts = syn.aggregate(recs)
-    assert [(p["method"], p["length"]) for p in pts] == [("sgd", 50), ("sgd-cr", 50)]
+    assert [(p["method"], p["length"]) for p in pts] == [("SGD", 50), ("SGD-CR", 50)]
     sgd, cr = pts
     assert sgd["success_rate"] == 0 and sgd["updates_median"] is None
     assert cr["runs"] == 3 and cr["solved"] == 2
@@ -312,17 +307,19 @@ def test_aggregate_on_hand_built_records():
 
 def test_plot_figure7_writes_a_png(tmp_path):
     pytest.importorskip("matplotlib")
+    from rnnfast import plots
+
     pts = []
     for init in syn.INITS:
         for m in syn.METHODS:
             for L, rate in ((20, 1.0), (50, 0.5)):
                 pts.append({"init": init, "method": m, "length": L, "success_rate": rate,
                             "updates_median": 100.0 if rate else None})
-    path = syn.plot_figure7(pts, tmp_path / "f.png", title="t")
+    path = plots.plot_figure7(pts, tmp_path / "f.png", title="t")
     with open(path, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="nothing to plot"):
-        syn.plot_figure7([], tmp_path / "g.png")
+        plots.plot_figure7([], tmp_path / "g.png")
 
 
 def test_estimate_uses_the_probe_and_the_budget():
@@ -337,10 +334,10 @@ def test_estimate_uses_the_probe_and_the_budget():
 
 # --------------------------------------------------------------------------- generalisation
 def test_generalization_trains_resumes_and_evaluates_each_length(tmp_path):
-    s = syn.GeneralizationSettings(min_length=10, max_length=20, max_updates=40, valid_every=20,
+    s = gen.GeneralizationSettings(min_length=10, max_length=20, max_updates=40, valid_every=20,
                                    valid_size=50, eval_lengths=(10, 30), eval_size=64,
                                    checkpoint_every=20)
-    doc = syn.run_generalization(s, tmp_path, stream=io.StringIO())
+    doc = gen.run_generalization(s, tmp_path, stream=io.StringIO())
     assert [r["length"] for r in doc["rows"]] == [10, 30]
     for r in doc["rows"]:
         assert r["sequences"] == 64 and 0 <= r["errors"] <= 64
@@ -355,22 +352,22 @@ def test_generalization_trains_resumes_and_evaluates_each_length(tmp_path):
     assert saved["rows"] == sw.json_safe(doc["rows"])
     assert (tmp_path / "generalization.csv").read_text().startswith("length,")
     # finished training is not redone; evaluating a saved model gives the same table
-    m1, t1 = syn.train_generalization(s, tmp_path / "train")
+    m1, t1 = gen.train_generalization(s, tmp_path / "train")
     assert t1["updates"] == 40
-    doc2 = syn.run_generalization(s, tmp_path / "again", model_path=tmp_path / "train" /
+    doc2 = gen.run_generalization(s, tmp_path / "again", model_path=tmp_path / "train" /
                                   "best.npz", stream=io.StringIO())
     assert [r["errors"] for r in doc2["rows"]] == [r["errors"] for r in doc["rows"]]
 
 
 def test_generalization_training_stops_on_time_and_resumes_exactly(tmp_path):
-    s = syn.GeneralizationSettings(min_length=10, max_length=20, max_updates=60, valid_every=20,
+    s = gen.GeneralizationSettings(min_length=10, max_length=20, max_updates=60, valid_every=20,
                                    valid_size=50, checkpoint_every=20)
-    _, part = syn.train_generalization(s, tmp_path / "a", threads=1, time_limit=1e-9)
+    _, part = gen.train_generalization(s, tmp_path / "a", num_threads=1, time_limit=1e-9)
     assert part["stopped"] == "time" and part["updates"] < 60
     assert not (tmp_path / "a" / "train.json").exists()
     assert (tmp_path / "a" / "checkpoint.npz").exists()
-    m_resumed, done = syn.train_generalization(s, tmp_path / "a", threads=1)
-    m_direct, direct = syn.train_generalization(s, tmp_path / "b", threads=1)
+    m_resumed, done = gen.train_generalization(s, tmp_path / "a", num_threads=1)
+    m_direct, direct = gen.train_generalization(s, tmp_path / "b", num_threads=1)
     assert done["updates"] == direct["updates"] == 60
     assert done["best_update"] == direct["best_update"]
     for k, v in m_direct.params.items():
@@ -378,13 +375,13 @@ def test_generalization_training_stops_on_time_and_resumes_exactly(tmp_path):
 
 
 def test_evaluate_lengths_matches_a_direct_evaluation():
-    from rnnfast.model import RNNModel
+    from rnnfast.nn.model import RNNModel
     from rnnfast.tasks import get_task
 
     task = get_task("temporal_order", min_length=15, max_length=15)
     model = RNNModel(task.n_in, 8, task.n_out, init="basic_tanh", loss=task.loss, at=task.at,
                      rng=0)
-    rows = syn.evaluate_lengths(model, "temporal_order", (15,), n_sequences=300, seed=7)
+    rows = gen.evaluate_lengths(model, "temporal_order", (15,), n_sequences=300, seed=7)
     rng = np.random.default_rng(np.random.SeedSequence([7, 15]))
     batch = task.generate(rng, 300, 15)
     direct = task.errors(model.outputs(batch.u), batch).mean()
@@ -447,7 +444,7 @@ def test_register_experiment_adds_a_subcommand():
         cmd.register_experiment("music", reg)
         args = _parser().parse_args(["reproduce", "music"])
         assert args.experiment == "music"
-        cmd.register_experiment("music", "rnnfast.commands.reproduce:register_synthetic")
+        cmd.register_experiment("music", "rnnfast.cli.reproduce:register_synthetic")
         assert [n for n, _ in cmd.EXPERIMENTS].count("music") == 1
         with pytest.raises(TypeError, match="register_fn"):
             cmd.register_experiment("x", 3)

@@ -473,3 +473,15 @@ def test_generate_bad_arguments():
         task.oracle(np.zeros((20, 2, 5)))
     with pytest.raises(ValueError, match="batch.u"):
         task.errors(np.zeros((2, 4)), Batch(np.zeros((20, 2, 5)), np.zeros(2, np.int64), None))
+
+
+def test_one_batch_type_everywhere():
+    from rnnfast.data import CharBatch, MusicBatch
+    from rnnfast.nn import batch as nb
+
+    assert Batch is nb.Batch and MusicBatch is nb.Batch and CharBatch is nb.Batch
+    b = get_task("temporal_order").generate(np.random.default_rng(0), 3, 20)
+    assert type(b) is nb.Batch and b.reset is True and b.origin is None
+    assert nb.as_batch((b.u, b.targets)) == nb.Batch(b.u, b.targets, None, True, None)
+    with pytest.raises(TypeError, match="minibatch must be"):
+        nb.as_batch(b.u)

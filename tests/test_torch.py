@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 
 import rnnfast  # noqa: E402
 import rnnfast.torch as rt  # noqa: E402
-from rnnfast.clipping import AutoThreshold, NonFiniteGradientError  # noqa: E402
+from rnnfast.nn.clipping import AutoThreshold, NonFiniteGradientError  # noqa: E402
 
 import reference  # noqa: E402  (tests/reference.py)
 
@@ -578,15 +578,18 @@ def test_clip_float32_norm_does_not_overflow():
 def test_clip_nonfinite_policies():
     named = lambda: [("a", _with_grads([1.0, 2.0])[0]), ("b", _with_grads([np.nan, 1.0])[0])]
     with pytest.raises(NonFiniteGradientError, match="'b'") as exc:
-        rt.clip_grad_norm(named(), 1.0)
+        rt.clip_grad_norm(named(), 1.0, nonfinite="raise")
     assert exc.value.param == "b"
+    # the default policy is the authors' shrink, which needs the recurrent weights
+    with pytest.raises(NonFiniteGradientError, match="nonfinite='shrink'.*weight_hh"):
+        rt.clip_grad_norm(named(), 1.0)
     params = named()
     res = rt.clip_grad_norm(params, 1.0, nonfinite="skip")
     assert res.action == "skipped" and not res.clipped
     assert all(float(p.grad.abs().sum()) == 0 for _, p in params)
     # absurd norms count as bad too
     with pytest.raises(NonFiniteGradientError):
-        rt.clip_grad_norm(_with_grads([1e11]), 1.0)
+        rt.clip_grad_norm(_with_grads([1e11]), 1.0, nonfinite="raise")
     assert rt.clip_grad_norm(_with_grads([1e11]), 1.0, absurd=None).clipped
 
 
@@ -602,13 +605,27 @@ def test_clip_shrink_policy_on_an_rnn():
     # unnamed parameters need recurrent=
     for p in rnn.parameters():
         p.grad = torch.full_like(p, np.nan)
-    with pytest.raises(ValueError, match="recurrent"):
+    with pytest.raises(NonFiniteGradientError, match="recurrent"):
         rt.clip_grad_norm(rnn.parameters(), 1.0, nonfinite="shrink")
+    for p in rnn.parameters():  # (the refused call's effect on .grad: see the test below)
+        p.grad = torch.full_like(p, np.nan)
     res = rt.clip_grad_norm(rnn.parameters(), 1.0, nonfinite="shrink", recurrent=rnn.weight_hh_l0,
                             shrink=0.5)
     assert res.action == "shrunk"
     assert torch.equal(rnn.weight_hh_l0.grad, 0.5 * rnn.weight_hh_l0.detach())
 
+
+
+def test_refused_shrink_leaves_the_gradients_untouched():
+    # shrink without recurrent weights raises; the caller can then retry with recurrent=,
+    # so the refused call must not have zeroed the gradients on its way
+    rnn = rt.RNN(3, 4, dtype=F64)
+    for p in rnn.parameters():
+        p.grad = torch.full_like(p, np.nan)
+    with pytest.raises(NonFiniteGradientError, match="recurrent"):
+        rt.clip_grad_norm(rnn.parameters(), 1.0, nonfinite="shrink")
+    for p in rnn.parameters():
+        assert bool(torch.isnan(p.grad).all())
 
 def test_clip_auto_threshold_and_none():
     auto = AutoThreshold(factor=1.0, warmup=2, decay=None)

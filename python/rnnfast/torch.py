@@ -693,18 +693,21 @@ def clip_grad_norm(parameters, max_norm: Union[float, AutoThreshold, None], *,
                 raise ValueError(f"parameters: the name {name!r} appears twice")
             grads[name] = _grad_view(name, p.grad)
     # The shrink itself is done below on every recurrent weight; the clipper's "skip" is the
-    # same decision and the same zeroing.
-    clipper = GradientClipper(max_norm, mode=mode, strict=strict,
-                              nonfinite="skip" if nonfinite == "shrink" else nonfinite,
+    # same decision and the same zeroing. Without recurrent weights the clipper raises before
+    # touching any gradient.
+    policy = nonfinite if nonfinite != "shrink" else ("skip" if rec else "raise")
+    clipper = GradientClipper(max_norm, mode=mode, strict=strict, nonfinite=policy,
                               absurd=absurd, shrink=shrink)
-    result = clipper(grads)
+    try:
+        result = clipper(grads)
+    except NonFiniteGradientError as e:
+        if nonfinite != "shrink":
+            raise
+        raise NonFiniteGradientError(
+            f"{e}; nonfinite='shrink' (the default) needs the recurrent weight(s): pass named "
+            "parameters (names containing 'weight_hh') or recurrent=..., or choose "
+            "nonfinite='skip' or 'raise'", e.param, e.norm) from None
     if nonfinite == "shrink" and result.action == "skipped":
-        if not rec:
-            raise NonFiniteGradientError(
-                f"gradient norm is {result.norm!r} and nonfinite='shrink' (the default) needs "
-                "the recurrent weight(s): pass named parameters (names containing "
-                "'weight_hh') or recurrent=..., or choose nonfinite='skip' or 'raise'",
-                None, result.norm)
         with torch.no_grad():
             for W in rec:
                 if W.grad is None:

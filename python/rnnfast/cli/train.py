@@ -51,7 +51,7 @@ def _clip_arg(s):
 
 def add_arguments(p):
     """Add the train options to an argparse parser."""
-    from ..init import INIT_SCHEMES
+    from ..nn.init import INIT_SCHEMES
 
     g = p.add_argument_group("task and model")
     g.add_argument("--task", default="temporal_order",

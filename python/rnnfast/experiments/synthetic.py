@@ -157,7 +157,7 @@ class SweepSettings:
         if bad or not self.methods:
             raise ValueError(f"methods: expected a non-empty subset of {tuple(METHODS)}, "
                              f"got {self.methods!r}")
-        from ..init import INIT_SCHEMES
+        from ..nn.init import INIT_SCHEMES
 
         bad = [i for i in self.inits if i not in INIT_SCHEMES]
         if bad or not self.inits:

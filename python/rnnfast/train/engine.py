@@ -130,12 +130,22 @@ def is_task(obj) -> bool:
     return all(hasattr(obj, a) for a in ("sample_length", "generate"))
 
 
+def check_task(task, model):
+    """ValueError when a task's inputs, outputs, loss or read steps do not fit ``model``."""
+    for attr, want in (("n_in", model.n_in), ("n_out", model.n_out), ("loss", model.loss),
+                       ("at", model.at)):
+        got = getattr(task, attr, None)
+        if got is not None and got != want:
+            raise ValueError(f"task.{attr} is {got!r} but the model has {attr}={want!r}")
+
+
 def as_source(data, engine, batch_size=20):
     """A DataSource from a DataSource, a Task (fresh batches from ``engine.rng_train``) or an
     iterable of batches."""
     if isinstance(data, DataSource):
         return data
     if is_task(data):
+        check_task(data, engine.model)
         return TaskStream(data, batch_size, engine.rng_train, engine.model.dtype)
     if hasattr(data, "__iter__"):
         return BatchList(data)
@@ -325,12 +335,19 @@ class Engine:
                 for cb in callbacks:
                     cb.on_epoch_begin(self)
                 ended = False
-                for batch in source.epoch(self.epoch, self.batch_in_epoch):
+                batches = iter(source.epoch(self.epoch, self.batch_in_epoch))
+                while True:
+                    # the limits first: drawing a batch moves a task's random stream
                     if time_limit is not None and time.perf_counter() - start >= time_limit:
                         self.stop("time")
                         break
                     if max_updates is not None and self.update >= max_updates:
                         self.stop("max_updates")
+                        break
+                    try:
+                        batch = next(batches)
+                    except StopIteration:
+                        ended = True
                         break
                     h0 = self.h_carry if (source.carries_state and not batch.reset) else None
                     row = self.step(batch, h0)
@@ -341,8 +358,6 @@ class Engine:
                         cb.on_update_end(self, batch, row)
                     if self.stop_reason is not None:
                         break
-                else:
-                    ended = True
                 if not ended:
                     break
                 self.epoch += 1
