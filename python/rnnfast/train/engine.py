@@ -231,6 +231,7 @@ class Engine:
         self.epoch = 0           # epochs completed
         self.batch_in_epoch = 0  # batches of the current epoch trained on
         self.h_carry = None      # (B, H) final state of the last batch, for carried sources
+        self._last_h = None      # (B, H) final state of the last step()
         self.history = History()
         self.stop_reason = None
         self.solved = False
