@@ -53,3 +53,17 @@ def test_error_by_distance_bins_every_sequence():
 def test_probe_rejects_bad_positions():
     with pytest.raises(ValueError):
         marker_probe(_model(), p0=5, p1=5)
+
+
+def test_error_by_gap_between_markers():
+    m = _model(2)
+    task = get_task("temporal_order", min_length=20, max_length=21)
+    after = error_by_distance(m, task, [30, 60], n_sequences=200, rng=4, bins=3)
+    gap = error_by_distance(m, task, [30, 60], by="gap", n_sequences=200, rng=4, bins=3)
+    assert gap.sequences.sum() == after.sequences.sum() == 400
+    # the same sequences and answers, binned by another distance: the same overall error
+    assert np.average(gap.error[gap.sequences > 0], weights=gap.sequences[gap.sequences > 0]) \
+        == pytest.approx(np.average(after.error[after.sequences > 0],
+                                    weights=after.sequences[after.sequences > 0]))
+    with pytest.raises(ValueError, match="by"):
+        error_by_distance(m, task, [30], by="first")

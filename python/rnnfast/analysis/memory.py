@@ -28,12 +28,13 @@ def _one_hot(sym, n, dtype):
 
 
 class DistanceErrors(NamedTuple):
-    """Errors binned by the steps from the second marker to the read step.
+    """Errors binned by a distance: the steps from the second marker to the read step
+    (:func:`error_by_distance`'s ``by="after"``) or between the two markers (``by="gap"``).
 
     Attributes
     ----------
     edges : ndarray (K + 1,)
-        Bin edges (steps after the second marker).
+        Bin edges (steps).
     sequences : ndarray (K,)
         Sequences per bin.
     error : ndarray (K,)
@@ -55,26 +56,29 @@ def _bits_of(y):
     return c & 1, c >> 1
 
 
-def error_by_distance(model, task, lengths: Sequence[int], *, n_sequences=2000, bins=12,
-                      rng=None, num_threads=None) -> DistanceErrors:
+def error_by_distance(model, task, lengths: Sequence[int], *, by="after", n_sequences=2000,
+                      bins=12, rng=None, num_threads=None) -> DistanceErrors:
     """Error of ``model`` on fresh ``task`` sequences (two-bit temporal order) against the
-    number of steps between the second marker and the end, pooled over ``lengths``.
+    number of steps between the second marker and the end (``by="after"``) or between the
+    two markers (``by="gap"``), pooled over ``lengths``.
 
     Returns
     -------
     DistanceErrors
     """
+    if by not in ("after", "gap"):
+        raise ValueError(f"by: expected 'after' or 'gap', got {by!r}")
     rng = np.random.default_rng(rng)
     dist, wrong0, wrong1 = [], [], []
     for L in lengths:
         b = task.generate(rng, int(n_sequences), int(L), dtype=model.dtype)
         sym = np.argmax(b.u, axis=2)                                     # (T, B)
         t_idx = np.argsort(sym >= 2, axis=0, kind="stable")[:2]         # the two marker steps
-        p1 = t_idx.max(axis=0)
+        p0, p1 = t_idx.min(axis=0), t_idx.max(axis=0)
         y = model.outputs(b.u, num_threads=num_threads)                  # (B, 4)
         got0, got1 = _bits_of(y)
         want0, want1 = b.targets & 1, b.targets >> 1
-        dist.append(int(L) - 1 - p1)
+        dist.append(int(L) - 1 - p1 if by == "after" else p1 - p0)
         wrong0.append(got0 != want0)
         wrong1.append(got1 != want1)
     dist, wrong0, wrong1 = (np.concatenate(a) for a in (dist, wrong0, wrong1))
