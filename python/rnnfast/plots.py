@@ -34,6 +34,7 @@ import json
 import math
 import os
 from collections.abc import Mapping, Sequence
+from typing import Optional
 
 import numpy as np
 

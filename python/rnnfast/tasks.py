@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import difflib
 import numbers
-from typing import Callable, Dict, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 

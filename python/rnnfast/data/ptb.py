@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, NamedTuple, Union
+from typing import Iterator, Union
 
 import numpy as np
 

@@ -89,7 +89,6 @@ from ..data.music import MusicBatches, load_music, music_path
 from ..data.ptb import CharStream, load_ptb_chars
 from ..fileio import atomic_write_json, atomic_write_text
 from ..nn import init as _init
-from ..nn.batch import Batch
 from ..nn.model import BIASES, RECURRENT, RNNModel
 from ..nn.optim import EpochInverse
 from ..train import Callback, Checkpoint, DataSource, Progress, build

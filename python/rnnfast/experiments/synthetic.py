@@ -29,8 +29,6 @@ worker with the same thread count.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
 import statistics
@@ -38,13 +36,12 @@ import sys
 import time
 import zlib
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .._aliases import renamed_argument
-from ..fileio import atomic_write_json, atomic_write_text, csv_text, json_safe
-from ..train.callbacks import Callback
+from ..fileio import atomic_write_json, atomic_write_text, csv_text
 from ..train.methods import METHODS as _METHOD_TABLE, canonical_method
 from .sweep import ResultStore, SweepProgress, config_hash, format_duration, run_sweep
 

@@ -30,7 +30,7 @@ from ..fileio import CheckpointError, read_npz, write_npz
 from . import init as _init
 from . import losses as _losses
 
-__all__ = ["RNNModel", "LossAndGrad", "Batch", "CheckpointError", "RECURRENT", "BIASES"]
+__all__ = ["RNNModel", "LossAndGrad", "CheckpointError", "RECURRENT", "BIASES"]
 
 #: The recurrent weight matrix's name: where Ω's gradient goes and what the non-finite
 #: policy "shrink" acts on.

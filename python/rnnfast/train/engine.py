@@ -37,7 +37,7 @@ from ..fileio import CheckpointError, json_safe
 from ..nn import clipping as _clipping
 from ..nn import init as _init
 from ..nn import optim as _optim
-from ..nn.batch import Batch, as_batch
+from ..nn.batch import as_batch
 from ..nn.model import RECURRENT, RNNModel
 from . import checkpoint as _ckpt
 from .history import ACTIONS, History
