@@ -28,8 +28,11 @@ import sys
 import time
 from typing import Callable, List, Tuple, Union
 
+from ..errors import UserError
 from ..experiments import natural as _nat
 from ..fileio import atomic_write_json
+from . import terminated
+from .outdir import add_fresh_argument, claim
 from ..train.methods import canonical_method
 from .argtypes import nonneg_float, nonneg_int, positive_float, positive_int
 
@@ -186,6 +189,7 @@ def add_synthetic_arguments(p):
     g.add_argument("--estimate-only", action="store_true",
                    help="print the run count and time estimate, then exit")
     g.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    add_fresh_argument(g)
 
 
 def synthetic_settings(args):
@@ -199,14 +203,27 @@ def synthetic_settings(args):
     try:
         return replace(base, **changes)
     except ValueError as e:
-        raise SystemExit(f"rnnfast reproduce synthetic: {e}") from None
+        raise UserError(f"rnnfast reproduce synthetic: {e}") from None
+
+
+#: how loudly: never stored in options.json
+_SYNTH_TRANSIENT = ("estimate_only", "quiet", "progress_every", "no_plot")
+#: where and how fast the runs go: a rerun may change them
+_SYNTH_CHANGEABLE = ("workers", "scheduler", "threads", "retries")
 
 
 def run_synthetic_command(args):
     """Entry point of ``rnnfast reproduce synthetic``."""
+    from ..experiments.synthetic import DEFAULT
+
     settings = synthetic_settings(args)
-    out = args.out or os.path.join("rnnfast-reproduce",
-                                   f"synthetic-{settings.task}" + ("-full" if args.full else ""))
+    for k in _SYNTH_FIELDS:  # the folder records the settings themselves, not "default"
+        setattr(args, k, getattr(settings, k))
+    out = args.out or os.path.join("rnnfast-reproduce", f"synthetic-{args.task or DEFAULT.task}"
+                                   + ("-full" if args.full else ""))
+    claim(args, out, "rnnfast reproduce synthetic", transient=_SYNTH_TRANSIENT,
+          changeable=_SYNTH_CHANGEABLE, write=not args.estimate_only)
+    settings = synthetic_settings(args)
     executor = _connect_cluster(args)
     try:
         return _run_synthetic(args, settings, out, executor)
@@ -223,7 +240,7 @@ def _connect_cluster(args):
         executor = connect(getattr(args, "scheduler", None), n_workers=args.workers,
                            on_lost=None if args.quiet else loss_printer())
     except (ImportError, ValueError, ConnectionError, RuntimeError) as e:
-        raise SystemExit(f"rnnfast reproduce synthetic: {e}") from None
+        raise UserError(f"rnnfast reproduce synthetic: {e}") from None
     if executor is not None and not args.quiet:
         print(f"running on {executor.describe()}", flush=True)
     return executor
@@ -245,16 +262,18 @@ def _run_synthetic(args, settings, out, executor):
         todo = [c for c in configs if config_hash(c) not in store]
         per = syn.probe_update_time(settings, sorted({c["length"] for c in todo}) or None,
                                     num_threads=args.threads)
-        est = syn.estimate_seconds(todo, per, workers)
         rates = ", ".join(f"L={L} {1e3 * t:.2f} ms" for L, t in sorted(per.items()))
         print(f"{len(configs)} runs, {len(configs) - len(todo)} finished in {out}; "
               f"per update: {rates}")
-        print(f"estimate: at most {format_duration(est)} on {workers} workers "
-              f"(every remaining run spending its budget of {settings.max_updates} updates)")
+        print(syn.estimate_line(syn.expected_seconds(todo, per, workers),
+                                syn.estimate_seconds(todo, per, workers), workers,
+                                settings.max_updates))
         return 0
     res = syn.run_synthetic(settings, out, executor=executor, workers=workers,
                             num_threads=args.threads, retries=args.retries,
                             progress=not args.quiet, tick=args.progress_every)
+    if res["interrupted"]:
+        return 143 if terminated() else 130
     if not args.no_plot and res["points"]:
         try:
             from ..plots import plot_figure7
@@ -272,8 +291,6 @@ def _run_synthetic(args, settings, out, executor):
     if executor is not None and executor.losses and not args.quiet:
         print(f"{len(executor.losses)} time(s) a worker left the cluster with a run on it; "
               f"those runs were rescheduled (LOST lines above)")
-    if res["interrupted"]:
-        return 130
     return 1 if res["failures"] else 0
 
 
