@@ -244,12 +244,15 @@ def _build_task(config: dict):
 
 
 def run_cost(config: dict) -> float:
-    """Relative worst-case cost of a run: ``max_updates * (length + 25)``.
+    """Relative expected cost of a run: ``updates * (length + 25)``, with the updates of
+    :func:`expected_updates` where these settings have been measured, else the budget (the
+    sweep's time left and its order, expensive runs first, follow it).
 
     Measured per-update time of the core at 50 hidden units grows about
     linearly with the length plus a fixed overhead worth ~25 steps.
     """
-    return float(config["max_updates"]) * (float(config["length"]) + 25.0)
+    ups = expected_updates(config)
+    return float(config["max_updates"] if ups is None else ups) * (float(config["length"]) + 25.0)
 
 
 def train_run(config: dict) -> dict:
