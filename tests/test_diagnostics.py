@@ -421,8 +421,8 @@ def test_figures_command_gradients(tmp_path, capsys, monkeypatch):
         w, h = png_size(out / n)
         assert w > 100 and h > 100
     assert "diagnostics_run:" in capsys.readouterr().out
-    # a model that does not fit the task fails cleanly
+    # a model that does not fit the task is a user's mistake: one line, status 2
     RNNModel(3, 4, 2, rng=0).save(tmp_path / "small.npz")
     assert figures.main(["--out", str(out), "--no-dynamics", "--model",
-                         str(tmp_path / "small.npz")]) == 1
+                         str(tmp_path / "small.npz")]) == 2
     assert "inputs" in capsys.readouterr().err

@@ -408,7 +408,7 @@ def test_figures_command(tmp_path, capsys, monkeypatch):
     png_size(out / "history_run.png")
     assert "wall:" in capsys.readouterr().out
     assert figures.main(["--out", str(out), "--history", str(tmp_path / "nope.json"),
-                         "--no-dynamics"]) == 1
+                         "--no-dynamics"]) == 2  # a user's mistake
     parser = argparse.ArgumentParser()
     figures.register(parser.add_subparsers())
     args = parser.parse_args(["figures", "--out", "x"])

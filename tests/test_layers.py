@@ -12,7 +12,7 @@ PKG = pathlib.Path(__file__).resolve().parents[1] / "python" / "rnnfast"
 #: module prefix -> layer (the longest matching prefix wins)
 LAYERS = {
     "rnnfast": 0, "rnnfast._core": 0, "rnnfast.core": 0, "rnnfast.fileio": 0,
-    "rnnfast._aliases": 0,
+    "rnnfast._aliases": 0, "rnnfast.errors": 0,
     "rnnfast.nn": 1,
     "rnnfast.train": 2, "rnnfast.torch": 2,
     "rnnfast.tasks": 3, "rnnfast.data": 3, "rnnfast.analysis": 3,

@@ -844,14 +844,14 @@ SHORT = ["--task", "temporal_order", "--min-length", "10", "--max-length", "14",
 def test_cli_run_and_resume(tmp_path, capsys):
     pytest.importorskip("rnnfast.tasks")
     a, b = tmp_path / "a", tmp_path / "b"
-    assert _cli(SHORT + ["--out", str(a), "--max-updates", "25"]) == 0
+    assert _cli(SHORT + ["--out", str(a), "--max-updates", "25", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["updates"] == 25 and summary["method"] == "SGD-CR"
-    assert {"config.json", "checkpoint.npz", "history.json", "history.csv", "model.npz"} <= set(
+    assert {"options.json", "checkpoint.npz", "history.json", "history.csv", "model.npz"} <= set(
         os.listdir(a))
     assert _cli(SHORT + ["--out", str(b), "--max-updates", "12"]) == 0
-    with pytest.raises(SystemExit, match="already holds a run"):
-        _cli(SHORT + ["--out", str(b), "--max-updates", "12"])
+    assert _cli(SHORT + ["--out", str(b), "--max-updates", "12"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
     assert _cli(["--out", str(b), "--resume", "--max-updates", "25", "--quiet"]) == 0
     capsys.readouterr()
     ha = json.loads((a / "history.json").read_text())["columns"]
@@ -866,9 +866,10 @@ def test_cli_run_and_resume(tmp_path, capsys):
     assert all(x is not None for x in ha["omega"])  # SGD-CR: Omega recorded every update
 
 
-def test_cli_unknown_task_and_missing_resume(tmp_path):
+def test_cli_unknown_task_and_missing_resume(tmp_path, capsys):
     pytest.importorskip("rnnfast.tasks")
-    with pytest.raises(SystemExit, match="unknown task"):
-        _cli(["--task", "juggling", "--quiet"])
-    with pytest.raises(SystemExit, match="nothing to resume"):
-        _cli(["--out", str(tmp_path / "none"), "--resume"])
+    assert _cli(["--task", "juggling", "--quiet"]) == 2
+    assert "unknown task" in capsys.readouterr().err
+    assert _cli(["--out", str(tmp_path / "none"), "--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()

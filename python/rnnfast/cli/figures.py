@@ -1,19 +1,18 @@
-"""``rnnfast figures``: write the paper's dynamical-systems, geometry and gradient-flow figures.
+"""Write the paper's dynamical-systems, error-surface and gradient-flow figures (PNG).
 
-Writes, in ``--out DIR`` (default ``figures``): ``one_neuron.png`` (bifurcation diagram of
-``x = w σ(x) + b`` over ``b`` at ``w = 5``, the map's graph, the basins), ``bifurcation_w.png``
-(the diagram over ``w`` at ``b = -2.5``) and ``wall.png`` (the error surface of the paper's
-Fig. 6 with plain and clipped SGD). With ``--history FILE`` (a ``history.json`` / ``.csv``
-written by ``rnnfast train``, repeatable) it also plots each training history.
+Writes, in --out DIR (default figures): one_neuron.png (the fixed points of
+x = w*sigmoid(x) + b over b at w = 5, the map's graph, the two basins), bifurcation_w.png
+(the same over w at b = -2.5) and wall.png (the error surface of the paper's Figure 6 with a
+plain and a clipped SGD step). With --history FILE (history.json or history.csv written by
+rnnfast train; repeatable) it also plots each training history.
 
-With ``--gradients`` it adds the gradient-flow diagnostics of freshly initialised models
-under the paper's three initialisations (``basic_tanh``, ``smart_tanh``, ``sigmoid``) on one
-minibatch of ``--task`` at ``--length`` steps: ``gradient_flow.png`` (‖∂E/∂h_k‖ over k and the
-Ω ratios), ``temporal_contributions.png`` and ``spectrum.png`` (λ₁ and ρ of W_rec against
-1/γ), and for each ``--history`` a ``spectral_<run>.png`` (ρ over the updates against 1/γ,
-explosion events marked). ``--model FILE`` (a ``model.npz`` from ``rnnfast train``,
-repeatable) writes ``diagnostics_<run>.png``: the same diagnostics for that model on a fresh
-minibatch. Needs matplotlib (the ``plot`` extra).
+With --gradients it adds the gradient-flow diagnostics of freshly initialised models under
+the paper's three initialisations on one minibatch of --task at --length steps:
+gradient_flow.png (the norm of dE/dh_k over k and the Omega ratios),
+temporal_contributions.png, spectrum.png (largest singular value and spectral radius of
+W_rec against 1/gamma), and a spectral_RUN.png per --history. --model FILE (a model.npz from
+rnnfast train; repeatable) writes diagnostics_RUN.png for that model. Every input is read
+before any figure is written. Needs matplotlib: pip install "rnnfast[plot]".
 """
 
 from __future__ import annotations
@@ -21,6 +20,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+
+from ..errors import UserError
 from .argtypes import positive_int as _positive_int
 
 __all__ = ["register", "main"]
@@ -98,6 +99,12 @@ def run(args):
         print("rnnfast figures: nothing to do (--no-dynamics without --history, --gradients "
               "or --model)", file=sys.stderr)
         return 2
+    try:  # read every input first: a bad one must not leave half the figures behind
+        for hpath in args.history:
+            plots.load_history(hpath)
+        diags = {mpath: _model_diagnostics(mpath, args) for mpath in models}
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise UserError(f"rnnfast figures: {exc}") from None
     try:
         written = {}
         if not args.no_dynamics:
@@ -124,8 +131,7 @@ def run(args):
         for mpath in models:
             name = _history_name(mpath, used, prefix="diagnostics", default_stem="model")
             dest = os.path.join(args.out, name + ".png")
-            diag = _model_diagnostics(mpath, args)
-            plots.plot_diagnostics(diag, dest, dpi=args.dpi,
+            plots.plot_diagnostics(diags[mpath], dest, dpi=args.dpi,
                                    title=f"{os.path.relpath(mpath)} on {args.task}, "
                                          f"T = {args.length}, B = {args.batch}")
             written[name] = dest
@@ -143,7 +149,7 @@ def run(args):
 def register(subparsers):
     """Add the ``figures`` subcommand to an argparse ``subparsers`` object."""
     p = subparsers.add_parser(
-        "figures", help="write the bifurcation, basin, error-surface and gradient-flow figures (PNG)",
+        "figures", help="write the bifurcation, basin, error-surface and gradient-flow figures",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_arguments(p)
     p.set_defaults(func=run)

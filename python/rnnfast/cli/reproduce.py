@@ -1,22 +1,17 @@
-"""``rnnfast reproduce``: rerun the paper's experiments with one command.
+"""Rerun the paper's experiments with one command each.
 
-Experiments (sub-subcommands):
+  synthetic       Figure 7: SGD, SGD-C and SGD-CR under the sigmoid, basic_tanh and
+                  smart_tanh initialisations over sequence lengths and seeds on the
+                  temporal-order problem. It prints a time estimate from a timing probe on
+                  this machine first (the default measured 5 min 05 s on 2 cores of an AMD
+                  EPYC); --full uses the paper's settings.
+  generalization  one model trained on lengths 50-200, tested at 50 ... 5000 steps.
+  music, ptb      one cell of Table 1 (polyphonic music NLL, PTB bits per character).
+  table1          every cell of Table 1.
 
-``synthetic``
-    SGD, SGD-C and SGD-CR under the sigmoid, basic_tanh and smart_tanh
-    initialisations over sequence lengths and seeds on the temporal-order
-    problem (``--task`` for the others): a results table (success rate,
-    updates to success, wall time per run and per point) as CSV and JSON and
-    a Figure-7-style plot.  The default finishes in about 10 minutes on 2
-    cores; ``--full`` uses the paper's Figure-7 settings and prints how long
-    that will take before starting.  Interrupted sweeps resume: rerun the same
-    command.
-``generalization``
-    One model (50 tanh units, basic_tanh, SGD-CR) trained on random lengths
-    in [50, 200), evaluated on 10,000 sequences at 50 ... 5000 steps.
-
-Other experiments (the music and Penn Treebank rows of Table 1) plug in with
-:func:`register_experiment`.
+Each writes into an output folder (--out) that records its options: rerunning the command
+resumes it, a rerun with other options is refused (--fresh starts over). Data for music,
+ptb and table1: rnnfast data download.
 """
 
 from __future__ import annotations
@@ -28,8 +23,11 @@ import sys
 import time
 from typing import Callable, List, Tuple, Union
 
+from ..errors import UserError
 from ..experiments import natural as _nat
 from ..fileio import atomic_write_json
+from . import terminated
+from .outdir import OPTIONS_FILE, add_fresh_argument, claim
 from ..train.methods import canonical_method
 from .argtypes import nonneg_float, nonneg_int, positive_float, positive_int
 
@@ -129,8 +127,8 @@ def add_synthetic_arguments(p):
     g = p.add_argument_group("what to run")
     g.add_argument("--full", action="store_true",
                    help="the paper's Figure-7 settings: lengths 50,100,150,200, 5 seeds, up to "
-                        "5M updates per run (up to ~16 days on 2 cores; an estimate is printed "
-                        "first)")
+                        "5M updates per run (days; an estimate from a timing probe is printed "
+                        "first, --estimate-only prints only it)")
     g.add_argument("--task", choices=TASKS, default=None, help="task" + d("task"))
     g.add_argument("--lengths", type=_int_list, default=None,
                    help="comma-separated sequence lengths, one point each" + d("lengths"))
@@ -186,6 +184,7 @@ def add_synthetic_arguments(p):
     g.add_argument("--estimate-only", action="store_true",
                    help="print the run count and time estimate, then exit")
     g.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    add_fresh_argument(g)
 
 
 def synthetic_settings(args):
@@ -199,14 +198,27 @@ def synthetic_settings(args):
     try:
         return replace(base, **changes)
     except ValueError as e:
-        raise SystemExit(f"rnnfast reproduce synthetic: {e}") from None
+        raise UserError(f"rnnfast reproduce synthetic: {e}") from None
+
+
+#: how loudly: never stored in options.json
+_SYNTH_TRANSIENT = ("estimate_only", "quiet", "progress_every", "no_plot")
+#: where and how fast the runs go: a rerun may change them
+_SYNTH_CHANGEABLE = ("workers", "scheduler", "threads", "retries")
 
 
 def run_synthetic_command(args):
     """Entry point of ``rnnfast reproduce synthetic``."""
+    from ..experiments.synthetic import DEFAULT
+
     settings = synthetic_settings(args)
-    out = args.out or os.path.join("rnnfast-reproduce",
-                                   f"synthetic-{settings.task}" + ("-full" if args.full else ""))
+    for k in _SYNTH_FIELDS:  # the folder records the settings themselves, not "default"
+        setattr(args, k, getattr(settings, k))
+    out = args.out or os.path.join("rnnfast-reproduce", f"synthetic-{args.task or DEFAULT.task}"
+                                   + ("-full" if args.full else ""))
+    claim(args, out, "rnnfast reproduce synthetic", transient=_SYNTH_TRANSIENT,
+          changeable=_SYNTH_CHANGEABLE, write=not args.estimate_only)
+    settings = synthetic_settings(args)
     executor = _connect_cluster(args)
     try:
         return _run_synthetic(args, settings, out, executor)
@@ -223,7 +235,7 @@ def _connect_cluster(args):
         executor = connect(getattr(args, "scheduler", None), n_workers=args.workers,
                            on_lost=None if args.quiet else loss_printer())
     except (ImportError, ValueError, ConnectionError, RuntimeError) as e:
-        raise SystemExit(f"rnnfast reproduce synthetic: {e}") from None
+        raise UserError(f"rnnfast reproduce synthetic: {e}") from None
     if executor is not None and not args.quiet:
         print(f"running on {executor.describe()}", flush=True)
     return executor
@@ -245,16 +257,18 @@ def _run_synthetic(args, settings, out, executor):
         todo = [c for c in configs if config_hash(c) not in store]
         per = syn.probe_update_time(settings, sorted({c["length"] for c in todo}) or None,
                                     num_threads=args.threads)
-        est = syn.estimate_seconds(todo, per, workers)
         rates = ", ".join(f"L={L} {1e3 * t:.2f} ms" for L, t in sorted(per.items()))
         print(f"{len(configs)} runs, {len(configs) - len(todo)} finished in {out}; "
               f"per update: {rates}")
-        print(f"estimate: at most {format_duration(est)} on {workers} workers "
-              f"(every remaining run spending its budget of {settings.max_updates} updates)")
+        print(syn.estimate_line(syn.expected_seconds(todo, per, workers),
+                                syn.estimate_seconds(todo, per, workers), workers,
+                                settings.max_updates))
         return 0
     res = syn.run_synthetic(settings, out, executor=executor, workers=workers,
                             num_threads=args.threads, retries=args.retries,
                             progress=not args.quiet, tick=args.progress_every)
+    if res["interrupted"]:
+        return 143 if terminated() else 130
     if not args.no_plot and res["points"]:
         try:
             from ..plots import plot_figure7
@@ -272,8 +286,6 @@ def _run_synthetic(args, settings, out, executor):
     if executor is not None and executor.losses and not args.quiet:
         print(f"{len(executor.losses)} time(s) a worker left the cluster with a run on it; "
               f"those runs were rescheduled (LOST lines above)")
-    if res["interrupted"]:
-        return 130
     return 1 if res["failures"] else 0
 
 
@@ -281,10 +293,13 @@ def register_synthetic(subparsers):
     """Add ``synthetic`` to the subparsers of ``rnnfast reproduce``."""
     p = subparsers.add_parser(
         "synthetic",
-        help="Figure 7: SGD / SGD-C / SGD-CR x inits x lengths x seeds on temporal order",
+        help="Figure 7: SGD, SGD-C, SGD-CR x inits x lengths x seeds on temporal order",
         description="Run the paper's synthetic sweep (Figure 7) and write runs/<hash>.json "
                     "(one per finished run), runs.csv, summary.csv, summary.json and "
-                    "figure7.png in --out. Rerunning the same command resumes.",
+                    "figure7.png in --out. It prints a time estimate from a timing probe "
+                    "first; the default (81 runs) measured 5 min 05 s on 2 cores of an AMD "
+                    "EPYC. Rerunning the same command resumes; Ctrl-C stops it at once and "
+                    "keeps the finished runs.",
     )
     add_synthetic_arguments(p)
     p.set_defaults(func=run_synthetic_command)
@@ -354,6 +369,7 @@ def add_generalization_arguments(p):
                    help="core threads (default: the library's)")
     p.add_argument("--time-limit", type=positive_float, default=None,
                    help="stop training after this many minutes (rerun to resume)")
+    add_fresh_argument(p)
 
 
 _GEN_FIELDS = ("init", "sparse_per", "alpha", "lr", "clip", "batch_size", "min_length",
@@ -361,9 +377,8 @@ _GEN_FIELDS = ("init", "sparse_per", "alpha", "lr", "clip", "batch_size", "min_l
                "success_error", "eval_size", "seed", "dtype")
 
 
-def run_generalization_command(args):
-    """Entry point of ``rnnfast reproduce generalization``."""
-    from ..experiments.generalization import preset, run_generalization, run_protocol
+def _generalization_settings(args):
+    from ..experiments.generalization import preset
 
     overrides = {k: getattr(args, k) for k in _GEN_FIELDS}
     if args.eval_lengths is not None:
@@ -371,14 +386,28 @@ def run_generalization_command(args):
     try:
         settings = preset(args.config, **overrides)
     except ValueError as e:
-        raise SystemExit(f"rnnfast reproduce generalization: {e}") from None
+        raise UserError(f"rnnfast reproduce generalization: {e}") from None
     if settings.max_length < settings.min_length:
-        raise SystemExit("rnnfast reproduce generalization: --max-length must be >= --min-length")
+        raise UserError("rnnfast reproduce generalization: --max-length must be >= --min-length")
+    return settings
+
+
+def run_generalization_command(args):
+    """Entry point of ``rnnfast reproduce generalization``."""
+    from ..experiments.generalization import run_generalization, run_protocol
+
+    settings = _generalization_settings(args)
+    for k in _GEN_FIELDS + ("eval_lengths",):  # the folder records the values themselves
+        setattr(args, k, getattr(settings, k))
+    if args.model is not None and not os.path.isfile(args.model):
+        raise UserError(f"rnnfast reproduce generalization: --model {args.model}: no such file")
+    claim(args, args.out, "rnnfast reproduce generalization", changeable=("threads", "time_limit"))
+    settings = _generalization_settings(args)
     limit = None if args.time_limit is None else 60.0 * args.time_limit
     if args.seeds is not None:
         if args.model is not None:
-            raise SystemExit("rnnfast reproduce generalization: --model and --seeds exclude "
-                             "each other")
+            raise UserError("rnnfast reproduce generalization: --model and --seeds exclude "
+                            "each other")
         doc = run_protocol(settings, range(args.seeds), args.out, num_threads=args.threads,
                            time_limit=limit)
         _generalization_figures(doc, args.out)
@@ -443,12 +472,43 @@ def _dataset_arg(s):
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+_DATA_HELP = ("data folder holding music/ and ptb_char/ (default: $RNNFAST_DATA, else "
+              "~/.local/share/rnnfast; rnnfast data download fills it)")
+
+
+def _data_dir(args):
+    from ..data.download import default_data_dir
+
+    return args.data if args.data is not None else str(default_data_dir())
+
+
+def _check_data(data, problems, command):
+    """A missing data file is the user's to fetch: say where it was looked for and how."""
+    from ..data import music_path, ptb_paths
+
+    for kind, what in problems:
+        if kind == "music":
+            paths = ([data] if os.path.isfile(data) else
+                     [music_path(data, what), music_path(data, what, "mat")])
+        else:
+            paths = list(ptb_paths(data).values())
+        ok = any(os.path.isfile(p) for p in paths) if kind == "music" else all(
+            os.path.isfile(p) for p in paths)
+        if not ok:
+            missing = (f"{paths[0]} (or .mat)" if kind == "music" and len(paths) > 1
+                       else paths[0] if kind == "music"
+                       else next(p for p in paths if not os.path.isfile(p)))
+            name = "music" if kind == "music" else "ptb"
+            raise UserError(f"{command}: --data {data}: {missing} not found; "
+                            f"rnnfast data download {name} --to {data} fetches it")
+
+
 def _add_common(p, problem):
-    p.add_argument("--data", required=True, metavar="DIR",
-                   help="data root holding music/ and ptb_char/ (e.g. ../shared/data), or the "
-                        + ("music folder / data set file" if problem == "music" else "ptb_char folder"))
+    p.add_argument("--data", default=None, metavar="DIR",
+                   help=_DATA_HELP + ("; or the music folder or data set file"
+                                      if problem == "music" else "; or the ptb_char folder"))
     p.add_argument("--method", type=_method_arg, default="SGD-CR",
-                   help="SGD, SGD-C or SGD-CR (also sgd, sgd-c, sgd-cr); default SGD-CR")
+                   help="SGD, SGD-C or SGD-CR (default SGD-CR)")
     p.add_argument("--out", metavar="DIR", default=None,
                    help="output folder (checkpoint, history, results); default "
                         "results/<dataset>-<method>")
@@ -499,6 +559,7 @@ def _add_common(p, problem):
                      help="always show the progress bar (default: on a terminal)")
     bar.add_argument("--no-progress", dest="progress", action="store_false")
     r.add_argument("--quiet", action="store_true", help="no log lines")
+    add_fresh_argument(r)
 
 
 _OVERRIDES = ("hidden", "lr", "lr_schedule", "monitor", "alpha", "normalize", "seq_len",
@@ -527,6 +588,17 @@ def config_from_args(args):
     return cfg
 
 
+_NATURAL_CHANGEABLE = ("budget", "threads", "data", "log_every", "checkpoint_every",
+                       "train_eval_limit")
+
+
+def _natural_config(args):
+    try:
+        return config_from_args(args)
+    except ValueError as e:
+        raise UserError(f"rnnfast reproduce {args.problem}: {e}") from None
+
+
 def run_from_args(args):
     """Run (or resume) the experiment described by parsed arguments; print the table.
 
@@ -535,13 +607,29 @@ def run_from_args(args):
     int
         Exit status.
     """
-    cfg = config_from_args(args)
+    command = f"rnnfast reproduce {args.problem}"
+    cfg = _natural_config(args)
+    for k in _OVERRIDES:  # the folder records the values themselves, not "default"
+        if hasattr(cfg, k):
+            setattr(args, k, getattr(cfg, k))
+    args.clip = 0.0 if cfg.clip is None else cfg.clip
+    args.data = _data_dir(args)
     slug = (cfg.dataset if cfg.problem == "music" else f"PTB-ahead{cfg.ahead}")
-    out = args.out or os.path.join("results", f"{slug}-{cfg.method.replace('+', '')}")
+    out = args.out or os.path.join("results", f"{slug}-{cfg.method}")
+    opts = dict(transient=("quiet", "progress"), changeable=_NATURAL_CHANGEABLE,
+                needs_resume=True)
+    claim(args, out, command, write=False, **opts)  # remembered options first
+    cfg = _natural_config(args)
+    _check_data(args.data, [("music", cfg.dataset) if cfg.problem == "music" else ("ptb", "")],
+                command)
+    ckpt = os.path.join(out, "checkpoint.npz")
+    if os.path.exists(ckpt) and not os.path.exists(os.path.join(out, OPTIONS_FILE)) \
+            and not args.fresh and not args.resume:
+        raise UserError(f"{command}: {ckpt} exists; --resume continues it, --fresh starts over")
     log = None if args.quiet else (lambda s: print(s, flush=True))
-    os.makedirs(out, exist_ok=True)
     t0 = time.perf_counter()
     problem = _nat.load_problem(cfg, args.data)
+    resuming = claim(args, out, command, **opts)
     if log:
         log(f"{cfg.table_row}, {cfg.method}: H={cfg.hidden} {cfg.activation}, lr {cfg.lr} "
             f"({cfg.lr_schedule}), clip {cfg.clip if cfg.uses_clipping else 'off'}, "
@@ -549,14 +637,10 @@ def run_from_args(args):
             f"{cfg.normalize} cost, {cfg.dtype}; data loaded in {time.perf_counter() - t0:.1f}s; "
             f"{problem.n_train_batches()} updates per epoch; out {out}")
     run = _nat.NaturalRun(cfg, problem, out=out, num_threads=args.threads, progress=args.progress,
-                     log=log, log_every=args.log_every, checkpoint_every=args.checkpoint_every,
-                     train_eval_limit=args.train_eval_limit)
-    ckpt = os.path.join(out, "checkpoint.npz")
-    if os.path.exists(ckpt):
-        if not args.resume:
-            print(f"error: {ckpt} exists; pass --resume to continue it or choose another --out",
-                  file=sys.stderr)
-            return 2
+                          log=log, log_every=args.log_every,
+                          checkpoint_every=args.checkpoint_every,
+                          train_eval_limit=args.train_eval_limit)
+    if (resuming or args.resume) and os.path.exists(ckpt):
         run.load_checkpoint(ckpt)
         if log:
             log(f"resumed at epoch {run.epoch}, batch {run.batch_in_epoch}, update {run.updates}")
@@ -608,8 +692,7 @@ def register_table1(subparsers):
                     "--workers cells at a time. Writes OUT/<cell>/ (as `rnnfast reproduce "
                     "music|ptb`), table1.md/.json next to the paper's numbers, and "
                     "learning_curves.png. Rerun the same command to resume.")
-    p.add_argument("--data", required=True, metavar="DIR",
-                   help="data root holding music/ and ptb_char/")
+    p.add_argument("--data", default=None, metavar="DIR", help=_DATA_HELP)
     p.add_argument("--out", default=os.path.join("rnnfast-reproduce", "table1"),
                    help="output folder (default rnnfast-reproduce/table1)")
     p.add_argument("--cells", default=None,
@@ -624,8 +707,13 @@ def register_table1(subparsers):
     p.add_argument("--time-limit", type=positive_float, default=None, metavar="MINUTES",
                    help="stop this call after this many minutes (cells cut short resume on "
                         "the next call)")
+    add_fresh_argument(p)
     p.set_defaults(func=run_table1_command)
     return p
+
+
+#: what a later call may change: the budget adds time to every cell over all calls
+_TABLE1_CHANGEABLE = ("budget", "workers", "threads", "time_limit", "data")
 
 
 def run_table1_command(args):
@@ -636,8 +724,16 @@ def run_table1_command(args):
         known = {c[0] for c in _nat.TABLE1_CELLS}
         bad = [c for c in cells if c not in known]
         if bad:
-            raise SystemExit(f"rnnfast reproduce table1: unknown cells {bad}; expected some of "
-                             f"{sorted(known)}")
+            raise UserError(f"rnnfast reproduce table1: unknown cells {bad}; expected some of "
+                            f"{sorted(known)}")
+    args.data = _data_dir(args)
+    claim(args, args.out, "rnnfast reproduce table1", write=False, transient=("cells",),
+          changeable=_TABLE1_CHANGEABLE)
+    _check_data(args.data, sorted({(c[1], c[2] if c[1] == "music" else "")
+                                   for c in _nat.TABLE1_CELLS if cells is None or c[0] in cells}),
+                "rnnfast reproduce table1")
+    claim(args, args.out, "rnnfast reproduce table1", transient=("cells",),
+          changeable=_TABLE1_CHANGEABLE)
     limit = None if args.time_limit is None else 60.0 * args.time_limit
     results = _nat.run_table1(args.data, args.out, cells=cells, budget_minutes=args.budget,
                               workers=args.workers, num_threads=args.threads, time_limit=limit)

@@ -1,13 +1,14 @@
-"""``rnnfast train``: train an RNN on one task with SGD, SGD-C or SGD-CR.
+"""Train an RNN on one task with SGD, SGD-C or SGD-CR.
 
-Defaults are the paper's temporal-order settings (its Fig. 7; docs/method.md): 50 hidden
-units, lr 0.01 without momentum, minibatch 20, norm clipping at 1.0, Ω weight
-α = 4, up to 5M updates, success at < 1% errors on 10,000 fresh sequences.
+The defaults are the paper's temporal-order settings (its Figure 7): 50 hidden units,
+learning rate 0.01 without momentum, minibatch 20, norm clipping at 1.0, Omega weight 4,
+up to 5M updates, success at < 1% errors on 10,000 fresh sequences.
 
-Outputs (in ``--out DIR``): ``config.json`` (the options), ``checkpoint.npz``
-(atomic, for ``--resume``), ``history.json`` / ``history.csv`` (per-update
-loss, pre-clip norm, clipped, Ω, ρ(W_rec), explosions; validations) and
-``model.npz`` (the final model, :meth:`rnnfast.nn.model.RNNModel.load`).
+With --out DIR it writes options.json (every option, so that --resume needs no other),
+checkpoint.npz (for --resume), history.json and history.csv (per update: loss, pre-clip
+norm, clipped, Omega, spectral radius of W_rec, explosions; the validations) and model.npz
+(the final model, rnnfast.nn.RNNModel.load). It ends with a summary table (--json: one JSON
+line instead).
 """
 
 from __future__ import annotations
@@ -18,15 +19,17 @@ import os
 import sys
 
 from ..core import OMEGA_BOUND
+from ..errors import UserError
+from .outdir import OPTIONS_FILE, add_fresh_argument, claim
 from .argtypes import (nonneg_float as _nonneg_float, nonneg_int as _nonneg_int,
                        positive_float as _positive_float, positive_int as _positive_int)
 
 __all__ = ["register", "main"]
 
-# options that control how long / how loudly a run goes; everything else must
-# match the stored config when resuming
-_RUN_CONTROL = ("max_updates", "time_limit", "progress", "quiet", "threads", "resume", "out",
-                "overwrite")
+#: how loudly: never stored
+_TRANSIENT = ("progress", "quiet", "json")
+#: how long and how fast the run goes: a resume may change them
+_CHANGEABLE = ("max_updates", "time_limit", "threads", "checkpoint_every")
 
 
 def _method_arg(s):
@@ -77,9 +80,8 @@ def add_arguments(p):
 
     g = p.add_argument_group("method")
     g.add_argument("--method", type=_method_arg, default="SGD-CR",
-                   help="SGD: no clipping, no Ω; SGD-C: clipping; SGD-CR: clipping + Ω "
-                        "(default; SGD+CR, sgd-cr also accepted). --clip and --alpha override "
-                        "the method's values")
+                   help="SGD: no clipping, no Omega; SGD-C: clipping; SGD-CR: clipping + "
+                        "Omega (default). --clip and --alpha override the method's values")
     g.add_argument("--clip", type=_clip_arg, default=None,
                    help="norm-clipping threshold (paper: 1.0), 'auto[:FACTOR]' for FACTOR (1) "
                         "times the running average norm after a 100-update warm-up, or 'none'")
@@ -121,7 +123,7 @@ def add_arguments(p):
                    help="sequences evaluated at once during validation")
     g.add_argument("--success-error", type=_nonneg_float, default=0.01,
                    help="stop when the validation error rate is below this (paper: 0.01; "
-                        "0 never stops early)")
+                        "0: stop at zero errors)")
     g.add_argument("--rho-every", type=_nonneg_int, default=100,
                    help="record the spectral radius of W_rec every this many updates")
     g.add_argument("--explosion-factor", type=_positive_float, default=10.0,
@@ -131,24 +133,27 @@ def add_arguments(p):
     g.add_argument("--threads", type=_positive_int, default=None,
                    help="threads for the C++ core (default: the library's)")
     g.add_argument("--out", default=None,
-                   help="output directory: config.json, checkpoint.npz, history.json/.csv, "
+                   help="output directory: options.json, checkpoint.npz, history.json/.csv, "
                         "model.npz (default: no files)")
     g.add_argument("--checkpoint-every", type=_positive_int, default=10000,
                    help="checkpoint every this many updates (with --out)")
     g.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its checkpoint (same options)")
-    g.add_argument("--overwrite", action="store_true",
-                   help="start afresh even if --out already holds a run (it is replaced)")
+                   help="continue the run in --out from its checkpoint, with the options it "
+                        "recorded (--max-updates, --time-limit, --threads may change)")
+    add_fresh_argument(g)
+    g.add_argument("--overwrite", dest="fresh", action="store_true", help=argparse.SUPPRESS)
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: when stderr is a terminal and tqdm is installed)")
     g.add_argument("--quiet", action="store_true", help="do not print validation lines")
+    g.add_argument("--json", action="store_true",
+                   help="end with one JSON line of the result instead of the summary table")
 
 
 def register(subparsers):
     """Add ``train`` to an argparse subparsers object."""
     p = subparsers.add_parser(
         "train",
-        help="train an RNN on a task with SGD / SGD-C / SGD-CR",
+        help="train an RNN on a task with SGD, SGD-C or SGD-CR",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -168,14 +173,11 @@ def _get_task(args):
     try:
         task = _tasks.get_task(args.task, **kwargs)
     except TypeError as e:
-        raise SystemExit(f"rnnfast train: task {args.task!r} does not take these options: {e}")
+        raise UserError(f"rnnfast train: task {args.task!r} does not take these options: "
+                        f"{e}") from None
     except (KeyError, ValueError) as e:
-        raise SystemExit(f"rnnfast train: {e}")
+        raise UserError(f"rnnfast train: {e}") from None
     return task
-
-
-def _config_of(args):
-    return {k: v for k, v in vars(args).items() if k not in _RUN_CONTROL and k != "func"}
 
 
 def build(args):
@@ -196,14 +198,14 @@ def build(args):
             rho_every=args.rho_every, explosion_factor=args.explosion_factor, seed=args.seed,
             num_threads=args.threads, batch_size=args.batch_size)
     except ValueError as e:
-        raise SystemExit(f"rnnfast train: {e}")
+        raise UserError(f"rnnfast train: {e}") from None
     out = args.out
     log = None if args.quiet else (lambda line: print(line, flush=True))
     callbacks = [Progress(args.max_updates, enabled=args.progress)]
     if args.valid_every:
         callbacks.append(Validation(
             task, every=args.valid_every, size=args.valid_size, batch=args.valid_batch,
-            success_error=args.success_error if args.success_error > 0 else None, log=log))
+            success_error=args.success_error, log=log))
     if out:
         callbacks.append(Checkpoint(os.path.join(out, "checkpoint.npz"),
                                     every=args.checkpoint_every,
@@ -213,36 +215,23 @@ def build(args):
 
 def run(args):
     """Entry point of ``rnnfast train`` (argparse ``func``)."""
-    from ..fileio import atomic_write_text, json_safe
+    from ..fileio import json_safe
 
     if args.nesterov and args.momentum == 0:
-        raise SystemExit("rnnfast train: --nesterov needs --momentum > 0")
-    if args.resume:
-        if not args.out:
-            raise SystemExit("rnnfast train: --resume needs --out DIR")
-        cfg_path = os.path.join(args.out, "config.json")
-        try:
-            with open(cfg_path) as f:
-                stored = json.load(f)
-        except FileNotFoundError:
-            raise SystemExit(f"rnnfast train: nothing to resume: {cfg_path} does not exist") from None
-        except ValueError as e:
-            raise SystemExit(f"rnnfast train: {cfg_path} is not valid JSON: {e}") from None
-        for k, v in stored.items():  # the stored run's settings win
-            setattr(args, k, v)
-    elif args.out and not args.overwrite and os.path.exists(os.path.join(args.out, "checkpoint.npz")):
-        raise SystemExit(f"rnnfast train: {args.out} already holds a run; use --resume to continue "
-                         "it, --overwrite to replace it, or another --out")
+        raise UserError("rnnfast train: --nesterov needs --momentum > 0")
+    if args.resume and not args.out:
+        raise UserError("rnnfast train: --resume needs --out DIR")
+    if (args.out and not args.fresh and os.path.exists(os.path.join(args.out, "checkpoint.npz"))
+            and not os.path.exists(os.path.join(args.out, OPTIONS_FILE))):
+        raise UserError(f"rnnfast train: {args.out} holds a run of an older rnnfast (no "
+                        f"{OPTIONS_FILE}); --fresh starts over, or choose another --out")
+    resuming = bool(args.out) and claim(args, args.out, "rnnfast train", transient=_TRANSIENT,
+                                        changeable=_CHANGEABLE, needs_resume=True)
     task, engine, callbacks = build(args)
-    if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        if args.resume:
-            engine.load_checkpoint(os.path.join(args.out, "checkpoint.npz"), callbacks=callbacks)
-            if not args.quiet:
-                print(f"resumed at update {engine.update}", flush=True)
-        else:
-            atomic_write_text(os.path.join(args.out, "config.json"),
-                              json.dumps(_config_of(args), indent=2, sort_keys=True))
+    if resuming:
+        engine.load_checkpoint(os.path.join(args.out, "checkpoint.npz"), callbacks=callbacks)
+        if not args.quiet:
+            print(f"resumed at update {engine.update}", flush=True)
     limit = None if args.time_limit is None else 60.0 * args.time_limit
     result = engine.fit(task, max_updates=args.max_updates, time_limit=limit,
                         callbacks=callbacks)
@@ -254,8 +243,40 @@ def run(args):
         "best_error": result.best_error, "seconds": round(result.seconds, 3),
         "last_validation": result.last_validation,
     }
-    print(json.dumps(json_safe(summary)), flush=True)
+    if args.json:
+        print(json.dumps(json_safe(summary)), flush=True)
+    else:
+        print(summary_table(summary, args), flush=True)
     return 0
+
+
+def _percent(x):
+    return "-" if x is None else f"{100 * x:.2f}%"
+
+
+def summary_table(summary, args) -> str:
+    """The readable end of ``rnnfast train``: what ran, how it stopped, where the files are."""
+    from ..experiments.sweep import format_duration
+
+    why = {"solved": f"solved (validation error below {_percent(args.success_error)})"
+           if args.success_error > 0 else "solved (zero validation errors)",
+           "max_updates": f"reached --max-updates {args.max_updates:,}",
+           "time": "reached --time-limit (resume with --resume)"}
+    last = summary["last_validation"] or {}
+    rows = [("task", f"{summary['task']}, {args.hidden} hidden units, {args.init} init"),
+            ("method", summary["method"]),
+            ("stopped", why.get(summary["stopped"], summary["stopped"])),
+            ("updates", f"{summary['updates']:,}"),
+            ("time", format_duration(summary["seconds"])),
+            ("best error", _percent(summary["best_error"])),
+            ("last validation", "-" if not last else
+             f"update {last.get('update', 0):,}: loss {last.get('loss', float('nan')):.4g}, "
+             f"error {_percent(last.get('error'))}")]
+    if args.out:
+        rows.append(("files", f"{args.out}/ (model.npz, checkpoint.npz, history.json/.csv, "
+                              "options.json)"))
+    w = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
 
 
 def main(argv=None):

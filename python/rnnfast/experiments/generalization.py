@@ -101,7 +101,7 @@ def train_generalization(settings: GeneralizationSettings, out_dir, *, num_threa
 
     from .. import tasks as _tasks
     from ..nn.model import RNNModel
-    from ..train import Checkpoint, Validation, build
+    from ..train import Checkpoint, Progress, Validation, build
 
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
@@ -127,12 +127,13 @@ def train_generalization(settings: GeneralizationSettings, out_dir, *, num_threa
                    clip=settings.clip, alpha=settings.alpha, batch_size=settings.batch_size,
                    seed=s_train, num_threads=num_threads, rho_every=1000)
     model = engine.model
-    success = settings.success_error if settings.success_error > 0 else 1e-12
+    success = settings.success_error  # 0: stop at zero errors
     best = BestSnapshot(best_path, best_info_path)
     checkpoint = Checkpoint(os.path.join(out_dir, "checkpoint.npz"),
                             every=settings.checkpoint_every, config=cfg)
     callbacks = [Validation(task, every=settings.valid_every, size=settings.valid_size,
-                            batch=1000, success_error=success, log=log), best, checkpoint]
+                            batch=1000, success_error=success, log=log), best, checkpoint,
+                 Progress(settings.max_updates)]  # a bar with ETA on a terminal
     if os.path.exists(checkpoint.path):
         checkpoint.restore(engine, callbacks)
         if log:

@@ -31,6 +31,8 @@ import json
 import math
 import multiprocessing
 import os
+import signal
+import threading
 import time
 import traceback
 from concurrent.futures.process import BrokenProcessPool
@@ -169,10 +171,48 @@ class ResultStore:
 # --------------------------------------------------------------------------- #
 # executors
 # --------------------------------------------------------------------------- #
+_watching_parent = False
+
+
+def watch_parent(interval: float = 0.5) -> None:
+    """In a worker process: exit when the process that started it dies, however it dies
+    (SIGKILL included), so that no run goes on computing for nobody. A daemon thread polls
+    ``os.getppid()`` every ``interval`` seconds. Does nothing in a main process (no
+    multiprocessing parent) and when already watching."""
+    global _watching_parent
+    if _watching_parent or multiprocessing.parent_process() is None:
+        return
+    _watching_parent = True
+    parent = multiprocessing.parent_process().pid
+
+    def watch():
+        while True:
+            if os.getppid() != parent:
+                os._exit(1)
+            time.sleep(interval)
+
+    threading.Thread(target=watch, name="rnnfast-watch-parent", daemon=True).start()
+
+
 def _worker_init(num_threads: Optional[int]) -> None:
-    """Initializer of local pool workers: pin the OpenMP thread count early."""
+    """Initializer of local pool workers: pin the OpenMP thread count early, leave Ctrl-C to
+    the driver (it cancels the sweep and ends the workers), die with the driver."""
     if num_threads is not None:
         os.environ["OMP_NUM_THREADS"] = str(int(num_threads))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    watch_parent()
+
+
+def _end_local_pool(executor: cf.ProcessPoolExecutor) -> None:
+    """Stop a local pool now: its queued runs cancelled, its running runs killed."""
+    procs = list((getattr(executor, "_processes", None) or {}).values())
+    executor.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        p.join(timeout=2.0)
+        if p.is_alive():
+            p.kill()
 
 
 @renamed_argument("threads", "num_threads")
@@ -211,6 +251,7 @@ def run_in_worker(fn: Callable[[dict], dict], config: dict, num_threads: Optiona
     of ours).  The returned dict gets ``"threads"`` and ``"worker_pid"`` added
     (informational; they are not part of the configuration).
     """
+    watch_parent()
     if num_threads is not None:
         import rnnfast
 
@@ -307,7 +348,8 @@ class SweepResult:
     seconds : float
         Wall time of the call.
     interrupted : bool
-        True when the sweep stopped on KeyboardInterrupt (finished runs are stored).
+        True when the sweep stopped on KeyboardInterrupt (Ctrl-C; the command line raises it
+        on SIGTERM too): the runs in progress were ended, the finished ones are stored.
     """
 
     records: List[dict]
@@ -492,13 +534,15 @@ def run_sweep(configs: Iterable[Mapping], fn: Callable[[dict], dict], store: Res
                                         "this run was in the pool", resubmit)
             for k, c in resubmit:
                 submit(k, c)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: stop now, keep what has finished
         interrupted = True
         for f in inflight:
             f.cancel()
-    finally:
         if own:
-            executor.shutdown(wait=not interrupted, cancel_futures=True)
+            _end_local_pool(executor)
+    finally:
+        if own and not interrupted:
+            executor.shutdown(wait=True)
     inflight.clear()
     report("end")
     records = [finished[k] for k in keys if k in finished]

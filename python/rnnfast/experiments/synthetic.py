@@ -57,6 +57,8 @@ __all__ = [
     "run_cost",
     "probe_update_time",
     "estimate_seconds",
+    "expected_updates",
+    "expected_seconds",
     "aggregate",
     "write_tables",
     "run_synthetic",
@@ -218,6 +220,11 @@ def make_configs(settings: SweepSettings) -> List[dict]:
     return out
 
 
+#: One configuration of the default sweep per (method, init, length): what a run must match
+#: for :func:`expected_updates` to apply.
+_DEFAULT_REFERENCE = {(c["method"], c["init"], c["length"]): c for c in make_configs(DEFAULT)}
+
+
 def _seed_sequence(config: dict) -> np.random.SeedSequence:
     """Root seed of a run: (seed, length, task, init); NOT the method (paired runs)."""
     words = [int(config["seed"]), int(config["length"]),
@@ -234,12 +241,15 @@ def _build_task(config: dict):
 
 
 def run_cost(config: dict) -> float:
-    """Relative worst-case cost of a run: ``max_updates * (length + 25)``.
+    """Relative expected cost of a run: ``updates * (length + 25)``, with the updates of
+    :func:`expected_updates` where these settings have been measured, else the budget (the
+    sweep's time left and its order, expensive runs first, follow it).
 
     Measured per-update time of the core at 50 hidden units grows about
     linearly with the length plus a fixed overhead worth ~25 steps.
     """
-    return float(config["max_updates"]) * (float(config["length"]) + 25.0)
+    ups = expected_updates(config)
+    return float(config["max_updates"] if ups is None else ups) * (float(config["length"]) + 25.0)
 
 
 def train_run(config: dict) -> dict:
@@ -390,18 +400,76 @@ def probe_update_time(settings: SweepSettings, lengths: Optional[Sequence[int]] 
         rnnfast.set_num_threads(old)
 
 
+def _run_seconds(c: dict, t: float, updates: float) -> float:
+    # the periodic validations are forward only: a third of a training update per sequence
+    valid = c["valid_size"] / c["batch_size"] / 3.0 * t / c["valid_every"]
+    return updates * (t + valid)
+
+
 def estimate_seconds(configs: Sequence[dict], per_update: Dict[int, float], workers: int
                      ) -> float:
-    """Worst-case wall time of ``configs`` (every run spends its whole budget).
+    """Worst-case wall time of ``configs``: every run spends its whole budget.
 
-    Adds the periodic validations (forward only, counted as a third of a
-    training update per sequence / batch size).  Divides by ``workers``.
+    Adds the periodic validations (forward only, counted as a third of a training update
+    per sequence / batch size).  Divides by ``workers``.
     """
+    total = sum(_run_seconds(c, per_update[int(c["length"])], c["max_updates"])
+                for c in configs)
+    return total / max(1, int(workers))
+
+
+#: The default sweep as measured (README, 2-core AMD EPYC): (init, method, length) ->
+#: (runs solved out of 3, median updates to success). The time estimate's expectation.
+DEFAULT_OUTCOMES: Dict[Tuple[str, str, int], Tuple[int, Optional[float]]] = {
+    ("sigmoid", "SGD", 10): (0, None), ("sigmoid", "SGD", 20): (0, None),
+    ("sigmoid", "SGD", 40): (0, None),
+    ("sigmoid", "SGD-C", 10): (0, None), ("sigmoid", "SGD-C", 20): (0, None),
+    ("sigmoid", "SGD-C", 40): (0, None),
+    ("sigmoid", "SGD-CR", 10): (2, 6_000), ("sigmoid", "SGD-CR", 20): (2, 12_750),
+    ("sigmoid", "SGD-CR", 40): (0, None),
+    ("basic_tanh", "SGD", 10): (3, 500), ("basic_tanh", "SGD", 20): (3, 2_000),
+    ("basic_tanh", "SGD", 40): (0, None),
+    ("basic_tanh", "SGD-C", 10): (3, 500), ("basic_tanh", "SGD-C", 20): (3, 1_500),
+    ("basic_tanh", "SGD-C", 40): (0, None),
+    ("basic_tanh", "SGD-CR", 10): (3, 250), ("basic_tanh", "SGD-CR", 20): (3, 1_000),
+    ("basic_tanh", "SGD-CR", 40): (3, 5_250),
+    ("smart_tanh", "SGD", 10): (3, 500), ("smart_tanh", "SGD", 20): (2, 3_750),
+    ("smart_tanh", "SGD", 40): (0, None),
+    ("smart_tanh", "SGD-C", 10): (3, 500), ("smart_tanh", "SGD-C", 20): (1, 1_000),
+    ("smart_tanh", "SGD-C", 40): (1, 13_250),
+    ("smart_tanh", "SGD-CR", 10): (3, 500), ("smart_tanh", "SGD-CR", 20): (3, 750),
+    ("smart_tanh", "SGD-CR", 40): (3, 15_500),
+}
+# what a run's outcome depends on besides (init, method, length, seed)
+_OUTCOME_KEYS = ("task", "convention", "hidden", "lr", "momentum", "batch_size", "max_updates",
+                 "valid_every", "valid_size", "eval_size", "success_error", "dtype")
+
+
+def expected_updates(config: dict) -> Optional[float]:
+    """Expected updates of a run whose settings are the default sweep's: the measured
+    share of solved runs at their median updates, the rest at the budget. None for any
+    other settings (no measurement to go by)."""
+    ref = _DEFAULT_REFERENCE.get((config.get("method"), config.get("init"),
+                                  config.get("length")))
+    if ref is None or any(config.get(k) != ref.get(k) for k in _OUTCOME_KEYS + ("clip", "alpha")):
+        return None
+    solved, median = DEFAULT_OUTCOMES[(config["init"], config["method"], int(config["length"]))]
+    budget = float(config["max_updates"])
+    return (solved * (median or 0.0) + (3 - solved) * budget) / 3.0
+
+
+def expected_seconds(configs: Sequence[dict], per_update: Dict[int, float], workers: int
+                     ) -> Optional[float]:
+    """Expected wall time of ``configs`` on ``workers`` workers from the probed time per
+    update and :func:`expected_updates` (plus a confirmation on ``eval_size`` sequences per
+    solved run); None when a run has no expectation (then only the worst case is known)."""
     total = 0.0
     for c in configs:
+        ups = expected_updates(c)
+        if ups is None:
+            return None
         t = per_update[int(c["length"])]
-        valid = c["valid_size"] / c["batch_size"] / 3.0 * t / c["valid_every"]
-        total += c["max_updates"] * (t + valid)
+        total += _run_seconds(c, t, ups) + c["eval_size"] / c["batch_size"] / 3.0 * t
     return total / max(1, int(workers))
 
 
@@ -505,31 +573,83 @@ def format_table(points: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
-def _print_progress(stream):
-    def show(p: SweepProgress):
+def estimate_line(expected: Optional[float], worst: float, workers: int, budget: int) -> str:
+    """The printed time estimate: the expected time where these settings have been measured
+    (and what it assumes), else the worst case."""
+    if expected is None:
+        return (f"estimate: at most {format_duration(worst)} on {workers} workers (every run "
+                f"spending its {budget} updates; runs stop as soon as they are solved, and "
+                "these settings have no measurement of how soon)")
+    return (f"estimate: {format_duration(expected)} on {workers} workers (the timing probe "
+            "times the updates each run is expected to make: the share of solved runs and their "
+            "median updates measured for these settings, a quiet machine; at most "
+            f"{format_duration(worst)} if no run stops early)")
+
+
+class _SweepBar:
+    """Progress of a sweep: a tqdm bar of finished runs with the time left (on a terminal),
+    else one line per finished, retried or failed run."""
+
+    def __init__(self, stream, estimate, bar):
+        self.stream, self.estimate, self.bar = stream, estimate, None
+        if bar is None:
+            bar = hasattr(stream, "isatty") and stream.isatty()
+        if bar:
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:
+                tqdm = None
+            if tqdm is not None:
+                self.bar = tqdm(total=0, unit="run", file=stream, dynamic_ncols=True,
+                                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} runs "
+                                           "[{elapsed}, {postfix}]")
+
+    def left(self, p: SweepProgress):
+        if p.eta is not None:
+            return p.eta
+        if self.estimate is not None:
+            return max(0.0, self.estimate - p.elapsed)
+        return None
+
+    def __call__(self, p: SweepProgress):
+        if self.bar is not None:
+            self.bar.total = p.total
+            self.bar.n = p.done
+            self.bar.set_postfix_str(f"{format_duration(self.left(p))} left, "
+                                     f"{p.failed} failed", refresh=False)
+            self.bar.refresh()
+            if p.event in ("retry", "failed"):
+                self.bar.write(self._line(p), file=self.stream)
+            return
+        if p.event in ("done", "retry", "failed", "start", "tick"):
+            print(self._line(p), file=self.stream, flush=True)
+
+    def _line(self, p):
         if p.event == "done":
             c, r = p.config, p.result
             what = (f"solved at {r['updates_to_success']} updates" if r["solved"]
                     else f"not solved in {r['updates']} updates (best valid error "
                          f"{100 * (r['best_valid_error'] or 1):.1f}%)")
-            print(f"{p.line()} | {c['init']} {c['method']} L={c['length']} "
-                  f"seed {c['seed']}: {what}, {r['seconds']:.1f}s", file=stream, flush=True)
-        elif p.event in ("retry", "failed"):
+            return (f"{p.line()} | {c['init']} {c['method']} L={c['length']} "
+                    f"seed {c['seed']}: {what}, {r['seconds']:.1f}s")
+        if p.event in ("retry", "failed"):
             c = p.config
             first = p.result["error"].splitlines()[0]
-            print(f"{p.line()} | {p.event.upper()} {c['init']} {c['method']} L={c['length']} "
-                  f"seed {c['seed']} (attempt {p.result['attempt']}): {first}",
-                  file=stream, flush=True)
-        elif p.event in ("start", "tick"):
-            print(p.line(), file=stream, flush=True)
-    return show
+            return (f"{p.line()} | {p.event.upper()} {c['init']} {c['method']} L={c['length']} "
+                    f"seed {c['seed']} (attempt {p.result['attempt']}): {first}")
+        return p.line()
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 @renamed_argument("threads", "num_threads")
 def run_synthetic(settings: SweepSettings, out_dir, *, executor=None, workers=None,
                   num_threads=1,
                   retries=2, progress=True, tick=60.0, estimate=True,
-                  stream=None) -> dict:
+                  stream=None, bar=None) -> dict:
     """Run (or resume) a synthetic sweep and write its tables and figure.
 
     Parameters
@@ -552,9 +672,13 @@ def run_synthetic(settings: SweepSettings, out_dir, *, executor=None, workers=No
     tick : float
         Seconds between progress lines while waiting.
     estimate : bool
-        Print a worst-case time estimate from a timing probe before starting.
+        Print a time estimate from a timing probe before starting: the expected time
+        (:func:`expected_seconds`) where the settings have been measured, else the worst case.
     stream : file, optional
         Where to print (default stdout).
+    bar : bool or None
+        A tqdm bar of the finished runs with the estimated time left instead of one line
+        per run (None: when ``stream`` is a terminal and tqdm is installed).
 
     Returns
     -------
@@ -582,12 +706,14 @@ def run_synthetic(settings: SweepSettings, out_dir, *, executor=None, workers=No
     if estimate and todo:
         per = probe_update_time(settings, sorted({c["length"] for c in todo}),
                                 num_threads=num_threads or 1)
-        est = estimate_seconds(todo, per, workers)
+        worst = estimate_seconds(todo, per, workers)
+        est = expected_seconds(todo, per, workers)
         if progress:
             rates = ", ".join(f"L={L}: {1e3 * t:.2f} ms" for L, t in sorted(per.items()))
             print(f"timing probe (per update, {num_threads or 1} thread): {rates}", file=stream)
-            print(f"estimate: at most {format_duration(est)} on {workers} workers if no run "
-                  f"stops early (runs stop as soon as they are solved)", file=stream, flush=True)
+            print(estimate_line(est, worst, workers, settings.max_updates), file=stream,
+                  flush=True)
+        est = worst if est is None else est
 
     # Tables while the sweep runs: records kept in memory (not re-read from disk per run)
     # and the tables rewritten at most every `tick` seconds, so the work stays proportional
@@ -603,10 +729,14 @@ def run_synthetic(settings: SweepSettings, out_dir, *, executor=None, workers=No
             write_tables(out_dir, list(done.values()), settings=settings_doc)
             last_write[0] = time.perf_counter()
 
-    res = run_sweep(configs, train_run, store, executor=executor, workers=workers,
-                    num_threads=num_threads, retries=retries, cost=run_cost,
-                    progress=_print_progress(stream) if progress else None, tick=tick,
-                    on_result=on_result)
+    show = _SweepBar(stream, est, bar) if progress else None
+    try:
+        res = run_sweep(configs, train_run, store, executor=executor, workers=workers,
+                        num_threads=num_threads, retries=retries, cost=run_cost,
+                        progress=show, tick=tick, on_result=on_result)
+    finally:
+        if show is not None:
+            show.close()
     points = aggregate(res.records)
     extra = {"wall_seconds_last_call": res.seconds, "computed_last_call": res.computed,
              "resumed_last_call": res.skipped, "interrupted": res.interrupted,
@@ -614,13 +744,15 @@ def run_synthetic(settings: SweepSettings, out_dir, *, executor=None, workers=No
              "run_seconds_total": sum(float(r["result"]["seconds"]) for r in res.records)}
     paths = write_tables(out_dir, res.records, settings=settings_doc, failures=res.failures,
                          extra=extra)
-    if progress:
+    if progress and res.interrupted:
+        print(f"interrupted: {len(res.records)} of {len(configs)} runs finished, kept in "
+              f"{out_dir}; rerun the same command to resume", file=stream, flush=True)
+    elif progress:
         print("", file=stream)
         print(format_table(points), file=stream)
         print(f"\n{res.computed} runs computed, {res.skipped} resumed, {len(res.failures)} "
               f"failed; wall time {format_duration(res.seconds)}"
-              + (" (INTERRUPTED: rerun the same command to resume)" if res.interrupted else ""),
-              file=stream)
+              + ("" if est is None else f" (estimate {format_duration(est)})"), file=stream)
         for name, p in paths.items():
             print(f"  {name}: {p}", file=stream)
         stream.flush()

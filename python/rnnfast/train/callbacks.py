@@ -76,7 +76,8 @@ class Validation(Callback):
     task : Task, optional
         Supplies ``errors(y, batch)`` when ``data`` is a list of batches.
     success_error : float or None
-        Stop ("solved") when the error rate is below it and the loss is finite.
+        Stop ("solved") when the error rate is below it (0: when it is zero) and the loss
+        is finite.
     confirm : callable(engine) -> bool, optional
         Asked before stopping on success (e.g. a larger test): False keeps training.
     monitor : {"loss", "error"}
@@ -163,10 +164,14 @@ class Validation(Callback):
         if self.log is not None:
             self.log(self._line(engine, rec))
         if (self.success_error is not None and error is not None
-                and error < self.success_error and math.isfinite(rec["loss"])
+                and self._success(error) and math.isfinite(rec["loss"])
                 and (self.confirm is None or self.confirm(engine))):
             engine.stop("solved", solved=True)
         return rec
+
+    def _success(self, error):
+        # 0 asks for zero errors: nothing is below it
+        return error <= 0 if self.success_error == 0 else error < self.success_error
 
     def _line(self, engine, rec):
         h = engine.history
