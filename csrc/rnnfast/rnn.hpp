@@ -670,7 +670,8 @@ BackwardOut backward(const Inputs<S>& in, const States<const S>& st, const Upstr
   }
 
   BackwardOut out;
-  if (stop) {
+  // A long call asks once more before the weight products (a stage as long as the sweep).
+  if (stop || (opt.interrupted && T > steps_per_poll(in.dims) && opt.interrupted())) {
     out.interrupted = true;
     return out;
   }

@@ -49,9 +49,9 @@ class LoadLimits:
     Attributes
     ----------
     max_bytes : int
-        Bytes read from a file, and bytes decompressed from it (``.mat``, ``.npz``).
-        Default 256 MiB (the largest real data file, MuseData's pickle, has 5.8 MB; its
-        ``.mat`` decompresses to 35 MB).
+        Bytes read from a file, and bytes decompressed from it (``.mat``). Default 64 MiB
+        (the largest real data file, MuseData's pickle, has 5.8 MB; its ``.mat``
+        decompresses to 35 MB).
     max_elements : int
         Elements a data set may expand to: time steps plus notes of a music pickle, counted
         with repetition (a list referenced twice counts twice), or time steps of a ``.mat``.
@@ -60,7 +60,7 @@ class LoadLimits:
         Containers nested in containers in a pickle (the music format has 4). Default 16.
     """
 
-    max_bytes: int = 256 << 20
+    max_bytes: int = 64 << 20
     max_elements: int = 5_000_000
     max_depth: int = 16
 

@@ -11,7 +11,7 @@ the vocabulary is an error naming the character, file and line.
 
 Truncated-BPTT minibatches come from :class:`CharStream` (or :meth:`PTBChars.stream`).
 
-A file larger than ``limits.max_bytes`` (:class:`rnnfast.fileio.LoadLimits`, default 256 MiB;
+A file larger than ``limits.max_bytes`` (:class:`rnnfast.fileio.LoadLimits`, default 64 MiB;
 the real training split has 5 MB) raises :class:`rnnfast.fileio.LimitError` before it is read;
 decoding and encoding take at most ~20 bytes per byte of text.
 """
@@ -339,7 +339,7 @@ def load_ptb_chars(data_dir: PathLike, *, prefix: str = "ptb.char",
     prefix : str
         File name prefix.
     limits : LoadLimits, optional
-        ``max_bytes``: the largest file read (default ``LoadLimits()``, 256 MiB).
+        ``max_bytes``: the largest file read (default ``LoadLimits()``, 64 MiB).
 
     Returns
     -------
