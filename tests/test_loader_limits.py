@@ -217,3 +217,36 @@ def test_interrupt_while_saving_a_checkpoint_leaves_no_temporary_file(tmp_path, 
         checkpoint.save_checkpoint(path, {"a": np.arange(4.0)})
     assert sorted(os.listdir(tmp_path)) == ["ck.npz"]
     assert checkpoint.load_checkpoint(path)["a"].shape == (3,)
+
+
+# ------------------------------------------------------------------ engine checkpoints
+@pytest.mark.parametrize("key,value,match", [
+    ("h_carry", np.array([["a", "b"]]), "carried state is not a"),
+    ("h_carry", np.zeros((2, 5), np.int64), "carried state is not a"),
+    ("best_error", "low", "best_error must be a number"),
+    ("best_error", True, "best_error must be a number"),
+    ("update", -1, "update must be an integer >= 0"),
+])
+def test_engine_checkpoint_with_bad_fields_changes_nothing(tmp_path, key, value, match):
+    # Before (h_carry of strings, best_error): the engine was half-restored, then a raw error.
+    from rnnfast.tasks import TemporalOrder
+    from rnnfast.train import build
+    from rnnfast.train import checkpoint as ckpt
+    task = TemporalOrder(min_length=10, max_length=12)
+    eng = build("SGD-CR", task=task, hidden=5, seed=0, batch_size=4, dtype="float64")
+    eng.fit(task, max_updates=2)
+    path = tmp_path / "c.npz"
+    eng.save_checkpoint(path)
+    state = ckpt.load_checkpoint(path)
+    if key == "h_carry":
+        value = np.resize(value, (2, eng.model.n_hidden))
+    state["engine"][key] = value
+    ckpt.save_checkpoint(path, state)
+    victim = build("SGD-CR", task=task, hidden=5, seed=0, batch_size=4, dtype="float64")
+    victim.fit(task, max_updates=1)
+    before = {k: v.copy() for k, v in victim.model.params.items()}
+    with pytest.raises(CheckpointError, match=match):
+        victim.load_checkpoint(path)
+    assert victim.update == 1 and victim.best_error is None and victim.h_carry is None
+    for k, v in before.items():
+        assert np.array_equal(victim.model.params[k], v), k
