@@ -8,6 +8,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
@@ -70,10 +71,10 @@ class OutputRanges {
   void add(S* p, Index n, const char* name) {
     if (!p || n <= 0) return;
     const auto r = range(p, n);
-    for (const auto& o : ranges_)
-      if (r.first < o.second && o.first < r.second)
+    for (int k = 0; k < count_; ++k)
+      if (r.first < ranges_[k].second && ranges_[k].first < r.second)
         throw py::value_error(std::string(name) + ": shares memory with another output");
-    ranges_.push_back(r);
+    ranges_[count_++] = r;  // a call has at most kMax outputs
   }
   // `p` itself, or a copy of its n elements when they overlap an output.
   template <typename S>
@@ -81,7 +82,8 @@ class OutputRanges {
     if (!p || n <= 0) return p;
     const auto r = range(p, n);
     bool overlaps = false;
-    for (const auto& o : ranges_) overlaps = overlaps || (r.first < o.second && o.first < r.second);
+    for (int k = 0; k < count_; ++k)
+      overlaps = overlaps || (r.first < ranges_[k].second && ranges_[k].first < r.second);
     if (!overlaps) return p;
     void* copy = rnnfast::aligned_memory(std::size_t(n) * sizeof(S));
     copies_.emplace_back(copy);
@@ -98,8 +100,10 @@ class OutputRanges {
   struct Free {
     void operator()(void* p) const { std::free(p); }
   };
-  std::vector<std::pair<std::uintptr_t, std::uintptr_t>> ranges_;  // [begin, end) bytes
-  std::vector<std::unique_ptr<void, Free>> copies_;
+  static constexpr int kMax = 8;  // backward's outputs
+  std::array<std::pair<std::uintptr_t, std::uintptr_t>, kMax> ranges_;  // [begin, end) bytes
+  int count_ = 0;
+  std::vector<std::unique_ptr<void, Free>> copies_;  // allocates only when an input is copied
 };
 
 // Thread counts. A team larger than the machine only adds overhead, and very large ones

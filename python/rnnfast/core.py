@@ -132,7 +132,7 @@ def _schedule_code(schedule) -> int:
 
 def _checked(name: str, a, shape_doc: str, ndim: int, dtype=None) -> np.ndarray:
     """``a`` as a float array (an ndarray is not copied) after checking its ``ndim`` and, if
-    given, its ``dtype``; :func:`_contiguous` makes the kernels' copy once every argument
+    given, its ``dtype``; :func:`_readable` makes the kernels' copy once every argument
     is checked and the call's memory is known to fit."""
     if not isinstance(a, np.ndarray):
         a = np.asarray(a)
@@ -146,21 +146,6 @@ def _checked(name: str, a, shape_doc: str, ndim: int, dtype=None) -> np.ndarray:
     if a.ndim != ndim:
         raise ValueError(f"{name}: expected shape {shape_doc}, got shape {a.shape}")
     return a
-
-
-def _contiguous(a):
-    """``a`` itself when the kernels can read it (C-contiguous and aligned, writable or not),
-    else a C-contiguous copy; None stays None."""
-    if a is None:
-        return a
-    f = a.flags
-    return a if f.c_contiguous and f.aligned else np.array(a, order="C")
-
-
-def _copy_bytes(*arrays) -> int:
-    """Bytes :func:`_contiguous` allocates for ``arrays``."""
-    return sum(a.nbytes for a in arrays
-               if a is not None and not (a.flags.c_contiguous and a.flags.aligned))
 
 
 def _physical_memory() -> int | None:
@@ -213,6 +198,37 @@ def _scratch_bytes(T, B, I, H, itemsize, threads, backward=False, omega=False) -
     per_thread = (1024 * (H + I + 64) + 64 * H * itemsize + (1 << 18)) + 2 * TB * 8
     extra = (H * H + TB * H) * itemsize if omega else 0
     return 2 * packed + threads * per_thread + TB * 8 + extra
+
+
+def _readable(arrays: list, nbytes: int, what: str, workspace=None, slots=()) -> list:
+    """``arrays`` (None entries kept) as the kernels read them: each array itself when it is
+    C-contiguous and aligned, writable or not, else a C-contiguous copy; and a copy of an
+    array that is a view of the memory of a ``workspace`` slot in ``slots`` (the
+    :class:`ForwardResult` keeps its inputs for :func:`backward`: ``h0 = prev.h_last`` must
+    not change when this call writes ``h``; views of a slot have the slot's buffer as
+    ``base``, NumPy collapses chains of views). Before copying, the memory guard checks the
+    copies plus ``nbytes`` (the call's outputs and scratch). One pass, one ``flags`` each:
+    this runs at every call."""
+    copy = None
+    for i, a in enumerate(arrays):
+        if a is None:
+            continue
+        f = a.flags
+        if not (f.c_contiguous and f.aligned):
+            copy = (copy or []) + [i]
+        elif workspace is not None and a.base is not None:
+            raw = workspace._raw
+            if any(a.base is raw.get(n) for n in slots):
+                copy = (copy or []) + [i]
+    if copy:
+        nbytes += sum(arrays[i].nbytes for i in copy)
+    if nbytes > _SMALL_CALL:
+        _check_memory(nbytes, what)
+    if copy:
+        arrays = list(arrays)
+        for i in copy:
+            arrays[i] = np.array(arrays[i], order="C")
+    return arrays
 
 
 def _empty(shape, dtype, workspace: "Workspace | None" = None, name: str = "") -> np.ndarray:
@@ -268,18 +284,6 @@ class Workspace:
             raw = self._raw[name] = _core.empty((max(need, 1),), np.dtype(np.uint8))
         view = self._views[name] = raw[:need].view(dtype).reshape(shape)
         return view
-
-    def _detach(self, a, names=("h", "x")):
-        """``a``, or a copy of it when it is a view of the memory of slot ``names`` (the
-        :class:`ForwardResult` keeps its inputs for :func:`backward`: ``h0 = prev.h_last``
-        must not change when this call writes ``h``). Views of a slot have the slot's buffer
-        as ``base`` (NumPy collapses chains of views)."""
-        if a is None:
-            return a
-        base = a.base
-        if base is not None and any(base is self._raw.get(n) for n in names):
-            return a.copy()
-        return a
 
     @property
     def nbytes(self) -> int:
@@ -426,13 +430,11 @@ def forward(u, W_in, W_rec, b, h0=None, *, activation: str = "tanh", keep_x: boo
         h0 = _checked("h0", h0, "(B, H)", 2, dtype)
         _expect_shape("h0", h0, (B, H), "(B, H)")
     itemsize = dtype.itemsize
-    _check_memory((2 if keep_x else 1) * T * B * H * itemsize + _copy_bytes(u, W_in, W_rec, b, h0)
-                  + _scratch_bytes(T, B, I, H, itemsize, threads), "forward")
-    u, W_in, W_rec, b, h0 = (_contiguous(u), _contiguous(W_in), _contiguous(W_rec),
-                             _contiguous(b), _contiguous(h0))
-    if workspace is not None:  # the kernels copy such inputs too, but only for the call
-        d = workspace._detach
-        u, W_in, W_rec, b, h0 = d(u), d(W_in), d(W_rec), d(b), d(h0)
+    # The kernels copy an input inside a workspace output too, but only for the call.
+    u, W_in, W_rec, b, h0 = _readable(
+        [u, W_in, W_rec, b, h0],
+        (2 if keep_x else 1) * T * B * H * itemsize + _scratch_bytes(T, B, I, H, itemsize, threads),
+        "forward", workspace, ("h", "x"))
     h = _empty((T, B, H), dtype, workspace, "h")
     x = _empty((T, B, H), dtype, workspace, "x") if keep_x else None
     _core.forward(u, W_in, W_rec, b, h0, h, x, act, threads, schedule)
@@ -498,9 +500,9 @@ def backward(fwd: ForwardResult, dh=None, *, dh_last=None, omega: bool = False,
     itemsize = dtype.itemsize
     outputs = (T * B * H + (T * B * I if input_grad else 0) + H * I + H * H + H + B * H
                + (H * H if omega else 0)) * itemsize + (T * B * 8 if profile else 0)
-    _check_memory(outputs + _copy_bytes(dh, dh_last)
-                  + _scratch_bytes(T, B, I, H, itemsize, threads, True, omega), "backward")
-    dh, dh_last = _contiguous(dh), _contiguous(dh_last)
+    dh, dh_last = _readable([dh, dh_last],
+                            outputs + _scratch_bytes(T, B, I, H, itemsize, threads, True, omega),
+                            "backward")
 
     specs = [("dW_in", (H, I)), ("dW_rec", (H, H)), ("db", (H,)), ("dh0", (B, H)),
              ("dx", (T, B, H))] + ([("du", (T, B, I))] if input_grad else [])
