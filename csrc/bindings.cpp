@@ -1,14 +1,23 @@
 // Python bindings: the private module rnnfast._core. The public, validated API is in
-// python/rnnfast/core.py; these entry points re-check every buffer (dtype, C order, shape) so
-// that a wrong call raises instead of reading out of bounds, then release the GIL.
+// python/rnnfast/core.py; these entry points re-check every buffer (dtype, C order, alignment,
+// shape, codes) so that a wrong call raises instead of reading out of bounds, copy an input
+// that shares memory with an output, clamp the thread count, then release the GIL. A long
+// call checks for Ctrl-C between chunks of time steps.
+#include <pthread.h>
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <array>
+#include <atomic>
+#include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "build_config.hpp"
@@ -22,8 +31,9 @@ using rnnfast::Schedule;
 
 namespace {
 
-// The data pointer of `a` after checking dtype S, C order and shape; null for None when
-// `optional`.
+// The data pointer of `a` after checking dtype S, C order, alignment and shape; null for None
+// when `optional`. Inputs may be read-only (np.load(mmap_mode="r"), np.frombuffer); outputs
+// (`writable`) may not.
 template <typename S>
 S* buffer(const py::object& obj, const char* name, std::vector<Index> shape, bool optional = false,
           bool writable = false) {
@@ -37,7 +47,10 @@ S* buffer(const py::object& obj, const char* name, std::vector<Index> shape, boo
   auto a = py::reinterpret_borrow<py::array>(obj);
   if (!(a.flags() & py::array::c_style))
     throw py::value_error(std::string(name) + ": expected a C-contiguous array");
-  if (writable && !a.writeable()) throw py::value_error(std::string(name) + ": not writable");
+  if (writable && !a.writeable())
+    throw py::value_error(std::string(name) + ": expected a writable array (an output)");
+  if (reinterpret_cast<std::uintptr_t>(a.data()) % alignof(S) != 0)
+    throw py::value_error(std::string(name) + ": expected an array aligned to its element size");
   bool ok = a.ndim() == py::ssize_t(shape.size());
   for (size_t i = 0; ok && i < shape.size(); ++i) ok = a.shape(i) == shape[i];
   if (!ok) {
@@ -45,7 +58,98 @@ S* buffer(const py::object& obj, const char* name, std::vector<Index> shape, boo
     for (size_t i = 0; i < shape.size(); ++i) want += (i ? ", " : "") + std::to_string(shape[i]);
     throw py::value_error(std::string(name) + ": expected shape " + want + ")");
   }
-  return static_cast<S*>(a.mutable_data());
+  // Read-only inputs are only read: the kernels take them as const S*.
+  return const_cast<S*>(static_cast<const S*>(a.data()));
+}
+
+// The memory of one call's outputs. An input that overlaps an output is copied first: the
+// kernels write outputs while they still read inputs (h0 = h_last of an earlier call on the
+// same Workspace lies in this call's h), which would silently change the result.
+class OutputRanges {
+ public:
+  template <typename S>
+  void add(S* p, Index n, const char* name) {
+    if (!p || n <= 0) return;
+    const auto r = range(p, n);
+    for (int k = 0; k < count_; ++k)
+      if (r.first < ranges_[k].second && ranges_[k].first < r.second)
+        throw py::value_error(std::string(name) + ": shares memory with another output");
+    ranges_[count_++] = r;  // a call has at most kMax outputs
+  }
+  // `p` itself, or a copy of its n elements when they overlap an output.
+  template <typename S>
+  const S* detach(const S* p, Index n) {
+    if (!p || n <= 0) return p;
+    const auto r = range(p, n);
+    bool overlaps = false;
+    for (int k = 0; k < count_; ++k)
+      overlaps = overlaps || (r.first < ranges_[k].second && ranges_[k].first < r.second);
+    if (!overlaps) return p;
+    void* copy = rnnfast::aligned_memory(std::size_t(n) * sizeof(S));
+    copies_.emplace_back(copy);
+    std::memcpy(copy, p, std::size_t(n) * sizeof(S));
+    return static_cast<const S*>(copy);
+  }
+
+ private:
+  template <typename S>
+  static std::pair<std::uintptr_t, std::uintptr_t> range(const S* p, Index n) {
+    const auto a = reinterpret_cast<std::uintptr_t>(p);
+    return {a, a + std::uintptr_t(n) * sizeof(S)};
+  }
+  struct Free {
+    void operator()(void* p) const { std::free(p); }
+  };
+  static constexpr int kMax = 8;  // backward's outputs
+  std::array<std::pair<std::uintptr_t, std::uintptr_t>, kMax> ranges_;  // [begin, end) bytes
+  int count_ = 0;
+  std::vector<std::unique_ptr<void, Free>> copies_;  // allocates only when an input is copied
+};
+
+// Thread counts. A team larger than the machine only adds overhead, and very large ones
+// crash the OpenMP runtime (10**6 threads) or make it abort (1000): a call gets at most
+// max(processors, OpenMP's default team) threads, and at most OMP_THREAD_LIMIT.
+// After fork(), a child of a process that ran a team of several threads would wait forever
+// for the parent's threads inside libgomp (measured here, GCC's libgomp: the child's first
+// parallel region of two threads hangs; a region of one thread runs): such a child runs
+// every call on one thread.
+std::atomic<bool> team_started{false};     // a region of several threads has run here
+std::atomic<bool> forked_after_team{false};  // this process is a fork() child of one that had
+
+extern "C" void child_after_fork() {
+  if (team_started.load()) forked_after_team.store(true);
+}
+
+int thread_cap() {
+  if (forked_after_team.load()) return 1;
+  static const int cap = std::max(
+      1, std::min(omp_get_thread_limit(), std::max(omp_get_num_procs(), omp_get_max_threads())));
+  return cap;
+}
+
+// The team size of one call: num_threads clamped to [1, thread_cap()].
+int clamp_threads(int num_threads) { return std::max(1, std::min(num_threads, thread_cap())); }
+
+// Options::interrupted of calls from Python: Ctrl-C (any signal whose handler raises) stops a
+// long call. Runs on the calling thread (thread 0 of the team), which released the GIL; the
+// exception stays set for the binding to raise after the kernel returns.
+bool python_interrupted() {
+  py::gil_scoped_acquire gil;
+  return PyErr_CheckSignals() != 0;
+}
+
+rnnfast::Options options(const Dims& d, int activation, int num_threads, int schedule) {
+  if (activation < 0 || activation > int(Activation::Linear))
+    throw py::value_error("activation: expected a code in 0..3, got " + std::to_string(activation));
+  if (schedule < 0 || schedule > int(Schedule::Hidden))
+    throw py::value_error("schedule: expected a code in 0..3, got " + std::to_string(schedule));
+  rnnfast::Options opt;
+  opt.activation = Activation(activation);
+  opt.threads = clamp_threads(num_threads);
+  opt.schedule = Schedule(schedule);
+  opt.interrupted = &python_interrupted;
+  if (rnnfast::make_plan(d, opt).threads > 1) team_started.store(true);
+  return opt;
 }
 
 // Freed output arrays, kept for the next call. Fresh memory is page-faulted in from the
@@ -107,9 +211,14 @@ struct PooledBlock {
 // block of that size is free.
 py::array empty_aligned(const std::vector<py::ssize_t>& shape, const py::dtype& dtype) {
   std::size_t bytes = std::size_t(dtype.itemsize());
+  bool overflow = false;
   for (py::ssize_t n : shape) {
-    if (n < 0) throw py::value_error("empty: negative dimension");
-    bytes *= std::size_t(n);
+    if (n < 0) throw py::value_error("shape: expected non-negative dimensions");
+    overflow = overflow || __builtin_mul_overflow(bytes, std::size_t(n), &bytes);
+  }
+  if (overflow || bytes > (std::size_t(1) << 62)) {
+    PyErr_SetString(PyExc_MemoryError, "empty: the array's size overflows 2**62 bytes");
+    throw py::error_already_set();
   }
   const std::size_t size = rnnfast::aligned_size(bytes);
   void* p = OutputPool::instance().take(size);
@@ -137,20 +246,29 @@ void forward(const py::array& u, const py::object& W_in, const py::object& W_rec
              int activation, int num_threads, int schedule) {
   const Dims d = dims_of(u, W_rec);
   const auto [T, B, I, H] = d;
-  const rnnfast::Inputs<S> in{d,
-                              buffer<S>(u, "u", {T, B, I}),
-                              buffer<S>(W_in, "W_in", {H, I}),
-                              buffer<S>(W_rec, "W_rec", {H, H}),
-                              buffer<S>(b, "b", {H}),
-                              buffer<S>(h0, "h0", {B, H}, true)};
+  rnnfast::Inputs<S> in{d,
+                        buffer<S>(u, "u", {T, B, I}),
+                        buffer<S>(W_in, "W_in", {H, I}),
+                        buffer<S>(W_rec, "W_rec", {H, H}),
+                        buffer<S>(b, "b", {H}),
+                        buffer<S>(h0, "h0", {B, H}, true)};
   const rnnfast::States<S> out{buffer<S>(h, "h", {T, B, H}, false, true),
                                buffer<S>(x, "x", {T, B, H}, true, true)};
-  rnnfast::Options opt;
-  opt.activation = Activation(activation);
-  opt.threads = num_threads;
-  opt.schedule = Schedule(schedule);
-  py::gil_scoped_release nogil;
-  rnnfast::forward<S>(in, out, opt);
+  const rnnfast::Options opt = options(d, activation, num_threads, schedule);
+  OutputRanges outs;
+  outs.add(out.h, T * B * H, "h");
+  outs.add(out.x, T * B * H, "x");
+  in.u = outs.detach(in.u, T * B * I);
+  in.W_in = outs.detach(in.W_in, H * I);
+  in.W_rec = outs.detach(in.W_rec, H * H);
+  in.b = outs.detach(in.b, H);
+  in.h0 = outs.detach(in.h0, B * H);
+  bool done;
+  {
+    py::gil_scoped_release nogil;
+    done = rnnfast::forward<S>(in, out, opt);
+  }
+  if (!done) throw py::error_already_set();  // the exception python_interrupted left set
 }
 
 // Ω is on when omega_grad is given.
@@ -166,15 +284,15 @@ std::pair<double, double> backward(const py::array& u, const py::object& W_in,
                                    int activation, int num_threads, int schedule) {
   const Dims d = dims_of(u, W_rec);
   const auto [T, B, I, H] = d;
-  const rnnfast::Inputs<S> in{d,
-                              buffer<S>(u, "u", {T, B, I}),
-                              buffer<S>(W_in, "W_in", {H, I}),
-                              buffer<S>(W_rec, "W_rec", {H, H}),
-                              nullptr,  // b: not needed by the backward
-                              buffer<S>(h0, "h0", {B, H}, true)};
-  const rnnfast::States<const S> st{buffer<S>(h, "h", {T, B, H}), nullptr};
-  const rnnfast::Upstream<S> up{buffer<S>(dh, "dh", {T, B, H}, true),
-                                buffer<S>(dh_last, "dh_last", {B, H}, true)};
+  rnnfast::Inputs<S> in{d,
+                        buffer<S>(u, "u", {T, B, I}),
+                        buffer<S>(W_in, "W_in", {H, I}),
+                        buffer<S>(W_rec, "W_rec", {H, H}),
+                        nullptr,  // b: not needed by the backward
+                        buffer<S>(h0, "h0", {B, H}, true)};
+  rnnfast::States<const S> st{buffer<S>(h, "h", {T, B, H}), nullptr};
+  rnnfast::Upstream<S> up{buffer<S>(dh, "dh", {T, B, H}, true),
+                          buffer<S>(dh_last, "dh_last", {B, H}, true)};
   const rnnfast::Gradients<S> g{buffer<S>(dx, "dx", {T, B, H}, false, true),
                                 buffer<S>(dW_in, "dW_in", {H, I}, false, true),
                                 buffer<S>(dW_rec, "dW_rec", {H, H}, false, true),
@@ -183,14 +301,31 @@ std::pair<double, double> backward(const py::array& u, const py::object& W_in,
                                 buffer<S>(du, "du", {T, B, I}, true, true),
                                 buffer<S>(omega_grad, "omega_grad", {H, H}, true, true),
                                 buffer<double>(dh_norm, "dh_norm", {T, B}, true, true)};
-  rnnfast::Options opt;
-  opt.activation = Activation(activation);
-  opt.threads = num_threads;
-  opt.schedule = Schedule(schedule);
+  rnnfast::Options opt = options(d, activation, num_threads, schedule);
   opt.omega = g.omega_grad != nullptr;
   opt.omega_bound = omega_bound;
-  py::gil_scoped_release nogil;
-  const rnnfast::BackwardOut r = rnnfast::backward<S>(in, st, up, g, opt);
+  OutputRanges outs;
+  outs.add(g.dx, T * B * H, "dx");
+  outs.add(g.dW_in, H * I, "dW_in");
+  outs.add(g.dW_rec, H * H, "dW_rec");
+  outs.add(g.db, H, "db");
+  outs.add(g.dh0, B * H, "dh0");
+  outs.add(g.du, T * B * I, "du");
+  outs.add(g.omega_grad, H * H, "omega_grad");
+  outs.add(g.dh_norm, T * B, "dh_norm");
+  in.u = outs.detach(in.u, T * B * I);
+  in.W_in = outs.detach(in.W_in, H * I);
+  in.W_rec = outs.detach(in.W_rec, H * H);
+  in.h0 = outs.detach(in.h0, B * H);
+  st.h = outs.detach(st.h, T * B * H);
+  up.dh = outs.detach(up.dh, T * B * H);
+  up.dh_last = outs.detach(up.dh_last, B * H);
+  rnnfast::BackwardOut r;
+  {
+    py::gil_scoped_release nogil;
+    r = rnnfast::backward<S>(in, st, up, g, opt);
+  }
+  if (r.interrupted) throw py::error_already_set();  // the exception python_interrupted left set
   return {r.omega_sum, r.omega_pairs};
 }
 
@@ -291,5 +426,11 @@ PYBIND11_MODULE(_core, m) {
         "Free the memory kept from dropped output arrays; returns the bytes released");
   m.def("max_threads", []() { return omp_get_max_threads(); },
         "OpenMP's default team size (OMP_NUM_THREADS or the number of cores)");
+  m.def("thread_cap", &thread_cap,
+        "The most threads a call gets: max(processors, OpenMP's default team), at most "
+        "OMP_THREAD_LIMIT; 1 in a fork() child of a process that ran several threads");
+  m.def("forked_after_team", []() { return forked_after_team.load(); },
+        "Whether this process is a fork() child of one that ran a team of several threads");
+  pthread_atfork(nullptr, nullptr, &child_after_fork);
   m.def("build_info", &build_info);
 }

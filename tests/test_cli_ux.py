@@ -6,7 +6,6 @@ plain --help texts; the summary table of rnnfast train; the time estimate's mode
 import json
 import os
 import re
-import shutil
 from pathlib import Path
 
 import pytest

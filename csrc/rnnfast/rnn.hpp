@@ -35,6 +35,9 @@
 // Threads: every scratch buffer of a call is allocated before its first parallel region, and
 // nothing inside a region allocates or throws (an exception leaving a region, e.g. a failed
 // allocation, would terminate the process).
+// Interruption: a long call asks Options::interrupted between chunks of time steps (steps_per_poll)
+// and, when told to, returns early with its outputs unfinished (the bindings raise
+// KeyboardInterrupt); the arithmetic of a call that runs to the end does not depend on it.
 #pragma once
 
 #include <omp.h>
@@ -109,12 +112,16 @@ struct Options {
   Schedule schedule = Schedule::Auto;  // Auto: make_plan chooses
   bool omega = false;                  // backward: also Ω and ∂Ω/∂W_rec
   double omega_bound = 1e-20;          // backward: pairs with ‖δ_t‖² below it are left out of Ω
+  // Asked by thread 0 (the calling thread) between chunks of time steps; true stops the call,
+  // its outputs unfinished. Null: never asked.
+  bool (*interrupted)() = nullptr;
 };
 
 // Ω of a backward call, as a sum (the caller divides: Ω = omega_sum / omega_pairs).
 struct BackwardOut {
   double omega_sum = 0.0;    // Σ over valid pairs of (r − 1)²
   double omega_pairs = 0.0;  // number of valid (t, b) pairs
+  bool interrupted = false;  // stopped by Options::interrupted: the gradients are unfinished
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -164,6 +171,28 @@ inline Plan make_plan(const Dims& d, const Options& opt) {
   if (H >= 256) return {n, Schedule::Hidden};
   if (B >= n) return {n, Schedule::Batch};
   return {1, Schedule::Serial};
+}
+
+// Time steps between two questions to Options::interrupted: about 1e8 flops of work (a few
+// ms on one core), so that asking (which takes the Python lock) costs nothing measurable.
+inline Index steps_per_poll(const Dims& d) {
+  const double step = 2.0 * double(d.B) * double(d.H) * double(d.H + d.I) + 1.0;
+  return Index(std::max(1.0, std::min(double(std::max<Index>(d.T, 1)), 1e8 / step)));
+}
+
+// After `done` steps of a sweep: whether to stop. Thread 0 asks Options::interrupted every
+// `every` steps and every thread of the team gets its answer through `flag` (shared by the
+// team), so all threads leave the time loop at the same step.
+inline bool poll_stop(const Options& opt, Index every, Index done, int tid, int nt, int& flag) {
+  if (!opt.interrupted || done % every != 0) return false;
+  if (nt > 1) {
+#pragma omp barrier
+  }
+  if (tid == 0) flag = opt.interrupted() ? 1 : 0;
+  if (nt > 1) {
+#pragma omp barrier
+  }
+  return flag != 0;
 }
 
 // Whether every thread's per-step products have a single row (a batch of one sequence per
@@ -351,12 +380,15 @@ inline void row_sqnorms(const S* p, const S* q, Index ld, Index rows, Index cols
 // Forward: out.h (and out.x when not null) from `in`.
 
 // The time loop of one thread: z_t = b + u_t W_inᵀ + h_{t-1} W_recᵀ on its share, then
-// h_t = σ(z_t). z is built in place: in x when kept, else in h.
+// h_t = σ(z_t). z is built in place: in x when kept, else in h. Returns false when stopped by
+// Options::interrupted (`stop`: shared by the team).
 template <typename S>
-void forward_steps(const Inputs<S>& in, const States<S>& out, Activation act,
+bool forward_steps(const Inputs<S>& in, const States<S>& out, const Options& opt,
                    const PackedMatrix<S>& Wrt, const PackedMatrix<S>& Wit, bool split_input,
-                   const StepShare& sh, int tid, int nt) {
+                   const StepShare& sh, int tid, int nt, int& stop) {
   const auto [T, B, I, H] = in.dims;
+  const Activation act = opt.activation;
+  const Index every = steps_per_poll(in.dims);
   const Index BH = B * H, nb = sh.rows(), nc = sh.cols();
   S* z = out.x ? out.x : out.h;
   if (split_input) {  // z = b + u W_inᵀ for all T·B rows first, rows shared by the threads
@@ -381,11 +413,14 @@ void forward_steps(const Inputs<S>& in, const States<S>& out, Activation act,
     if (!sh.by_rows) {
 #pragma omp barrier
     }
+    if (t + 1 < T && poll_stop(opt, every, t + 1, tid, nt, stop)) return false;
   }
+  return true;
 }
 
+// Returns false when stopped by Options::interrupted (out unfinished).
 template <typename S>
-void forward(const Inputs<S>& in, const States<S>& out, const Options& opt) {
+bool forward(const Inputs<S>& in, const States<S>& out, const Options& opt) {
   const auto [T, B, I, H] = in.dims;
   const Plan plan = make_plan(in.dims, opt);
   const bool single_row = one_row_per_thread(plan, B);
@@ -394,6 +429,8 @@ void forward(const Inputs<S>& in, const States<S>& out, const Options& opt) {
   // When W_rec streams from memory at every step (PackedMatrix::streams), u_t W_inᵀ runs as
   // one blocked product over all steps first, so only W_rec is streamed per step.
   const bool split_input = Wrt.streams();
+
+  int stop = 0;  // shared by the team: Options::interrupted said stop
 
   // Split: panels of the packed weights while packing, then the steps by StepShare (batch
   // rows, or hidden columns when there are too few rows). Nothing inside allocates or throws.
@@ -406,8 +443,9 @@ void forward(const Inputs<S>& in, const States<S>& out, const Options& opt) {
     Wit.pack(in.W_in, /*rs=*/1, /*cs=*/I, p0, p1);
 #pragma omp barrier
     const StepShare sh = step_share(plan, B, H, Wrt.panels(), Wrt.panel_width(), tid, nt);
-    forward_steps(in, out, opt.activation, Wrt, Wit, split_input, sh, tid, nt);
+    forward_steps(in, out, opt, Wrt, Wit, split_input, sh, tid, nt, stop);
   }
+  return stop == 0;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -454,12 +492,16 @@ struct BackwardWork {
 // is h_{t+1}): δ_t = dh[t] + a[t+1] W_rec, then a[t] = δ_t ⊙ σ', built in place in dx; the
 // last iteration (t = −1) gives ∂E/∂h_0 = a[0] W_rec. On the way: ∂E/∂u_{t+1} = a[t+1] W_in
 // (unless split_input), ‖δ_t‖² partials and, with Ω, ‖v_t‖² partials. [q0, q1): the panels
-// of W_in (columns of ∂E/∂u) this thread computes.
+// of W_in (columns of ∂E/∂u) this thread computes. Returns false when stopped by
+// Options::interrupted (`stop`: shared by the team).
 template <typename S>
-void error_sweep(const Inputs<S>& in, const States<const S>& st, const Upstream<S>& up,
-                 const Gradients<S>& g, Activation act, bool omega, BackwardWork<S>& w,
-                 const StepShare& sh, Index q0, Index q1, int tid) {
+bool error_sweep(const Inputs<S>& in, const States<const S>& st, const Upstream<S>& up,
+                 const Gradients<S>& g, const Options& opt, BackwardWork<S>& w,
+                 const StepShare& sh, Index q0, Index q1, int tid, int nt, int& stop) {
   const auto [T, B, I, H] = in.dims;
+  const Activation act = opt.activation;
+  const bool omega = opt.omega;
+  const Index every = steps_per_poll(in.dims);
   const Index BH = B * H, TB = w.TB;
   const Index b0 = sh.b0, c0 = sh.c0, nb = sh.rows(), nc = sh.cols(), p0 = sh.p0, p1 = sh.p1;
   double* my_dn2 = w.dn2.empty() ? nullptr : w.dn2.data() + tid * TB;
@@ -504,7 +546,9 @@ void error_sweep(const Inputs<S>& in, const States<const S>& st, const Upstream<
     if (!sh.by_rows) {
 #pragma omp barrier
     }
+    if (t >= 0 && poll_stop(opt, every, T - t, tid, nt, stop)) return false;
   }
+  return true;
 }
 
 // ‖δ_t‖²: the per-thread partials summed into slot 0; dh_norm (T, B) = ‖δ_t‖ when not null.
@@ -580,7 +624,8 @@ void omega_weight_grad(const Dims& d, const Gradients<S>& g, BackwardWork<S>& w,
                  g.omega_grad + i0 * H, H);
 }
 
-// Fills every array of g; returns Ω's sum and pair count (zeros without Options::omega).
+// Fills every array of g; returns Ω's sum and pair count (zeros without Options::omega), or
+// `interrupted` with g unfinished when stopped by Options::interrupted.
 // Throws std::invalid_argument, before any work, for Options::omega without g.omega_grad.
 template <typename S>
 BackwardOut backward(const Inputs<S>& in, const States<const S>& st, const Upstream<S>& up,
@@ -593,6 +638,7 @@ BackwardOut backward(const Inputs<S>& in, const States<const S>& st, const Upstr
   BackwardWork<S> w(in.dims, plan, omega, norms);
   PackedMatrix<S>& Wr = w.Wr;
   PackedMatrix<S>& Wi = w.Wi;
+  int stop = 0;  // shared by the team: Options::interrupted said stop
 
   // Split: panels of the packed weights while packing, then the steps by StepShare (batch
   // rows, or hidden columns when there are too few rows), then, with split_input, the T·B rows
@@ -614,8 +660,8 @@ BackwardOut backward(const Inputs<S>& in, const States<const S>& st, const Upstr
       q0 = 0;
       q1 = Wi.panels();
     }
-    error_sweep(in, st, up, g, opt.activation, omega, w, sh, q0, q1, tid);
-    if (g.du && w.split_input) {  // ∂E/∂u = a W_in for all T·B rows, rows shared by the threads
+    const bool swept = error_sweep(in, st, up, g, opt, w, sh, q0, q1, tid, nt, stop);
+    if (swept && g.du && w.split_input) {  // ∂E/∂u = a W_in for all T·B rows, rows shared by the threads
 #pragma omp barrier
       Index r0, r1;
       share(w.TB, tid, nt, r0, r1);
@@ -623,8 +669,13 @@ BackwardOut backward(const Inputs<S>& in, const States<const S>& st, const Upstr
     }
   }
 
-  if (norms) reduce_norms(w.dn2, w.NT, w.TB, g.dh_norm);
   BackwardOut out;
+  // A long call asks once more before the weight products (a stage as long as the sweep).
+  if (stop || (opt.interrupted && T > steps_per_poll(in.dims) && opt.interrupted())) {
+    out.interrupted = true;
+    return out;
+  }
+  if (norms) reduce_norms(w.dn2, w.NT, w.TB, g.dh_norm);
   if (omega) out = omega_terms(w.dn2, w.vn2, w.coef, w.NT, w.TB, opt.omega_bound);
 
   // Split: rows of the (H-row) outputs, so no thread adds into another's rows (no reduction);

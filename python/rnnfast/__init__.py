@@ -26,6 +26,7 @@ from .core import (
     final_state,
     forward,
     get_num_threads,
+    max_num_threads,
     release_memory,
     set_num_threads,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "final_state",
     "forward",
     "get_num_threads",
+    "max_num_threads",
     "release_memory",
     "set_num_threads",
     "__version__",

@@ -13,15 +13,30 @@ Shapes: ``u`` (T, B, I), ``W_in`` (H, I), ``W_rec`` (H, H), ``b`` (H,), ``h0`` (
 ``h`` (T, B, H) — T time steps, B sequences, I inputs, H hidden units. The authors' Theano code
 multiplies row vectors from the right (``h·W_hh``), so their ``W_hh`` is our ``W_rec.T``.
 
-Arrays are float32 or float64 (all of one dtype). C-contiguous arrays are used without a copy;
-others (Fortran order, strided views) are copied once. The kernels release the GIL, so several
-Python threads may run them at once.
+Arrays are float32 or float64 (all of one dtype). C-contiguous arrays are used without a copy,
+read-only ones included (``np.load(..., mmap_mode="r")``, ``np.frombuffer``); others (Fortran
+order, strided views, misaligned) are copied once. An input that shares memory with an output
+of the call (``h0`` = ``h_last`` of an earlier call on the same :class:`Workspace`) is copied
+before the outputs are written.
+
+Threads: a call runs on at most :func:`max_num_threads` threads (the number of processors, or
+OpenMP's default team when it is larger, at most ``OMP_THREAD_LIMIT``); a larger ``num_threads``
+is clamped to it. In a ``fork()`` child of a process that has run the kernels on several
+threads, every call runs on one thread: GCC's OpenMP runtime cannot start a team there (the
+child would wait forever for the parent's threads). ``spawn`` / ``forkserver`` children are
+not affected. The kernels release the GIL, so several Python threads may run them at once.
+
+Resources: before allocating, a call computes the memory it needs (outputs, copies of inputs,
+the kernels' scratch) and raises ``MemoryError`` naming the size when it exceeds the machine's
+physical memory (for a call over 1 GiB, the memory available now). A long call checks for
+Ctrl-C between chunks of time steps (every ~10⁸ flops) and raises ``KeyboardInterrupt``.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+import os
 
 import numpy as np
 
@@ -37,6 +52,7 @@ __all__ = [
     "final_state",
     "forward",
     "get_num_threads",
+    "max_num_threads",
     "release_memory",
     "set_num_threads",
 ]
@@ -50,16 +66,30 @@ _SCHEDULES = {"auto": 0, "serial": 1, "batch": 2, "hidden": 3}
 _default_threads: int | None = None
 
 
+#: The most threads a call gets in this process (see max_num_threads); read once.
+_THREAD_CAP = int(_core.thread_cap())
+
+
 def set_num_threads(n: int | None) -> None:
     """Set the default thread count of the kernels (``None``: OpenMP's default, i.e.
-    ``OMP_NUM_THREADS`` or the number of cores). A per-call ``num_threads`` overrides it."""
+    ``OMP_NUM_THREADS`` or the number of cores). A per-call ``num_threads`` overrides it.
+    A positive int; values above :func:`max_num_threads` are clamped to it."""
     global _default_threads
     _default_threads = None if n is None else _check_threads(n)
 
 
 def get_num_threads() -> int:
-    """The thread count a call without ``num_threads`` uses."""
-    return _default_threads if _default_threads is not None else int(_core.max_threads())
+    """The thread count a call without ``num_threads`` uses (at most :func:`max_num_threads`)."""
+    n = _default_threads if _default_threads is not None else int(_core.max_threads())
+    return min(n, max_num_threads())
+
+
+def max_num_threads() -> int:
+    """The most threads one call runs on: the number of processors this process may use, or
+    OpenMP's default team (``OMP_NUM_THREADS``) when that is larger, and at most
+    ``OMP_THREAD_LIMIT``; 1 in a ``fork()`` child of a process that ran the kernels on several
+    threads (OpenMP cannot start a team there). Larger requests are clamped to it."""
+    return int(_core.thread_cap())
 
 
 def release_memory() -> int:
@@ -69,15 +99,23 @@ def release_memory() -> int:
 
 
 def _check_threads(n) -> int:
+    """``num_threads`` validated (a positive int or None) and clamped to the threads a call can
+    get (the kernels clamp again, to 1 in a fork() child)."""
     if type(n) is int and n >= 1:  # the common case, without the slow ABC check below
-        return n
+        return n if n <= _THREAD_CAP else _THREAD_CAP
     if n is None:
         return get_num_threads()
     if isinstance(n, bool) or not isinstance(n, numbers.Integral):
         raise TypeError(f"num_threads: expected a positive int, got {n!r}")
     if n < 1:
         raise ValueError(f"num_threads: expected a positive int, got {n}")
-    return int(n)
+    return min(int(n), _THREAD_CAP)
+
+
+def _check_workspace(workspace) -> None:
+    if workspace is not None and not isinstance(workspace, Workspace):
+        raise TypeError(f"workspace: expected an rnnfast.Workspace or None, got "
+                        f"{type(workspace).__name__}")
 
 
 def _activation_code(activation) -> int:
@@ -92,8 +130,10 @@ def _schedule_code(schedule) -> int:
     return _SCHEDULES[schedule]
 
 
-def _array(name: str, a, shape_doc: str, ndim: int, dtype=None) -> np.ndarray:
-    """``a`` as a C-contiguous float array with ``ndim`` dimensions and, if given, ``dtype``."""
+def _checked(name: str, a, shape_doc: str, ndim: int, dtype=None) -> np.ndarray:
+    """``a`` as a float array (an ndarray is not copied) after checking its ``ndim`` and, if
+    given, its ``dtype``; :func:`_readable` makes the kernels' copy once every argument
+    is checked and the call's memory is known to fit."""
     if not isinstance(a, np.ndarray):
         a = np.asarray(a)
     if a.dtype not in (np.float32, np.float64):
@@ -105,7 +145,90 @@ def _array(name: str, a, shape_doc: str, ndim: int, dtype=None) -> np.ndarray:
         )
     if a.ndim != ndim:
         raise ValueError(f"{name}: expected shape {shape_doc}, got shape {a.shape}")
-    return np.ascontiguousarray(a)
+    return a
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # no sysconf names: no physical bound
+        return None
+
+
+def _available_memory() -> int | None:
+    """MemAvailable of /proc/meminfo (Linux), in bytes; None elsewhere."""
+    try:
+        with open("/proc/meminfo", "rb") as f:
+            for line in f:
+                if line.startswith(b"MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+_PHYSICAL_MEMORY = _physical_memory()
+_SMALL_CALL = 1 << 26  # bytes: calls below it are never checked (the common case, no cost)
+_LARGE_CALL = 1 << 30  # bytes: calls above it are checked against the memory available now
+
+
+def _check_memory(nbytes: int, what: str) -> None:
+    """Raise MemoryError naming ``nbytes`` when a call that needs that much cannot fit: more
+    than the machine's physical memory or, above 1 GiB, more than is available now."""
+    if nbytes <= _SMALL_CALL:
+        return
+    limit, kind = _PHYSICAL_MEMORY, "physical memory"
+    if nbytes > _LARGE_CALL:
+        available = _available_memory()
+        if available is not None and (limit is None or available < limit):
+            limit, kind = available, "memory available now"
+    if limit is not None and nbytes > limit:
+        raise MemoryError(f"{what}: needs {nbytes / 2**30:.3g} GiB ({nbytes} bytes), more than "
+                          f"the {limit / 2**30:.3g} GiB of {kind}")
+
+
+def _scratch_bytes(T, B, I, H, itemsize, threads, backward=False, omega=False) -> int:
+    """An upper bound of the memory the kernels allocate for one call besides its outputs:
+    the packed weights (columns rounded up to whole panels) and, for the backward, per-thread
+    norms, Ω's (H, H) and (T, B, H) scratch and the weight-gradient product's buffers."""
+    packed = (H + I) * (H + 64) * itemsize
+    if not backward:
+        return packed
+    TB = T * B
+    per_thread = (1024 * (H + I + 64) + 64 * H * itemsize + (1 << 18)) + 2 * TB * 8
+    extra = (H * H + TB * H) * itemsize if omega else 0
+    return 2 * packed + threads * per_thread + TB * 8 + extra
+
+
+def _readable(arrays: list, nbytes: int, what: str, workspace=None, slots=()) -> list:
+    """``arrays`` (None entries kept) as the kernels read them: each array itself when it is
+    C-contiguous and aligned, writable or not, else a C-contiguous copy; and a copy of an
+    array that is a view of the memory of a ``workspace`` slot in ``slots`` (the
+    :class:`ForwardResult` keeps its inputs for :func:`backward`: ``h0 = prev.h_last`` must
+    not change when this call writes ``h``; views of a slot have the slot's buffer as
+    ``base``, NumPy collapses chains of views). Before copying, the memory guard checks the
+    copies plus ``nbytes`` (the call's outputs and scratch). One pass, one ``flags`` each:
+    this runs at every call."""
+    copy = None
+    for i, a in enumerate(arrays):
+        if a is None:
+            continue
+        f = a.flags
+        if not (f.c_contiguous and f.aligned):
+            copy = (copy or []) + [i]
+        elif workspace is not None and a.base is not None:
+            raw = workspace._raw
+            if any(a.base is raw.get(n) for n in slots):
+                copy = (copy or []) + [i]
+    if copy:
+        nbytes += sum(arrays[i].nbytes for i in copy)
+    if nbytes > _SMALL_CALL:
+        _check_memory(nbytes, what)
+    if copy:
+        arrays = list(arrays)
+        for i in copy:
+            arrays[i] = np.array(arrays[i], order="C")
+    return arrays
 
 
 def _empty(shape, dtype, workspace: "Workspace | None" = None, name: str = "") -> np.ndarray:
@@ -141,6 +264,9 @@ class Workspace:
 
     The arrays returned by a call that used a workspace are overwritten by the next call
     that uses it: copy whatever must outlive the next call. One workspace serves one thread.
+
+    Inputs may be arrays a previous call returned from the workspace (``h0=prev.h_last``):
+    the kernels copy an input that shares memory with an output before writing.
     """
 
     def __init__(self):
@@ -271,7 +397,9 @@ def forward(u, W_in, W_rec, b, h0=None, *, activation: str = "tanh", keep_x: boo
     keep_x : bool
         Also store the pre-activations x_t (one more (T, B, H) array).
     num_threads : int, optional
-        Threads for this call (default: :func:`get_num_threads`). Small problems use one.
+        Threads for this call (default: :func:`get_num_threads`): a positive int, clamped to
+        :func:`max_num_threads` (1 in a fork() child of a process that ran several). Small
+        problems use one.
     workspace : Workspace, optional
         Reuse the memory of the previous call with this workspace for ``h`` and ``x``.
 
@@ -284,22 +412,29 @@ def forward(u, W_in, W_rec, b, h0=None, *, activation: str = "tanh", keep_x: boo
     act = _activation_code(activation)
     threads = _check_threads(num_threads)
     schedule = _schedule_code(_schedule)
-    u = _array("u", u, "(T, B, I)", 3)
+    _check_workspace(workspace)
+    u = _checked("u", u, "(T, B, I)", 3)
     dtype = u.dtype
     T, B, I = u.shape
     if T == 0 or B == 0:
         raise ValueError(f"u: expected at least one time step and one sequence, got shape {u.shape}")
-    W_rec = _array("W_rec", W_rec, "(H, H)", 2, dtype)
+    W_rec = _checked("W_rec", W_rec, "(H, H)", 2, dtype)
     H = W_rec.shape[0]
     if H == 0 or W_rec.shape != (H, H):
         raise ValueError(f"W_rec: expected a square (H, H) matrix with H ≥ 1, got shape {W_rec.shape}")
-    W_in = _array("W_in", W_in, "(H, I)", 2, dtype)
+    W_in = _checked("W_in", W_in, "(H, I)", 2, dtype)
     _expect_shape("W_in", W_in, (H, I), "(H, I)")
-    b = _array("b", b, "(H,)", 1, dtype)
+    b = _checked("b", b, "(H,)", 1, dtype)
     _expect_shape("b", b, (H,), "(H,)")
     if h0 is not None:
-        h0 = _array("h0", h0, "(B, H)", 2, dtype)
+        h0 = _checked("h0", h0, "(B, H)", 2, dtype)
         _expect_shape("h0", h0, (B, H), "(B, H)")
+    itemsize = dtype.itemsize
+    # The kernels copy an input inside a workspace output too, but only for the call.
+    u, W_in, W_rec, b, h0 = _readable(
+        [u, W_in, W_rec, b, h0],
+        (2 if keep_x else 1) * T * B * H * itemsize + _scratch_bytes(T, B, I, H, itemsize, threads),
+        "forward", workspace, ("h", "x"))
     h = _empty((T, B, H), dtype, workspace, "h")
     x = _empty((T, B, H), dtype, workspace, "x") if keep_x else None
     _core.forward(u, W_in, W_rec, b, h0, h, x, act, threads, schedule)
@@ -335,6 +470,7 @@ def backward(fwd: ForwardResult, dh=None, *, dh_last=None, omega: bool = False,
         Compute ``g.u`` = ∂E/∂u (default). A training update that does not need it passes
         False: ``g.u`` is then None, and W_in is not packed a second time.
     num_threads : int, optional
+        As in :func:`forward`: a positive int, clamped to :func:`max_num_threads`.
     workspace : Workspace, optional
         Reuse the memory of the previous call with this workspace for the gradients.
 
@@ -346,20 +482,27 @@ def backward(fwd: ForwardResult, dh=None, *, dh_last=None, omega: bool = False,
         raise TypeError(f"fwd: expected the ForwardResult of rnnfast.forward, got {type(fwd).__name__}")
     threads = _check_threads(num_threads)
     schedule = _schedule_code(_schedule)
+    _check_workspace(workspace)
     T, B, H = fwd.h.shape
     I = fwd.u.shape[2]
     dtype = fwd.h.dtype
     if dh is None and dh_last is None:
         raise ValueError("backward: give dh (T, B, H) and/or dh_last (B, H)")
-    if dh is not None:
-        dh = _array("dh", dh, "(T, B, H)", 3, dtype)
+    if dh is not None:  # shape first: a wrong broadcast view must not be copied
+        dh = _checked("dh", dh, "(T, B, H)", 3, dtype)
         _expect_shape("dh", dh, (T, B, H), "(T, B, H) of fwd")
     if dh_last is not None:
-        dh_last = _array("dh_last", dh_last, "(B, H)", 2, dtype)
+        dh_last = _checked("dh_last", dh_last, "(B, H)", 2, dtype)
         _expect_shape("dh_last", dh_last, (B, H), "(B, H) of fwd")
     omega_bound = float(omega_bound)
     if not omega_bound >= 0.0:
         raise ValueError(f"omega_bound: expected a non-negative number, got {omega_bound}")
+    itemsize = dtype.itemsize
+    outputs = (T * B * H + (T * B * I if input_grad else 0) + H * I + H * H + H + B * H
+               + (H * H if omega else 0)) * itemsize + (T * B * 8 if profile else 0)
+    dh, dh_last = _readable([dh, dh_last],
+                            outputs + _scratch_bytes(T, B, I, H, itemsize, threads, True, omega),
+                            "backward")
 
     specs = [("dW_in", (H, I)), ("dW_rec", (H, H)), ("db", (H,)), ("dh0", (B, H)),
              ("dx", (T, B, H))] + ([("du", (T, B, I))] if input_grad else [])
@@ -388,7 +531,7 @@ def final_state(u, W_in, W_rec, b, h0=None, *, activation: str = "tanh",
     Runs the sequence in time chunks of about ``chunk_elements`` state values (T_c·B·H),
     carrying the state across chunks. Same arguments as :func:`forward`; returns (B, H).
     """
-    u = _array("u", u, "(T, B, I)", 3)
+    u = _checked("u", u, "(T, B, I)", 3)
     T, B, _ = u.shape
     W_rec_arr = np.asarray(W_rec)
     H = W_rec_arr.shape[0] if W_rec_arr.ndim == 2 else 1

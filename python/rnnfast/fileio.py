@@ -7,6 +7,8 @@ models, checkpoints, histories and results.
 * :func:`write_npz` / :func:`read_npz`: arrays plus a JSON header (``format``, ``version``,
   ...) in one ``.npz``; reading checks the whole archive and its format name.
 * :func:`json_safe`: strict-JSON values (NaN -> null, ±inf -> "inf"/"-inf").
+* :class:`LoadLimits`: the resource limits of the loaders of untrusted files (bytes read or
+  decompressed, elements, nesting depth); exceeding one raises :class:`LimitError`.
 """
 
 from __future__ import annotations
@@ -18,16 +20,74 @@ import math
 import os
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["CheckpointError", "atomic_write", "atomic_write_text", "atomic_write_json",
-           "json_safe", "write_npz", "read_npz", "csv_text"]
+__all__ = ["CheckpointError", "LimitError", "LoadLimits", "atomic_write", "atomic_write_text",
+           "atomic_write_json", "json_safe", "write_npz", "read_npz", "read_bytes", "csv_text",
+           "NPZ_MAX_BYTES"]
 
 
 class CheckpointError(ValueError):
     """A model or checkpoint file is corrupt, truncated or does not fit."""
+
+
+class LimitError(ValueError):
+    """A file exceeds a resource limit of its loader (:class:`LoadLimits`); nothing large was
+    allocated."""
+
+
+@dataclass(frozen=True)
+class LoadLimits:
+    """Resource limits of a loader of untrusted data files. Each bounds the memory a file can
+    make the loader use, whatever the file claims; exceeding one raises :class:`LimitError`
+    naming the file, the limit and how to raise it.
+
+    Attributes
+    ----------
+    max_bytes : int
+        Bytes read from a file, and bytes decompressed from it (``.mat``). Default 64 MiB
+        (the largest real data file, MuseData's pickle, has 5.8 MB; its ``.mat``
+        decompresses to 35 MB).
+    max_elements : int
+        Elements a data set may expand to: time steps plus notes of a music pickle, counted
+        with repetition (a list referenced twice counts twice), or time steps of a ``.mat``.
+        Default 5·10⁶ (MuseData: 1.75·10⁶).
+    max_depth : int
+        Containers nested in containers in a pickle (the music format has 4). Default 16.
+    """
+
+    max_bytes: int = 64 << 20
+    max_elements: int = 5_000_000
+    max_depth: int = 16
+
+    def __post_init__(self):
+        for k in ("max_bytes", "max_elements", "max_depth"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{k}: expected a positive int, got {v!r}")
+
+
+def read_bytes(path, max_bytes: int) -> bytes:
+    """The content of ``path``, refusing (LimitError) a file of more than ``max_bytes``
+    before reading it."""
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > max_bytes:
+            raise LimitError(f"{path}: {size} bytes, more than max_bytes={max_bytes} "
+                             "(pass limits=LoadLimits(max_bytes=...) to read it)")
+        data = f.read(size + 1)  # read() allocates what it is asked for: ask for the size
+    if len(data) > max_bytes:  # it grew while read
+        raise LimitError(f"{path}: more than max_bytes={max_bytes} bytes")
+    return data
+
+
+#: The most bytes :func:`read_npz` decompresses from one file unless told otherwise.
+NPZ_MAX_BYTES = 4 << 30
 
 
 def _current_umask() -> int:
@@ -137,8 +197,33 @@ def write_npz(path, arrays, meta):
     atomic_write(path, lambda f: np.savez(f, **payload))
 
 
-def read_npz(path, expected_format):
+def _check_npz_sizes(z: zipfile.ZipFile, path: str, max_bytes: int) -> None:
+    """Refuse an archive whose members decompress to more than ``max_bytes`` in all, or whose
+    array header claims more data than its member holds (NumPy allocates the claimed array
+    before reading it), before anything is decompressed."""
+    total = sum(info.file_size for info in z.infolist())
+    if total > max_bytes:
+        raise CheckpointError(f"{path!r}: its members decompress to {total} bytes, more than "
+                              f"max_bytes={max_bytes}")
+    for info in z.infolist():
+        if not info.filename.endswith(".npy"):
+            continue
+        with z.open(info) as m:
+            version = np.lib.format.read_magic(m)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(m)
+            else:
+                shape, _, dtype = np.lib.format.read_array_header_2_0(m)
+        if math.prod(shape) * dtype.itemsize > info.file_size:
+            raise CheckpointError(f"{path!r}: member {info.filename!r} claims an array of "
+                                  f"shape {shape} {dtype}, more than its {info.file_size} bytes")
+
+
+def read_npz(path, expected_format, *, max_bytes: int = NPZ_MAX_BYTES):
     """Read an archive written by :func:`write_npz`, fully, with clear errors.
+
+    ``max_bytes`` bounds the bytes decompressed: a zip bomb raises CheckpointError before
+    anything is decompressed.
 
     Returns
     -------
@@ -157,6 +242,11 @@ def read_npz(path, expected_format):
         raise FileNotFoundError(f"no such file: {path!r}")
     try:
         with open(path, "rb") as fh:
+            if zipfile.is_zipfile(fh):
+                fh.seek(0)
+                with zipfile.ZipFile(fh) as zf:
+                    _check_npz_sizes(zf, path, max_bytes)
+            fh.seek(0)
             z = np.load(fh, allow_pickle=False)
             if not hasattr(z, "files"):  # a plain .npy array, not an archive
                 raise CheckpointError(f"{path!r} is a single array, not an rnnfast .npz archive")
@@ -164,7 +254,9 @@ def read_npz(path, expected_format):
                 arrays = {k: z[k] for k in z.files}
     except CheckpointError:
         raise
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as e:
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, NotImplementedError,
+            RuntimeError, zlib.error, MemoryError) as e:
+        # NotImplementedError: an unknown compression method; RuntimeError: encrypted member
         raise CheckpointError(
             f"{path!r} is not a readable rnnfast file (corrupt or truncated?): {e}"
         ) from e

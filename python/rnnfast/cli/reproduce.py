@@ -243,7 +243,7 @@ def _connect_cluster(args):
 
 def _run_synthetic(args, settings, out, executor):
     from ..experiments import synthetic as syn
-    from ..experiments.sweep import config_hash, format_duration
+    from ..experiments.sweep import config_hash
 
     if executor is not None:
         workers = executor.max_workers

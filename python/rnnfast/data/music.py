@@ -13,6 +13,10 @@ Two on-disk formats are read:
 A piece is held as a boolean piano roll ``(T, 88)``: row ``t`` is time step ``t`` and
 column ``k`` is the piano key with MIDI number ``k + 21`` (keys 21..108).
 
+Files are untrusted: the loaders take :class:`rnnfast.fileio.LoadLimits` (bytes read or
+decompressed, elements, nesting depth) and raise :class:`rnnfast.fileio.LimitError` (a
+ValueError) before the memory a file claims is allocated.
+
 Batches for a trainer come from :class:`MusicBatches` (or :meth:`MusicData.batches`).
 """
 from __future__ import annotations
@@ -24,12 +28,16 @@ import itertools
 import os
 import pickle
 import re
+import reprlib
+import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 
+from ..fileio import LimitError, LoadLimits, read_bytes
 from ..nn.batch import Batch
 
 __all__ = [
@@ -98,7 +106,34 @@ class RestrictedUnpickler(pickle.Unpickler):
             f"refusing persistent id {pid!r}: only plain containers and numbers are allowed")
 
 
-def restricted_loads(data: bytes, *, source: str = "<bytes>"):
+_repr = reprlib.Repr()  # error messages show at most a few levels and items of a value
+_repr.maxlevel, _repr.maxlist, _repr.maxstring, _repr.maxother = 3, 4, 40, 40
+_CONTAINERS = (list, tuple, dict, set, frozenset)
+
+
+def _check_size(obj, source: str, limits: LoadLimits) -> None:
+    """Refuse ``obj`` when its containers nest deeper than ``limits.max_depth`` or hold more
+    than ``limits.max_elements`` entries in all, counted with repetition (what converting it
+    allocates: a list referenced a thousand times counts a thousand times). Iterative: no
+    recursion, and it stops at the first limit crossed."""
+    total = 0
+    stack = [(obj, 1)]
+    while stack:
+        c, depth = stack.pop()
+        if depth > limits.max_depth:
+            raise LimitError(f"{source}: containers nested deeper than max_depth="
+                             f"{limits.max_depth}")
+        items = list(c.keys()) + list(c.values()) if isinstance(c, dict) else c
+        total += len(items)
+        if total > limits.max_elements:
+            raise LimitError(f"{source}: more than max_elements={limits.max_elements} "
+                             "elements (steps and notes, repeated references counted each "
+                             "time); pass limits=LoadLimits(max_elements=...) to read it")
+        if not set(map(type, items)).isdisjoint(_CONTAINERS):
+            stack.extend((x, depth + 1) for x in items if isinstance(x, _CONTAINERS))
+
+
+def restricted_loads(data: bytes, *, source: str = "<bytes>", limits: Optional[LoadLimits] = None):
     """Unpickle ``data`` with :class:`RestrictedUnpickler`.
 
     Parameters
@@ -107,14 +142,22 @@ def restricted_loads(data: bytes, *, source: str = "<bytes>"):
         The whole pickle; trailing bytes after the pickle's STOP are an error.
     source : str
         Name used in error messages (usually the file path).
+    limits : LoadLimits, optional
+        ``max_bytes`` of ``data``; ``max_depth`` and ``max_elements`` of the object it holds
+        (checked before anything expands it). Default: ``LoadLimits()``.
 
     Raises
     ------
     UnsafePickleError
         The pickle tried to import a global; the message names it (e.g. ``posix.system``).
+    LimitError
+        A limit is exceeded.
     ValueError
         Truncated, corrupt or non-pickle data.
     """
+    limits = LoadLimits() if limits is None else limits
+    if len(data) > limits.max_bytes:
+        raise LimitError(f"{source}: {len(data)} bytes, more than max_bytes={limits.max_bytes}")
     # A buffered reader lets the C unpickler prefetch with peek() (3x faster than BytesIO);
     # reads stay exact, so tell() is the end of the pickle.
     f = io.BufferedReader(io.BytesIO(data), buffer_size=1 << 20)
@@ -129,6 +172,7 @@ def restricted_loads(data: bytes, *, source: str = "<bytes>"):
         raise ValueError(f"{source}: {kind}: {type(e).__name__}: {e}") from None
     if f.tell() != len(data):
         raise ValueError(f"{source}: {len(data) - f.tell()} bytes of trailing data after the pickle")
+    _check_size(obj, source, limits)
     return obj
 
 
@@ -203,8 +247,8 @@ def _split_to_rolls(seqs, source: str, split: str) -> list:
 
     if set(map(type, flat)) - {int}:
         k = next(k for k, n in enumerate(flat) if type(n) is not int)
-        raise ValueError(f"{locate_note(k)}: note {flat[k]!r} is a {type(flat[k]).__name__}, "
-                         "expected an int MIDI note number")
+        raise ValueError(f"{locate_note(k)}: note {_repr.repr(flat[k])} is a "
+                         f"{type(flat[k]).__name__}, expected an int MIDI note number")
     try:
         notes = np.array(flat, dtype=np.int64)
     except OverflowError:
@@ -268,7 +312,8 @@ class MusicData:
         return MusicBatches(self.split(split), batch_size, **kwargs)
 
 
-def load_music_pickle(path: PathLike, *, name: Optional[str] = None) -> MusicData:
+def load_music_pickle(path: PathLike, *, name: Optional[str] = None,
+                      limits: Optional[LoadLimits] = None) -> MusicData:
     """Load a Boulanger-Lewandowski music pickle safely.
 
     Parameters
@@ -278,20 +323,27 @@ def load_music_pickle(path: PathLike, *, name: Optional[str] = None) -> MusicDat
         Extra top-level keys are ignored.
     name : str, optional
         Data set name; defaults to the file stem.
+    limits : LoadLimits, optional
+        Resource limits (default ``LoadLimits()``): the file's size (``max_bytes``; the
+        unpickled objects take at most ~64 bytes per byte of pickle), the nesting depth and
+        the steps plus notes the pieces expand to (``max_elements``; the rolls and the
+        conversion take at most ~120 bytes per element, 0.6 GB at the default).
 
     Raises
     ------
     UnsafePickleError
         The pickle tries to import a global; nothing is executed.
+    LimitError
+        A limit is exceeded (before the data are expanded).
     ValueError
         Truncated/corrupt file, wrong top-level type, missing split, wrong nesting,
         non-int notes or notes outside 21..108; the message names the file and position.
     """
     path = os.fspath(path)
-    with open(path, "rb") as f:
-        raw = f.read()
+    limits = LoadLimits() if limits is None else limits
+    raw = read_bytes(path, limits.max_bytes)
     with _gc_paused():
-        obj = restricted_loads(raw, source=path)
+        obj = restricted_loads(raw, source=path, limits=limits)
         rolls = _pickle_rolls(obj, path)
     return MusicData(name or Path(path).stem, path, **rolls)
 
@@ -303,11 +355,48 @@ def _pickle_rolls(obj, path: str) -> dict:
     missing = [s for s in SPLITS if s not in obj]
     if missing:
         raise ValueError(f"{path}: missing split(s) {missing}; keys found: "
-                         f"{sorted(map(repr, obj))}")
+                         f"{sorted(map(_repr.repr, obj))[:20]}")
     return {s: _split_to_rolls(obj[s], path, s) for s in SPLITS}
 
 
-def load_music_mat(path: PathLike, *, name: Optional[str] = None) -> MusicData:
+def _mat_decompressed_bytes(path: str, max_bytes: int) -> int:
+    """Bytes a MATLAB v5 file holds once its compressed elements are inflated, counted by
+    inflating them in bounded pieces (nothing kept); LimitError as soon as the count passes
+    ``max_bytes``. Files that are not v5 are left to scipy's reader."""
+    raw = read_bytes(path, max_bytes)
+    if len(raw) < 128 or raw[126:128] not in (b"IM", b"MI"):
+        return len(raw)
+    order = "<" if raw[126:128] == b"IM" else ">"
+    total, pos = 128, 128
+    while pos + 8 <= len(raw):
+        kind, nbytes = struct.unpack(order + "II", raw[pos:pos + 8])
+        if kind >> 16:  # small data element: the data sit in the tag
+            pos += 8
+            total += 8
+            continue
+        body = raw[pos + 8:pos + 8 + nbytes]
+        if kind == 15:  # miCOMPRESSED
+            d = zlib.decompressobj()
+            chunk = body
+            try:
+                while chunk:
+                    total += len(d.decompress(chunk, 1 << 20))
+                    if total > max_bytes:
+                        raise LimitError(f"{path}: decompresses to more than max_bytes="
+                                         f"{max_bytes} bytes (pass limits=LoadLimits("
+                                         "max_bytes=...) to read it)")
+                    chunk = d.unconsumed_tail
+            except zlib.error as e:
+                raise ValueError(f"{path}: corrupt compressed data: {e}") from None
+            pos += 8 + nbytes
+        else:
+            total += 8 + nbytes
+            pos += 8 + nbytes + (-nbytes) % 8
+    return total
+
+
+def load_music_mat(path: PathLike, *, name: Optional[str] = None,
+                   limits: Optional[LoadLimits] = None) -> MusicData:
     """Load the ``.mat`` version of a music data set (needs SciPy).
 
     Parameters
@@ -317,11 +406,16 @@ def load_music_mat(path: PathLike, *, name: Optional[str] = None) -> MusicData:
         ``T x 88`` binary piano rolls (column ``c`` = MIDI note ``c + 21``).
     name : str, optional
         Data set name; defaults to the file stem.
+    limits : LoadLimits, optional
+        ``max_bytes`` bounds the file and what it decompresses to (checked by inflating it in
+        bounded pieces before SciPy reads it); ``max_elements`` the time steps of all pieces.
 
     Raises
     ------
     ImportError
         SciPy is not installed.
+    LimitError
+        A limit is exceeded (a decompression bomb: before it is inflated in memory).
     ValueError
         Unreadable/truncated file, missing key, or a cell that is not a binary ``T x 88`` roll.
     """
@@ -333,6 +427,8 @@ def load_music_mat(path: PathLike, *, name: Optional[str] = None) -> MusicData:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(path)
+    limits = LoadLimits() if limits is None else limits
+    _mat_decompressed_bytes(path, limits.max_bytes)
     try:
         mat = scipy.io.loadmat(path)
     except NotImplementedError as e:
@@ -342,6 +438,7 @@ def load_music_mat(path: PathLike, *, name: Optional[str] = None) -> MusicData:
         raise ValueError(f"{path}: not a readable MATLAB .mat file "
                          f"(truncated or wrong format): {type(e).__name__}: {e}") from None
     rolls = {}
+    steps = 0
     for split in SPLITS:
         key = split + "data"
         where = f"{path}: {key}"
@@ -361,20 +458,25 @@ def load_music_mat(path: PathLike, *, name: Optional[str] = None) -> MusicData:
             if not np.all((a == 0) | (a == 1)):
                 raise ValueError(f"{where} piece {i}: piano roll values must be 0 or 1")
             pieces.append(a.astype(bool))
+            steps += a.shape[0]
+            if steps > limits.max_elements:
+                raise LimitError(f"{path}: more than max_elements={limits.max_elements} "
+                                 "time steps")
         rolls[split] = pieces
     return MusicData(name or Path(path).stem, path, **rolls)
 
 
-def load_music(path: PathLike, *, name: Optional[str] = None) -> MusicData:
+def load_music(path: PathLike, *, name: Optional[str] = None,
+               limits: Optional[LoadLimits] = None) -> MusicData:
     """Load a music data set from a ``.pickle``/``.pkl`` or ``.mat`` file (by suffix).
 
-    See :func:`load_music_pickle` and :func:`load_music_mat`.
+    See :func:`load_music_pickle` and :func:`load_music_mat` (``limits``).
     """
     suffix = Path(path).suffix.lower()
     if suffix in (".pickle", ".pkl"):
-        return load_music_pickle(path, name=name)
+        return load_music_pickle(path, name=name, limits=limits)
     if suffix == ".mat":
-        return load_music_mat(path, name=name)
+        return load_music_mat(path, name=name, limits=limits)
     raise ValueError(f"path: expected a .pickle, .pkl or .mat file, got {os.fspath(path)!r}")
 
 

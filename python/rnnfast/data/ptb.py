@@ -10,16 +10,21 @@ is 49 characters + end-of-line = 50 symbols. A character of another split that i
 the vocabulary is an error naming the character, file and line.
 
 Truncated-BPTT minibatches come from :class:`CharStream` (or :meth:`PTBChars.stream`).
+
+A file larger than ``limits.max_bytes`` (:class:`rnnfast.fileio.LoadLimits`, default 64 MiB;
+the real training split has 5 MB) raises :class:`rnnfast.fileio.LimitError` before it is read;
+decoding and encoding take at most ~20 bytes per byte of text.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Iterator, Optional, Union
 
 import numpy as np
 
+from ..fileio import LoadLimits, read_bytes
 from ..nn.batch import Batch
 
 __all__ = ["EOL", "PTB_VOCAB_SIZE", "CharVocab", "PTBChars", "CharBatch", "CharStream",
@@ -58,10 +63,9 @@ def _scan(text: str, source: str):
     return codes
 
 
-def _read_text(path: PathLike) -> str:
+def _read_text(path: PathLike, limits: Optional[LoadLimits] = None) -> str:
     path = os.fspath(path)
-    with open(path, "rb") as f:
-        raw = f.read()
+    raw = read_bytes(path, (LoadLimits() if limits is None else limits).max_bytes)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -161,14 +165,16 @@ class CharVocab:
         return "".join(self.symbols[i] for i in indices.ravel().tolist())
 
 
-def read_char_file(path: PathLike, vocab: CharVocab) -> np.ndarray:
-    """Read and encode one ``ptb.char.*.txt`` file with ``vocab``.
+def read_char_file(path: PathLike, vocab: CharVocab, *,
+                   limits: Optional[LoadLimits] = None) -> np.ndarray:
+    """Read and encode one ``ptb.char.*.txt`` file with ``vocab`` (``limits.max_bytes``: the
+    largest file read; default ``LoadLimits()``).
 
     Returns
     -------
     ndarray of int64, shape (N,)
     """
-    return vocab.encode(_read_text(path), source=os.fspath(path))
+    return vocab.encode(_read_text(path, limits), source=os.fspath(path))
 
 
 def ptb_paths(data_dir: PathLike, prefix: str = "ptb.char") -> dict:
@@ -322,7 +328,8 @@ class PTBChars:
         return CharStream(self.split(split), len(self.vocab), batch_size, seq_len, **kwargs)
 
 
-def load_ptb_chars(data_dir: PathLike, *, prefix: str = "ptb.char") -> PTBChars:
+def load_ptb_chars(data_dir: PathLike, *, prefix: str = "ptb.char",
+                   limits: Optional[LoadLimits] = None) -> PTBChars:
     """Load ``<prefix>.{train,valid,test}.txt`` from ``data_dir``.
 
     Parameters
@@ -331,6 +338,8 @@ def load_ptb_chars(data_dir: PathLike, *, prefix: str = "ptb.char") -> PTBChars:
         Folder holding the three files, or the data root holding ``ptb_char/``.
     prefix : str
         File name prefix.
+    limits : LoadLimits, optional
+        ``max_bytes``: the largest file read (default ``LoadLimits()``, 64 MiB).
 
     Returns
     -------
@@ -350,10 +359,10 @@ def load_ptb_chars(data_dir: PathLike, *, prefix: str = "ptb.char") -> PTBChars:
     for p in paths.values():
         if not p.is_file():
             raise FileNotFoundError(f"data_dir: {p} not found")
-    text = _read_text(paths["train"])
+    text = _read_text(paths["train"], limits)
     codes = _scan(text, str(paths["train"]))
     vocab = CharVocab._from_codes(codes, str(paths["train"]))
     train = vocab._encode_codes(codes, str(paths["train"]))
-    valid = read_char_file(paths["valid"], vocab)
-    test = read_char_file(paths["test"], vocab)
+    valid = read_char_file(paths["valid"], vocab, limits=limits)
+    test = read_char_file(paths["test"], vocab, limits=limits)
     return PTBChars(vocab, train, valid, test, {k: str(v) for k, v in paths.items()})

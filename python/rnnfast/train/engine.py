@@ -495,9 +495,15 @@ class Engine:
             history.load_arrays(e["history"])
             h_carry = e["h_carry"]
             if h_carry is not None and (not isinstance(h_carry, np.ndarray) or h_carry.ndim != 2
-                                        or h_carry.shape[1] != self.model.n_hidden):
+                                        or h_carry.shape[1] != self.model.n_hidden
+                                        or h_carry.dtype.kind != "f"):
                 raise CheckpointError(f"{src}: the carried state is not a (B, "
-                                      f"{self.model.n_hidden}) array")
+                                      f"{self.model.n_hidden}) float array")
+            best_error = e["best_error"]
+            if best_error is not None and (isinstance(best_error, bool)
+                                           or not isinstance(best_error, (int, float))):
+                raise CheckpointError(f"{src}: best_error must be a number or null, got "
+                                      f"{best_error!r}")
             cb_states = state["callbacks"]
             for cb in callbacks:
                 s = cb_states.get(cb.name)
@@ -524,7 +530,7 @@ class Engine:
                                                                          self.model.dtype)
         self.history = history
         self.validations = list(validations)
-        self.best_error = e["best_error"]
+        self.best_error = best_error
 
 
 def _diff(old, new):
