@@ -89,3 +89,33 @@ def test_workers_die_with_a_killed_parent(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=5)
     assert _gone(workers, 3.0), "orphaned workers keep computing"
+
+
+DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(DATA, "music")),
+                    reason="../shared/data/music not present")
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupt_stops_table1_and_its_cells(tmp_path, sig, code):
+    out = tmp_path / "t1"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from rnnfast.cli import main; sys.exit(main())",
+         "reproduce", "table1", "--data", DATA, "--cells", "Nottingham-SGD,Nottingham-SGD-C",
+         "--budget", "5", "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list(out.glob("*/history.json")):
+        assert proc.poll() is None, proc.communicate()[0]
+        time.sleep(0.2)
+    workers = [c for c in _children(proc.pid) if _alive(c)]
+    assert workers
+    t0 = time.monotonic()
+    proc.send_signal(sig)
+    text = proc.communicate(timeout=10)[0]
+    assert time.monotonic() - t0 < 5
+    assert proc.returncode == code, text
+    assert "rerun the same command to resume" in text
+    time.sleep(0.5)
+    assert not [w for w in workers if _alive(w)]
+    assert list(out.glob("*/checkpoint.npz"))  # the cells resume from their checkpoints

@@ -1045,8 +1045,9 @@ def run_table1(data_dir, out_dir, *, cells=None, budget_minutes=60.0, workers=2,
     """
     import concurrent.futures as cf
     import json
-    import multiprocessing
     import sys
+
+    from .sweep import _end_local_pool, local_executor
 
     stream = stream or sys.stdout
     out_dir = os.fspath(out_dir)
@@ -1073,8 +1074,9 @@ def run_table1(data_dir, out_dir, *, cells=None, budget_minutes=60.0, workers=2,
                                   or r["train_seconds"] >= budget - 1.0)
 
     pending = [c for c in todo if not finished(c[0])]
-    ctx = multiprocessing.get_context("spawn")
-    with cf.ProcessPoolExecutor(max_workers=int(workers), mp_context=ctx) as pool:
+    # the sweeps' pool: workers leave Ctrl-C to this process and die with it
+    pool = local_executor(int(workers), num_threads)
+    try:
         futures = {}
         for slug, problem, what, method in pending:
             futures[pool.submit(run_cell, (slug, problem, what, method, os.fspath(data_dir),
@@ -1089,5 +1091,12 @@ def run_table1(data_dir, out_dir, *, cells=None, budget_minutes=60.0, workers=2,
             print(f"{slug}: train/valid/test {r['ours']['train']:.3f} / {r['ours']['valid']:.3f} "
                   f"/ {r['ours']['test']:.3f} (paper {r.get('paper')}), {r['stopped']}, "
                   f"{r['train_seconds'] / 60:.1f} min", file=stream, flush=True)
+    except KeyboardInterrupt:
+        # the cells keep their last checkpoint (every 100 updates and every epoch)
+        _end_local_pool(pool)
+        write()
+        print("interrupted: rerun the same command to resume", file=stream, flush=True)
+        raise
+    pool.shutdown()
     write()
     return results
