@@ -370,7 +370,8 @@ def probe_update_time(settings: SweepSettings, lengths: Optional[Sequence[int]] 
     lengths : sequence of int, optional
         Default ``settings.lengths``.
     updates : int
-        Timed updates per length (after 3 warm-up updates).
+        Timed updates per length and round (after 10 warm-up updates; the median of three
+        rounds).
     num_threads : int
         Core threads during the probe (as in one worker).
 
@@ -391,10 +392,13 @@ def probe_update_time(settings: SweepSettings, lengths: Optional[Sequence[int]] 
             engine = build("SGD-CR", task=task, hidden=settings.hidden, init="basic_tanh",
                            dtype=settings.dtype, init_rng=0, clip=settings.clip,
                            alpha=settings.alpha, batch_size=settings.batch_size, seed=0)
-            engine.fit(task, max_updates=3)
-            t = time.perf_counter()
-            engine.fit(task, max_updates=3 + int(updates))
-            out[int(L)] = (time.perf_counter() - t) / int(updates)
+            engine.fit(task, max_updates=10)  # warm-up: first-call allocations, caches
+            reps = []
+            for _ in range(3):  # the median of three: one slow stretch of the machine does
+                t = time.perf_counter()  # not set the estimate
+                engine.fit(task, max_updates=engine.update + int(updates))
+                reps.append((time.perf_counter() - t) / int(updates))
+            out[int(L)] = statistics.median(reps)
         return out
     finally:
         rnnfast.set_num_threads(old)
