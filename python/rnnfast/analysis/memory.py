@@ -20,6 +20,8 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
+from ..nn import losses as _losses
+
 __all__ = ["DistanceErrors", "error_by_distance", "ProbeResult", "marker_probe"]
 
 
@@ -157,7 +159,8 @@ def marker_probe(model, *, p0=15, p1=60, lags=(0, 10, 50, 100, 150, 250, 500, 10
         u = _one_hot(sym[t:stop], model.n_in, model.dtype)
         h = model.forward(u, h, num_threads=num_threads).h_last.copy()  # (B, H) at step stop-1
         t = stop
-        got0, got1 = _bits_of(_readout(model, h))
+        p = model.params
+        got0, got1 = _bits_of(_losses.readout(h, p["W_out"], p["b_out"], model.loss))
         out["pf"].append(_probe_accuracy(h, bits[0], train))
         out["ps"].append(_probe_accuracy(h, bits[1], train))
         out["rf"].append(float(np.mean(got0 == bits[0])))
@@ -165,8 +168,3 @@ def marker_probe(model, *, p0=15, p1=60, lags=(0, 10, 50, 100, 150, 250, 500, 10
         out["r"].append(float(np.mean((got0 == bits[0]) & (got1 == bits[1]))))
         out["n"].append(float(np.linalg.norm(h, axis=1).mean()))
     return ProbeResult(lags, *(np.asarray(out[k]) for k in ("pf", "ps", "rf", "rs", "r", "n")))
-
-
-def _readout(model, h):
-    """The model's readout of states h (B, H): scores (B, O)."""
-    return h @ model.params["W_out"].T + model.params["b_out"]
