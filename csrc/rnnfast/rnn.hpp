@@ -624,6 +624,9 @@ bool error_sweep(const Inputs<S>& in, const States<const S>& st, const Upstream<
     const Index e = t >= 0 ? std::max(b0, std::min(sh.b1, steps.at(t))) : sh.b1;
     const Index m = std::max(b0, std::min(e, steps.at(t + 1)));
     const Index nb = e - b0, ng = m - b0, ne = e - m;
+    // Without a direct gradient at t (a loss read at the last step only), the rows going on
+    // have δ_t = v_{t+1}: Ω's ‖v‖² is the ‖δ‖² computed below, copied (one pass less).
+    const bool v_is_delta = omega && !dht && t >= 0 && !w.omega_v;
     if (ng > 0) {
       const S* a_next = g.dx + (t + 1) * BH + b0 * H;
       if (g.du && !w.split_input)
@@ -641,7 +644,7 @@ bool error_sweep(const Inputs<S>& in, const States<const S>& st, const Upstream<
         }
       } else {
         packed_gemm<S>(ng, a_next, H, w.Wr, p0, p1, dht, H, d, H);  // δ = dh + a[t+1] W_rec
-        if (omega && nc > 0)  // Ω's ‖v‖² = ‖δ − dh‖², read back from δ (no stored v)
+        if (omega && nc > 0 && !v_is_delta)  // Ω's ‖v‖² = ‖δ − dh‖², read back from δ
           row_sqnorms(d + c0, dht ? dht + c0 : nullptr, H, ng, nc, my_vn2 + (t + 1) * B + b0);
       }
     }
@@ -655,6 +658,8 @@ bool error_sweep(const Inputs<S>& in, const States<const S>& st, const Upstream<
     }
     if (nb > 0 && nc > 0 && t >= 0) {
       if (my_dn2) row_sqnorms<S>(d + c0, nullptr, H, nb, nc, my_dn2 + t * B + b0);
+      if (v_is_delta)
+        for (Index r = 0; r < ng; ++r) my_vn2[(t + 1) * B + b0 + r] += my_dn2[t * B + b0 + r];
       times_derivative(act, d + c0, H, st.h + t * BH + b0 * H + c0, H, d + c0, H, nb, nc);
     }
     if (!sh.by_rows) {
