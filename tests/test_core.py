@@ -576,3 +576,19 @@ def test_omega_with_dh_last_only_matches_dh_of_zeros(schedule, shape):
         assert_close(getattr(g1, k), getattr(g0, k), 1e-13, 1e-15, what=k)
     assert g1.omega == pytest.approx(g0.omega, rel=1e-13)
     assert g1.omega_pairs == g0.omega_pairs
+
+
+@pytest.mark.parametrize("with_h0", [True, False])
+@pytest.mark.parametrize("shape", [(12, 10, 3, 40), (30, 7, 0, 9), (3, 5, 4, 6)])
+def test_batch_split_weight_gradients_per_thread(shape, with_h0):
+    # Two threads of a batch split take the weight gradients (and Ω's Σ c aᵀa) of their own
+    # rows and add them up once (BackwardWork::local; Ω's (Σ c aᵀa)·W_rec path, T·B ≥ 2H):
+    # the same as one thread, to rounding.
+    p, dh = make(shape, seed=11, with_h0=with_h0)
+    f1, g1 = run(p, dh, "tanh", num_threads=1)
+    f2, g2 = run(p, dh, "tanh", num_threads=2, _schedule="batch")
+    for k in ("W_in", "W_rec", "b", "h0", "u", "omega_grad", "dh_norm"):
+        np.testing.assert_allclose(getattr(g2, k), getattr(g1, k), rtol=1e-12, atol=1e-13,
+                                   err_msg=k)
+    assert g2.omega == pytest.approx(g1.omega, rel=1e-12)
+    assert g2.omega_pairs == g1.omega_pairs
