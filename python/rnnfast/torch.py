@@ -52,8 +52,11 @@ Clipping
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
 import math
 import numbers
+import sys
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -462,9 +465,14 @@ class RNN(nn.RNN):
 
     # -- forward ------------------------------------------------------------------------------
 
-    def _torch_reason(self, input: Tensor, hx: Optional[Tensor]) -> Optional[str]:
+    def _weights(self) -> list:
+        """The parameters in torch.nn.RNN's flat order (read by name: nothing assigned, so
+        torch.export and torch.func.functional_call see their own tensors)."""
+        return [getattr(self, n) for n in self._flat_weights_names]
+
+    def _torch_reason(self, input: Tensor, hx: Optional[Tensor], weights: list) -> Optional[str]:
         """Why this call must run torch's implementation, or None."""
-        for t in [input, hx] + list(self._flat_weights):
+        for t in [input, hx] + weights:
             if t is None:
                 continue
             if t.device.type != "cpu":
@@ -479,14 +487,13 @@ class RNN(nn.RNN):
         """``torch.nn.RNN.forward``: (output, h_n) for input (T, B, I), (B, T, I) with
         ``batch_first``, (T, I) unbatched or a ``PackedSequence``, and hx (L·D, B, H) or
         (L·D, H); see ``torch.nn.RNN``."""
-        self._update_flat_weights()
         packed = isinstance(input, PackedSequence)
         data = input.data if packed else input
         if not isinstance(data, Tensor):
             raise TypeError(f"input: expected a Tensor or PackedSequence, got {type(input).__name__}")
-        reason = self._torch_reason(data, hx)
-        if reason is None and (data.numel() == 0 or (not packed and data.dim() == 3
-                                                      and 0 in data.shape[:2])):
+        weights = self._weights()
+        reason = self._torch_reason(data, hx, weights)
+        if reason is None and 0 in tuple(data.shape[:-1]):   # T = 0 or B = 0
             reason = "empty input"
         if reason is not None:
             if reason != "empty input":
@@ -532,7 +539,7 @@ class RNN(nn.RNN):
             u = _pad(x, rows, T, B)                                     # (T, B, I)
         else:
             u = x.transpose(0, 1) if self.batch_first else x            # (T, B, I) view
-        out, h_n = self._stack(u, hx, lengths, rows if packed else None)
+        out, h_n = self._stack(u, hx, weights, lengths, rows if packed else None)
         if packed:
             data_out = out.reshape(T * B, -1).index_select(0, rows)     # (N, D·H)
             return (PackedSequence(data_out, batch_sizes, sorted_indices, unsorted_indices),
@@ -543,16 +550,16 @@ class RNN(nn.RNN):
             out, h_n = out.squeeze(0 if self.batch_first else 1), h_n.squeeze(1)
         return out, h_n
 
-    def _stack(self, u: Tensor, hx: Tensor, lengths: Optional[Tensor], rows: Optional[Tensor]):
-        """out (T, B, D·H), h_n (L·D, B, H) for u (T, B, I), hx (L·D, B, H), lengths (B,) or
-        None; rows: the packed layout's rows (dropout is drawn on the packed data, as torch
+    def _stack(self, u: Tensor, hx: Tensor, w: list, lengths: Optional[Tensor],
+               rows: Optional[Tensor]):
+        """out (T, B, D·H), h_n (L·D, B, H) for u (T, B, I), hx (L·D, B, H), the flat weights
+        w, lengths (B,) or None; rows: the packed layout's rows (dropout is drawn on the packed data, as torch
         does)."""
         D = 2 if self.bidirectional else 1
         T, B, _ = u.shape
         act = self.nonlinearity
         threads = 0 if self.num_threads is None else int(self.num_threads)
         omega = self._omega
-        w = self._flat_weights
         per = 4 if self.bias else 2
         last = None if lengths is None else (lengths - 1)               # (B,) last valid step
         layer_in, h_n = u, []
@@ -586,6 +593,54 @@ class RNN(nn.RNN):
 
 # torch.load(weights_only=True), the default, may rebuild a pickled module holding an RNN.
 torch.serialization.add_safe_globals([RNN])
+
+
+# torch.compile: Dynamo refuses every instance of torch.nn.RNN (its config.allow_rnn, off by
+# default, is for torch's own kernels, which it cannot compile reliably). For rnnfast's RNN,
+# whose forward is plain torch code around custom operators, the refusal is lifted for the
+# wrapping of that one module only. Dynamo is imported lazily by torch (seconds), so the patch
+# is applied when its module loads.
+_BUILDER = "torch._dynamo.variables.builder"
+
+
+def _patch_dynamo(builder) -> None:
+    original = builder.VariableBuilder.wrap_module
+    if getattr(original, "_rnnfast", False):
+        return
+
+    def wrap_module(self, value):
+        if isinstance(value, RNN):
+            from torch._dynamo import config
+            with config.patch(allow_rnn=True):
+                return original(self, value)
+        return original(self, value)
+
+    wrap_module._rnnfast = True
+    builder.VariableBuilder.wrap_module = wrap_module
+
+
+class _DynamoHook(importlib.abc.MetaPathFinder):
+    """Patches Dynamo's module builder right after it is imported."""
+
+    def find_spec(self, name, path, target=None):
+        if name != _BUILDER:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            exec_module = spec.loader.exec_module
+
+            def exec_and_patch(module):
+                exec_module(module)
+                _patch_dynamo(module)
+            spec.loader.exec_module = exec_and_patch
+        return spec
+
+
+if _BUILDER in sys.modules:
+    _patch_dynamo(sys.modules[_BUILDER])
+else:
+    sys.meta_path.insert(0, _DynamoHook())
 
 
 def replace_rnn(model: nn.Module, **kwargs) -> nn.Module:
