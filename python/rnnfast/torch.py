@@ -133,13 +133,16 @@ def _kernel_backward(fwd, dh, lengths, input_grad, omega, omega_bound, threads) 
 
 _pool: Optional[ThreadPoolExecutor] = None
 _pool_lock = threading.Lock()
+#: Run a bidirectional layer's two directions at once (False: one after the other, each on
+#: all threads; bench/torch_stack.py measures both).
+PARALLEL_DIRECTIONS = True
 
 
 def _per_direction(fn, D: int, threads: int) -> list:
     """[fn(0, n), fn(1, n)]: the two directions at once on threads // 2 each (the kernels
     release the GIL) when there are two of both, else one after the other."""
     global _pool
-    if D == 1 or threads < 2:
+    if D == 1 or threads < 2 or not PARALLEL_DIRECTIONS:
         return [fn(d, threads) for d in range(D)]
     with _pool_lock:
         if _pool is None:
@@ -256,7 +259,7 @@ def _backward(ctx, grad_out):
 _rnn_layer.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _no_double_backward(ctx, *grads):
+def _no_double_backward(ctx, *grads):  # noqa: ARG001
     raise RuntimeError(
         "rnnfast.torch.RNN: double backward (a gradient of a gradient, e.g. "
         "torch.autograd.grad(..., create_graph=True) followed by another backward, or a "
@@ -273,12 +276,14 @@ _rnn_layer_backward.register_autograd(_no_double_backward,
 
 
 # --------------------------------------------------------------------------------------------
-# Ω: the same kernels through an autograd.Function that also reports Ω (eager mode only)
+# Eager mode: the same functions through an autograd.Function (the custom operator's dispatch
+# costs ~0.2 ms per layer), which can also report Ω
 # --------------------------------------------------------------------------------------------
 
-class _OmegaLayer(torch.autograd.Function):
-    """Like rnnfast::rnn_layer, plus Ω per direction: α·∂Ω/∂W_rec is added to W_rec's gradient
-    and (Ω, pairs, ∂Ω/∂W_rec) stored in ``stats[name]`` for each recurrent weight's name."""
+class _EagerLayer(torch.autograd.Function):
+    """rnnfast::rnn_layer for eager mode. With ``alpha`` not None, also Ω per direction:
+    α·∂Ω/∂W_rec is added to W_rec's gradient and (Ω, pairs, ∂Ω/∂W_rec) stored in
+    ``stats[name]`` for each recurrent weight's name."""
 
     @staticmethod
     def forward(ctx, u, h0, lengths, activation, num_threads, alpha, bound, stats, names, *weights):
@@ -289,18 +294,29 @@ class _OmegaLayer(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
+        if torch.is_grad_enabled():      # create_graph=True: a gradient of this gradient follows
+            _no_double_backward(ctx)
         u, h0, out, *weights = ctx.saved_tensors
         lengths, activation, num_threads, alpha, bound, stats, names = ctx.args
         need = ctx.needs_input_grad
-        grads, omegas = _layer_backward(grad_out.contiguous(), u, h0, weights, lengths, out,
-                                        activation, num_threads, need[0], omega=bound)
-        for d, (name, (value, pairs, grad)) in enumerate(zip(names, omegas)):
-            stats[name] = (value, pairs, grad)
-            if alpha != 0.0:
-                grads[3 + 3 * d] = grads[3 + 3 * d] + alpha * grad     # dW_rec of direction d
+        res = _layer_backward(grad_out, u, h0, weights, lengths, out, activation, num_threads,
+                              need[0], omega=None if alpha is None else bound)
+        grads = res if alpha is None else res[0]
+        if alpha is not None:
+            for d, (name, (value, pairs, grad)) in enumerate(zip(names, res[1])):
+                stats[name] = (value, pairs, grad)
+                if alpha != 0.0:
+                    grads[3 + 3 * d] = grads[3 + 3 * d] + alpha * grad     # dW_rec of direction d
         return (grads[0] if need[0] else None, grads[1] if need[1] else None,
                 None, None, None, None, None, None, None,
                 *[g if n else None for g, n in zip(grads[2:], need[9:])])
+
+
+def _capturing(tensors) -> bool:
+    """Whether torch.compile / torch.export / jit.trace (or a tensor subclass such as fake
+    tensors) is at work: then the custom operator runs, so that it is recorded."""
+    return (torch.compiler.is_compiling() or torch.jit.is_tracing()
+            or any(type(t) not in (Tensor, nn.Parameter) for t in tensors))
 
 
 def _check_omega(omega) -> Optional[float]:
@@ -394,7 +410,7 @@ class RNN(nn.RNN):
     def extra_repr(self) -> str:
         s = super().extra_repr()
         if self.nonlinearity != "tanh":
-            s += f", nonlinearity={self.nonlinearity!r}"
+            s += f", nonlinearity={self.nonlinearity}"
         if self.num_threads is not None:
             s += f", num_threads={self.num_threads}"
         if self._omega is not None:
@@ -493,7 +509,7 @@ class RNN(nn.RNN):
             raise TypeError(f"input: expected a Tensor or PackedSequence, got {type(input).__name__}")
         weights = self._weights()
         reason = self._torch_reason(data, hx, weights)
-        if reason is None and 0 in tuple(data.shape[:-1]):   # T = 0 or B = 0
+        if reason is None and not torch.jit.is_tracing() and 0 in tuple(data.shape[:-1]):
             reason = "empty input"
         if reason is not None:
             if reason != "empty input":
@@ -571,10 +587,13 @@ class RNN(nn.RNN):
                 weights += [w[k], w[k + 1], b]
                 names.append(self._flat_weights_names[k + 1])
             h0 = hx[layer * D:(layer + 1) * D]                          # (D, B, H)
-            if omega is None:
+            if _capturing([layer_in, h0] + weights):
+                if omega is not None:
+                    raise RuntimeError("rnnfast.torch.RNN: omega (the Ω regularizer) works in "
+                                       "eager mode only; set rnn.omega = None before capturing")
                 out = torch.ops.rnnfast.rnn_layer(layer_in, h0, weights, lengths, act, threads)
             else:
-                out = _OmegaLayer.apply(layer_in, h0, lengths, act, threads, omega,
+                out = _EagerLayer.apply(layer_in, h0, lengths, act, threads, omega,
                                         self.omega_bound, self._omega_stats, names, *weights)
             H = self.hidden_size
             h_n.append(out[-1, :, :H] if last is None else out[last, torch.arange(B), :H])
