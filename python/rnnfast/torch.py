@@ -550,6 +550,9 @@ class RNN(nn.RNN):
         if hx is None:
             hx = torch.zeros(self.num_layers * D, B, self.hidden_size, dtype=x.dtype)
         self.check_forward_args(x, hx, batch_sizes)
+        if hx.dtype != x.dtype:
+            raise InputError(f"hx: dtype {hx.dtype} does not match the input's {x.dtype}; "
+                             f"convert it with hx.to({x.dtype})")
 
         if packed:
             u = _pad(x, rows, T, B)                                     # (T, B, I)
