@@ -410,6 +410,24 @@ def test_torch_export_follows_new_inputs():
         assert_rel(a, b, 1e-12)
 
 
+class Packing(torch.nn.Module):
+    def __init__(self, rnn):
+        super().__init__()
+        self.rnn = rnn
+
+    def forward(self, x, lengths):
+        return self.rnn(pack_padded_sequence(x, lengths, enforce_sorted=False))[1]
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace:DeprecationWarning")
+def test_jit_trace_of_packed_input_is_refused_at_capture():
+    m = Packing(rt.RNN(3, 4))
+    with pytest.raises(RuntimeError, match="jit.trace cannot record a PackedSequence"), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.jit.trace(m, (torch.randn(5, 2, 3), torch.tensor([5, 3])))
+
+
 @pytest.mark.filterwarnings("ignore:`torch.jit.trace:DeprecationWarning")
 def test_omega_is_refused_under_capture():
     m = rt.RNN(3, 4, omega=0.1)

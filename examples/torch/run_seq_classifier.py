@@ -113,7 +113,8 @@ def run(checkout: str, variant: str, out: pathlib.Path) -> dict:
         (work / "IPython").mkdir()
         for f in ("res/sequential_tasks.py", "res/plot_lib.py", "res/ziegler.png"):
             (work / f).write_bytes(git_show(checkout, f))
-        (work / "IPython" / "__init__.py").write_text("def get_ipython():\n    return None\n")
+        (work / "IPython" / "__init__.py").write_text(
+            "version_info = (9, 0, 0)\n\n\ndef get_ipython():\n    return None\n")
         (work / "IPython" / "display.py").write_text(STUB)
         (work / "program.py").write_text(script(git_show(checkout, NOTEBOOK)))
         if variant == "rnnfast":

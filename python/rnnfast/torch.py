@@ -524,6 +524,11 @@ class RNN(nn.RNN):
         D = 2 if self.bidirectional else 1
         # The prelude of torch.nn.RNN.forward: the same checks and errors.
         if packed:
+            if torch.jit.is_tracing():   # the packing's sizes would be frozen into the trace
+                raise RuntimeError(
+                    "rnnfast.torch.RNN: torch.jit.trace cannot record a PackedSequence input "
+                    "(its batch sizes would become constants of the trace); trace with padded "
+                    "input, or use torch.compile / torch.export")
             x, batch_sizes, sorted_indices, unsorted_indices = input
             rows, lengths = _packed_index(batch_sizes)
             T, B = len(batch_sizes), int(batch_sizes[0])
