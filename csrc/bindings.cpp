@@ -232,6 +232,22 @@ py::array empty_aligned(const std::vector<py::ssize_t>& shape, const py::dtype& 
   return py::array(dtype, shape, p, owner);
 }
 
+// The lengths of a ragged batch (int64 (B,), each in [1, T], non-increasing: the kernels run
+// step t on rows [0, n_t)), copied into `out`; null for None.
+const Index* lengths_of(const py::object& obj, const Dims& d, std::vector<Index>& out) {
+  if (obj.is_none()) return nullptr;
+  const std::int64_t* p = buffer<std::int64_t>(obj, "lengths", {d.B});
+  out.assign(p, p + d.B);
+  for (Index b = 0; b < d.B; ++b) {
+    if (out[size_t(b)] < 1 || out[size_t(b)] > d.T)
+      throw py::value_error("lengths: expected values in [1, T] = [1, " + std::to_string(d.T) +
+                            "], got " + std::to_string(out[size_t(b)]));
+    if (b > 0 && out[size_t(b)] > out[size_t(b - 1)])
+      throw py::value_error("lengths: the kernels expect non-increasing lengths");
+  }
+  return out.data();
+}
+
 // u (T, B, I) and W_rec (H, H) give the dimensions every other array is checked against.
 Dims dims_of(const py::array& u, const py::object& W_rec) {
   if (u.ndim() != 3) throw py::value_error("u: expected shape (T, B, I)");
@@ -243,7 +259,7 @@ Dims dims_of(const py::array& u, const py::object& W_rec) {
 template <typename S>
 void forward(const py::array& u, const py::object& W_in, const py::object& W_rec,
              const py::object& b, const py::object& h0, const py::object& h, const py::object& x,
-             int activation, int num_threads, int schedule) {
+             const py::object& lengths, int activation, int num_threads, int schedule) {
   const Dims d = dims_of(u, W_rec);
   const auto [T, B, I, H] = d;
   rnnfast::Inputs<S> in{d,
@@ -252,6 +268,8 @@ void forward(const py::array& u, const py::object& W_in, const py::object& W_rec
                         buffer<S>(W_rec, "W_rec", {H, H}),
                         buffer<S>(b, "b", {H}),
                         buffer<S>(h0, "h0", {B, H}, true)};
+  std::vector<Index> lens;
+  in.lengths = lengths_of(lengths, d, lens);
   const rnnfast::States<S> out{buffer<S>(h, "h", {T, B, H}, false, true),
                                buffer<S>(x, "x", {T, B, H}, true, true)};
   const rnnfast::Options opt = options(d, activation, num_threads, schedule);
@@ -281,7 +299,8 @@ std::pair<double, double> backward(const py::array& u, const py::object& W_in,
                                    const py::object& db, const py::object& dh0,
                                    const py::object& du, const py::object& omega_grad,
                                    double omega_bound, const py::object& dh_norm,
-                                   int activation, int num_threads, int schedule) {
+                                   const py::object& lengths, int activation, int num_threads,
+                                   int schedule) {
   const Dims d = dims_of(u, W_rec);
   const auto [T, B, I, H] = d;
   rnnfast::Inputs<S> in{d,
@@ -290,6 +309,8 @@ std::pair<double, double> backward(const py::array& u, const py::object& W_in,
                         buffer<S>(W_rec, "W_rec", {H, H}),
                         nullptr,  // b: not needed by the backward
                         buffer<S>(h0, "h0", {B, H}, true)};
+  std::vector<Index> lens;
+  in.lengths = lengths_of(lengths, d, lens);
   rnnfast::States<const S> st{buffer<S>(h, "h", {T, B, H}), nullptr};
   rnnfast::Upstream<S> up{buffer<S>(dh, "dh", {T, B, H}, true),
                           buffer<S>(dh_last, "dh_last", {B, H}, true)};
@@ -381,36 +402,38 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "forward",
       [](const py::array& u, py::object W_in, py::object W_rec, py::object b, py::object h0,
-         py::object h, py::object x, int activation, int num_threads, int schedule) {
+         py::object h, py::object x, int activation, int num_threads, int schedule,
+         py::object lengths) {
         dispatch_check(u);
         if (py::isinstance<py::array_t<float>>(u))
-          forward<float>(u, W_in, W_rec, b, h0, h, x, activation, num_threads, schedule);
+          forward<float>(u, W_in, W_rec, b, h0, h, x, lengths, activation, num_threads, schedule);
         else
-          forward<double>(u, W_in, W_rec, b, h0, h, x, activation, num_threads, schedule);
+          forward<double>(u, W_in, W_rec, b, h0, h, x, lengths, activation, num_threads, schedule);
       },
       py::arg("u").noconvert(), py::arg("W_in"), py::arg("W_rec"), py::arg("b"), py::arg("h0"),
       py::arg("h"), py::arg("x"), py::arg("activation"), py::arg("num_threads"),
-      py::arg("schedule"));
+      py::arg("schedule"), py::arg("lengths") = py::none());
   m.def(
       "backward",
       [](const py::array& u, py::object W_in, py::object W_rec, py::object h0, py::object h,
          py::object dh, py::object dh_last, py::object dx, py::object dW_in, py::object dW_rec,
          py::object db, py::object dh0, py::object du, py::object omega_grad, double omega_bound,
-         py::object dh_norm, int activation, int num_threads, int schedule) {
+         py::object dh_norm, int activation, int num_threads, int schedule,
+         py::object lengths) {
         dispatch_check(u);
         if (py::isinstance<py::array_t<float>>(u))
           return backward<float>(u, W_in, W_rec, h0, h, dh, dh_last, dx, dW_in, dW_rec, db, dh0,
-                                 du, omega_grad, omega_bound, dh_norm, activation,
+                                 du, omega_grad, omega_bound, dh_norm, lengths, activation,
                                  num_threads, schedule);
         return backward<double>(u, W_in, W_rec, h0, h, dh, dh_last, dx, dW_in, dW_rec, db, dh0,
-                                du, omega_grad, omega_bound, dh_norm, activation, num_threads,
-                                schedule);
+                                du, omega_grad, omega_bound, dh_norm, lengths, activation,
+                                num_threads, schedule);
       },
       py::arg("u").noconvert(), py::arg("W_in"), py::arg("W_rec"), py::arg("h0"), py::arg("h"),
       py::arg("dh"), py::arg("dh_last"), py::arg("dx"), py::arg("dW_in"), py::arg("dW_rec"),
       py::arg("db"), py::arg("dh0"), py::arg("du"), py::arg("omega_grad"),
       py::arg("omega_bound"), py::arg("dh_norm"), py::arg("activation"),
-      py::arg("num_threads"), py::arg("schedule"));
+      py::arg("num_threads"), py::arg("schedule"), py::arg("lengths") = py::none());
   m.def("empty", &empty_aligned, py::arg("shape"), py::arg("dtype"),
         "Uninitialised C-contiguous array whose data start on a 64-byte boundary");
   m.def(

@@ -391,7 +391,8 @@ def test_real_ptb_problem():
     problem = nat.load_problem(cfg, SHARED_DATA)
     assert problem.n_in == problem.n_out == 50
     n = problem.data.train.size
-    assert problem.n_train_batches() == -(-((n - 1) // 8) // 200)
+    B = cfg.batch_size
+    assert problem.n_train_batches() == -(-((n - 1) // B) // 200)
     model = RNNModel(50, 4, 50, init="sigmoid", loss="softmax_ce", at="all", rng=0,
                      dtype=np.float32)
     value, count = problem.evaluate(model, "valid", limit=5000)

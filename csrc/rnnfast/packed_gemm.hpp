@@ -142,9 +142,17 @@ class PackedMatrix {
   Index width(Index p) const { return packets(p) * PS; }
 
   // Packs rows [0, k_rows) of panels [p0, p1) of the matrix with element (k, j) =
-  // src[k·rs + j·cs]. Different threads may pack disjoint panel ranges concurrently.
-  void pack(const S* src, Index rs, Index cs, Index p0, Index p1, Index k_rows = -1) {
+  // src[k·rs + j·cs] (src[idx[k]·rs + j·cs] with a row index `idx`, cs = 1 only: the valid
+  // rows of a batch with variable lengths). Different threads may pack disjoint panel ranges
+  // concurrently.
+  void pack(const S* src, Index rs, Index cs, Index p0, Index p1, Index k_rows = -1,
+            const Index* idx = nullptr) {
     if (k_rows < 0) k_rows = K_;
+    if (idx) {
+      for (Index k = 0; k < k_rows; ++k)
+        for (Index p = p0; p < p1; ++p) pack_row(src + idx[k] * rs, 1, p, k);
+      return;
+    }
     // Row-major source (cs = 1): row k is read once, left to right, into every panel (read
     // panel by panel, a large source was fetched from memory at a stride of its rows: the
     // weight-gradient products spent ~10% of their time here). Otherwise panel by panel,
@@ -159,11 +167,14 @@ class PackedMatrix {
   }
 
   // Packs rows [0, k_rows) of all panels of the matrix [X1 | X2]: columns [0, n1) from the
-  // row-major X1 (row stride ld1), columns [n1, N) from the row-major X2 (row stride ld2).
-  void pack_pair(const S* X1, Index ld1, Index n1, const S* X2, Index ld2, Index k_rows) {
+  // row-major X1 (row stride ld1), columns [n1, N) from the row-major X2 (row stride ld2);
+  // with `idx`, row k of both is their row idx[k].
+  void pack_pair(const S* X1, Index ld1, Index n1, const S* X2, Index ld2, Index k_rows,
+                 const Index* idx = nullptr) {
     for (Index k = 0; k < k_rows; ++k) {
-      const S* r1 = X1 + k * ld1;
-      const S* r2 = X2 + k * ld2;
+      const Index kr = idx ? idx[k] : k;
+      const S* r1 = X1 + kr * ld1;
+      const S* r2 = X2 + kr * ld2;
       for (Index p = 0; p < panels_; ++p) {
         const Index j0 = p * nr_, w = width(p);
         if (j0 + w <= n1) {
@@ -450,11 +461,14 @@ struct GemmTnWork {
 // With `more`, the product is Aᵀ diag(s) [Bm | Bm2] into [Y | Y2] (not with `lower`): A is
 // packed once for both, and the columns share panels (∂E/∂W_rec and ∂E/∂W_in at H = 50,
 // I = 6: 0.7× the time of two products).
+// With `idx` (R entries), the r-th row of the sum is row idx[r] of A, Bm, Bm2 and s (the
+// valid rows of a batch with variable lengths: padded rows cost nothing).
 // Allocates nothing: the scratch is `ws`, sized for i1 − i0 ≤ ws.rows and N + more.n ≤ ws.cols.
 template <typename S>
 void gemm_tn(GemmTnWork<S>& ws, Index R, Index N, const S* A, Index lda, const S* Bm, Index ldb,
              const double* s, S* Y, Index ldy, Index i0, Index i1, bool lower = false,
-             bool accumulate = false, const MoreColumns<S>& more = {}) {
+             bool accumulate = false, const MoreColumns<S>& more = {},
+             const Index* idx = nullptr) {
   using Packet = typename PanelShape<S>::Packet;
   using namespace Eigen::internal;
   using Sh = GemmTnShape<S>;
@@ -491,22 +505,29 @@ void gemm_tn(GemmTnWork<S>& ws, Index R, Index N, const S* A, Index lda, const S
   // A single chunk of rows with few panels of Bm (N ≤ 4·NR): a packed sliver of A would be
   // read only a few times, so unscaled A is read where it lies (packing it was ~20% of the
   // backward at (T, B, H) = (100, 1, 50); with many rows, packing still wins).
-  const bool direct_a = !s && R <= KC && Bp.panels() <= 4;
+  const bool direct_a = !s && !idx && R <= KC && Bp.panels() <= 4;
   // Packed slivers of A (uninitialised: every element read is packed first).
   S* const Ap = ws.ap.data();
   for (Index r0 = 0; r0 < R; r0 += KC) {
     const Index kc = std::min<Index>(KC, R - r0);
-    if (more.n > 0)
+    if (idx) {
+      if (more.n > 0)
+        Bp.pack_pair(Bm, ldb, N, more.Bm2, more.ldb2, kc, idx + r0);
+      else
+        Bp.pack(Bm, ldb, 1, 0, Bp.panels(), kc, idx + r0);
+    } else if (more.n > 0) {
       Bp.pack_pair(Bm + r0 * ldb, ldb, N, more.Bm2 + r0 * more.ldb2, more.ldb2, kc);
-    else
+    } else {
       Bp.pack(Bm + r0 * ldb, ldb, 1, 0, Bp.panels(), kc);
+    }
     for (Index ic0 = 0; ic0 < ipanels; ic0 += MCT) {
       const Index ic1 = std::min(ipanels, ic0 + MCT);
       // Ap[ip][k][i] = s_r · A[r0 + k, i0 + ip·MR + i], row by row of A (sequential reads).
       // Whole packets are stored, overrunning into the next k (written after) or the padding.
       for (Index k = 0; k < (direct_a ? 0 : kc); ++k) {
-        const S* src = A + (r0 + k) * lda;
-        const Packet sk = pset1<Packet>(s ? S(s[r0 + k]) : S(1));
+        const Index r = idx ? idx[r0 + k] : r0 + k;
+        const S* src = A + r * lda;
+        const Packet sk = pset1<Packet>(s ? S(s[r]) : S(1));
         for (Index ip = ic0; ip < ic1; ++ip) {
           S* dst = Ap + (ip - ic0) * ABLOCK + k * MR;
           const Index ib = i0 + ip * MR;
@@ -515,7 +536,7 @@ void gemm_tn(GemmTnWork<S>& ws, Index R, Index N, const S* A, Index lda, const S
               pstoreu(dst + q * PS, pmul(sk, ploadu<Packet>(src + ib + q * PS)));
           } else {  // the last sliver: no reads past column i1
             const Index in = std::min<Index>(MR, i1 - ib);
-            const S skv = s ? S(s[r0 + k]) : S(1);
+            const S skv = s ? S(s[r]) : S(1);
             for (Index i = 0; i < in; ++i) dst[i] = skv * src[ib + i];
             for (Index i = in; i < MR; ++i) dst[i] = S(0);
           }

@@ -77,20 +77,23 @@ struct Inputs {
   const S* W_rec = nullptr;  // (H, H)
   const S* b = nullptr;      // (H); the backward does not read it
   const S* h0 = nullptr;     // (B, H) initial state, or null for zeros
+  // (B) steps of each sequence, non-increasing, 1 ≤ len_b ≤ T, or null (all T). Sequence b
+  // runs steps t < len_b; its h, ∂E/∂x and ∂E/∂u at later steps are 0 and cost nothing.
+  const Index* lengths = nullptr;
 };
 
 // The states: written by the forward (States<S>), read by the backward (States<const S>).
 template <typename S>
 struct States {
-  S* h = nullptr;  // (T, B, H) h_1..h_T
+  S* h = nullptr;  // (T, B, H) h_1..h_T (0 past a sequence's length)
   S* x = nullptr;  // (T, B, H) pre-activations x_1..x_T, or null (not kept); backward ignores it
 };
 
 // The direct loss gradients the backward starts from; each may be null (none).
 template <typename S>
 struct Upstream {
-  const S* dh = nullptr;       // (T, B, H) ∂⁺E/∂h_t
-  const S* dh_last = nullptr;  // (B, H) added to ∂⁺E/∂h_T
+  const S* dh = nullptr;       // (T, B, H) ∂⁺E/∂h_t (rows past a sequence's length ignored)
+  const S* dh_last = nullptr;  // (B, H) added to ∂⁺E/∂h at each sequence's last step
 };
 
 // The backward's outputs, each written in full.
@@ -217,6 +220,60 @@ inline void share_lower(Index n, int tid, int nt, Index& begin, Index& end) {
   end = edge(tid + 1);
 }
 
+// Rows of the batch active at each step. With variable lengths (Inputs::lengths, sorted
+// non-increasing) step t runs rows [0, n[t]), n[t] = #{b : len_b > t}: the padding of a
+// PackedSequence-ordered batch is never computed. Without lengths (or all equal to T) every
+// step runs all B rows and `ragged` is false: the arithmetic is exactly that of no lengths.
+struct Steps {
+  Steps(const Dims& d, const Index* lengths) : n(size_t(d.T + 1), d.B), off(size_t(d.T + 2), 0) {
+    n[size_t(d.T)] = 0;  // no step after the last
+    ragged = false;
+    if (lengths)
+      for (Index b = 0; b < d.B; ++b) ragged = ragged || lengths[b] < d.T;
+    if (ragged) {
+      len = lengths;
+      for (Index t = 0; t < d.T; ++t) n[size_t(t)] = 0;
+      for (Index b = 0; b < d.B; ++b)
+        for (Index t = 0; t < lengths[b]; ++t) ++n[size_t(t)];
+    }
+    for (Index t = 0; t <= d.T; ++t) off[size_t(t + 1)] = off[size_t(t)] + n[size_t(t)];
+  }
+  Index at(Index t) const { return n[size_t(t)]; }
+  Index valid() const { return off[n.size() - 1]; }  // Σ_t n[t] = Σ_b len_b
+  std::vector<Index> n;    // (T + 1) rows active at step t; n[T] = 0
+  std::vector<Index> off;  // (T + 2) off[t] = Σ_{s<t} n[s]: valid rows before step t
+  bool ragged;
+  const Index* len = nullptr;  // (B) the lengths when ragged
+};
+
+// Rows [begin, end) of the B sequences for thread `tid` of `nt`, with about equal Σ len_b
+// (the work of a ragged batch) when `len` is given, else equal counts.
+inline void share_rows(Index B, const Index* len, int tid, int nt, Index& begin, Index& end) {
+  if (!len) return share(B, tid, nt, begin, end);
+  Index total = 0;
+  for (Index b = 0; b < B; ++b) total += len[b];
+  auto edge = [&](int k) {  // first row whose preceding work reaches k/nt of the total
+    if (k <= 0) return Index(0);
+    if (k >= nt) return B;
+    const double goal = double(total) * double(k) / double(nt);
+    Index b = 0, acc = 0;
+    while (b < B && double(acc) + 0.5 * double(len[b]) < goal) acc += len[b++];
+    return b;
+  };
+  begin = edge(tid);
+  end = edge(tid + 1);
+}
+
+// Zeroes rows [n[t], B) of every step of a (T, B, W) array (the padding of a ragged batch);
+// the steps are shared by the threads.
+template <typename S>
+inline void zero_padding(S* a, Index W, const Steps& st, Index T, Index B, int tid, int nt) {
+  if (!a || !st.ragged) return;
+  Index t0, t1;
+  share(T, tid, nt, t0, t1);
+  for (Index t = t0; t < t1; ++t) std::fill(a + (t * B + st.at(t)) * W, a + (t + 1) * B * W, S(0));
+}
+
 // One thread's share of every time step of the forward or the backward sweep.
 //   Batch split (and Serial): rows [b0, b1) of the batch, all H columns, all panels; no
 //   barrier per step, since a sequence depends on no other.
@@ -231,10 +288,10 @@ struct StepShare {
 };
 
 inline StepShare step_share(const Plan& plan, Index B, Index H, Index panels, Index panel_width,
-                            int tid, int nt) {
+                            int tid, int nt, const Steps& st) {
   StepShare s{plan.schedule != Schedule::Hidden, 0, B, 0, H, 0, panels};
   if (s.by_rows) {
-    share(B, tid, nt, s.b0, s.b1);
+    share_rows(B, st.len, tid, nt, s.b0, s.b1);
   } else {
     share(panels, tid, nt, s.p0, s.p1);
     s.c0 = std::min<Index>(s.p0 * panel_width, H);
@@ -376,6 +433,31 @@ inline void row_sqnorms(const S* p, const S* q, Index ld, Index rows, Index cols
   }
 }
 
+// Y = C + X·M over the rows of all T steps (X, C, Y: (T·B, ·) row-major), this thread's share
+// of them. Ragged: only the valid rows [0, n[t]) of each step (never the padding), else one
+// packed_gemm_rows over a contiguous share.
+template <typename S>
+void all_steps_gemm(const Steps& st, Index B, const S* X, Index ldx, const PackedMatrix<S>& M,
+                    const S* C, Index ldc, S* Y, Index ldy, int tid, int nt) {
+  Index r0, r1;
+  if (!st.ragged) {
+    share(st.valid(), tid, nt, r0, r1);
+    packed_gemm_rows<S>(r1 - r0, X + r0 * ldx, ldx, M, C ? C + r0 * ldc : nullptr, ldc,
+                        Y + r0 * ldy, ldy);
+    return;
+  }
+  share(st.valid(), tid, nt, r0, r1);
+  const Index T = Index(st.n.size()) - 1;
+  for (Index t = 0; t < T; ++t) {
+    const Index lo = std::max(r0, st.off[size_t(t)]);
+    const Index hi = std::min(r1, st.off[size_t(t)] + st.at(t));
+    if (hi <= lo) continue;
+    const Index row = t * B + (lo - st.off[size_t(t)]);
+    packed_gemm_rows<S>(hi - lo, X + row * ldx, ldx, M, C ? C + row * ldc : nullptr, ldc,
+                        Y + row * ldy, ldy);
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Forward: out.h (and out.x when not null) from `in`.
 
@@ -385,19 +467,19 @@ inline void row_sqnorms(const S* p, const S* q, Index ld, Index rows, Index cols
 template <typename S>
 bool forward_steps(const Inputs<S>& in, const States<S>& out, const Options& opt,
                    const PackedMatrix<S>& Wrt, const PackedMatrix<S>& Wit, bool split_input,
-                   const StepShare& sh, int tid, int nt, int& stop) {
+                   const StepShare& sh, const Steps& steps, int tid, int nt, int& stop) {
   const auto [T, B, I, H] = in.dims;
   const Activation act = opt.activation;
   const Index every = steps_per_poll(in.dims);
-  const Index BH = B * H, nb = sh.rows(), nc = sh.cols();
+  const Index BH = B * H, nc = sh.cols();
   S* z = out.x ? out.x : out.h;
-  if (split_input) {  // z = b + u W_inᵀ for all T·B rows first, rows shared by the threads
-    Index r0, r1;
-    share(T * B, tid, nt, r0, r1);
-    packed_gemm_rows<S>(r1 - r0, in.u + r0 * I, I, Wit, in.b, 0, z + r0 * H, H);
+  if (split_input) {  // z = b + u W_inᵀ for all (valid) T·B rows first, rows shared by the threads
+    all_steps_gemm<S>(steps, B, in.u, I, Wit, in.b, 0, z, H, tid, nt);
 #pragma omp barrier
   }
   for (Index t = 0; t < T; ++t) {
+    // This thread's rows active at step t: [b0, b0 + nb) (rows ≥ n[t] are padding).
+    const Index nb = std::max<Index>(0, std::min(sh.b1, steps.at(t)) - sh.b0);
     S* zt = z + t * BH + sh.b0 * H;
     const S* hprev = t > 0 ? out.h + (t - 1) * BH + sh.b0 * H
                            : (in.h0 ? in.h0 + sh.b0 * H : nullptr);
@@ -429,6 +511,7 @@ bool forward(const Inputs<S>& in, const States<S>& out, const Options& opt) {
   // When W_rec streams from memory at every step (PackedMatrix::streams), u_t W_inᵀ runs as
   // one blocked product over all steps first, so only W_rec is streamed per step.
   const bool split_input = Wrt.streams();
+  const Steps steps(in.dims, in.lengths);
 
   int stop = 0;  // shared by the team: Options::interrupted said stop
 
@@ -441,9 +524,11 @@ bool forward(const Inputs<S>& in, const States<S>& out, const Options& opt) {
     share(Wrt.panels(), tid, nt, p0, p1);
     Wrt.pack(in.W_rec, /*rs=*/1, /*cs=*/H, p0, p1);  // element (k, j) of W_recᵀ is W_rec[j, k]
     Wit.pack(in.W_in, /*rs=*/1, /*cs=*/I, p0, p1);
+    zero_padding(out.h, H, steps, T, B, tid, nt);
+    zero_padding(out.x, H, steps, T, B, tid, nt);
 #pragma omp barrier
-    const StepShare sh = step_share(plan, B, H, Wrt.panels(), Wrt.panel_width(), tid, nt);
-    forward_steps(in, out, opt, Wrt, Wit, split_input, sh, tid, nt, stop);
+    const StepShare sh = step_share(plan, B, H, Wrt.panels(), Wrt.panel_width(), tid, nt, steps);
+    forward_steps(in, out, opt, Wrt, Wit, split_input, sh, steps, tid, nt, stop);
   }
   return stop == 0;
 }
@@ -454,8 +539,8 @@ bool forward(const Inputs<S>& in, const States<S>& out, const Options& opt) {
 // Every scratch buffer of one backward call, allocated before its parallel regions.
 template <typename S>
 struct BackwardWork {
-  BackwardWork(const Dims& d, const Plan& plan, bool omega, bool norms)
-      : NT(plan.threads), TB(d.T * d.B),
+  BackwardWork(const Dims& d, const Index* lengths, const Plan& plan, bool omega, bool norms)
+      : NT(plan.threads), TB(d.T * d.B), steps(d, lengths),
         Wr(d.H, d.H, one_row_per_thread(plan, d.B)),
         Wi(d.H, d.I, one_row_per_thread(plan, d.B)),
         // As in the forward: with W_rec streamed from memory every step, ∂E/∂u is one blocked
@@ -474,9 +559,20 @@ struct BackwardWork {
     // gemm_tn scratch: at most H output rows and H + I columns ([h | u] in weight_grads).
     gemm.reserve(size_t(NT));
     for (int k = 0; k < NT; ++k) gemm.emplace_back(d.H, d.H + d.I);
+    if (steps.ragged) {  // the valid rows, for the weight products to skip the padding
+      rows_all.reserve(size_t(steps.valid()));
+      for (Index t = 0; t < d.T; ++t)
+        for (Index j = 0; j < steps.at(t); ++j) rows_all.push_back(t * d.B + j);
+      // Pairs (a_t, h_{t-1}) from the second step on: row (t − 1)·B + j of [dx + B·H | h | u + B·I].
+      rows_rec.assign(rows_all.begin() + d.B, rows_all.end());
+      for (Index& r : rows_rec) r -= d.B;
+    }
   }
   int NT;                         // threads planned; per-thread arrays have NT slots
   Index TB;
+  Steps steps;                    // rows active at each step
+  std::vector<Index> rows_all;    // ragged: the valid rows t·B + j (j < n[t]) of (T·B, ·)
+  std::vector<Index> rows_rec;    // ragged: rows_all from the second step, minus B
   PackedMatrix<S> Wr;             // W_rec:  v = a · W_rec
   PackedMatrix<S> Wi;             // W_in:   ∂E/∂u = a · W_in
   bool split_input, omega_v;
@@ -503,45 +599,50 @@ bool error_sweep(const Inputs<S>& in, const States<const S>& st, const Upstream<
   const bool omega = opt.omega;
   const Index every = steps_per_poll(in.dims);
   const Index BH = B * H, TB = w.TB;
-  const Index b0 = sh.b0, c0 = sh.c0, nb = sh.rows(), nc = sh.cols(), p0 = sh.p0, p1 = sh.p1;
+  const Index b0 = sh.b0, c0 = sh.c0, nc = sh.cols(), p0 = sh.p0, p1 = sh.p1;
+  const Steps& steps = w.steps;
   double* my_dn2 = w.dn2.empty() ? nullptr : w.dn2.data() + tid * TB;
   double* my_vn2 = omega ? w.vn2.data() + tid * TB : nullptr;
   for (Index t = T - 1; t >= -1; --t) {
     S* d = t >= 0 ? g.dx + t * BH + b0 * H : g.dh0 + b0 * H;  // δ_t is built in place, then a_t
     const S* dht = (t >= 0 && up.dh) ? up.dh + t * BH + b0 * H : nullptr;
-    if (nb > 0) {
-      if (t + 1 < T) {
-        const S* a_next = g.dx + (t + 1) * BH + b0 * H;
-        if (g.du && !w.split_input)
-          packed_gemm<S>(nb, a_next, H, w.Wi, q0, q1, nullptr, I,
-                         g.du + (t + 1) * B * I + b0 * I, I);
-        if (w.omega_v) {  // v = a[t+1] W_rec stored, then δ = dh + v
-          S* vt = w.v.data() + (t + 1) * BH + b0 * H;
-          packed_gemm<S>(nb, a_next, H, w.Wr, p0, p1, nullptr, H, vt, H);
-          if (nc > 0) {
-            row_sqnorms<S>(vt + c0, nullptr, H, nb, nc, my_vn2 + (t + 1) * B + b0);
-            if (dht)
-              view(d + c0, nb, nc, H) = cview(vt + c0, nb, nc, H) + cview(dht + c0, nb, nc, H);
-            else
-              view(d + c0, nb, nc, H) = cview(vt + c0, nb, nc, H);
-          }
-        } else {
-          packed_gemm<S>(nb, a_next, H, w.Wr, p0, p1, dht, H, d, H);  // δ = dh + a[t+1] W_rec
-          if (omega && nc > 0)  // Ω's ‖v‖² = ‖δ − dh‖², read back from δ (no stored v)
-            row_sqnorms(d + c0, dht ? dht + c0 : nullptr, H, nb, nc, my_vn2 + (t + 1) * B + b0);
+    // This thread's rows active at step t, [b0, e): those of [b0, m) go on to step t + 1, those
+    // of [m, e) end at t (dh_last is theirs). At t = −1 (∂E/∂h_0) every row goes on to step 0.
+    const Index e = t >= 0 ? std::max(b0, std::min(sh.b1, steps.at(t))) : sh.b1;
+    const Index m = std::max(b0, std::min(e, steps.at(t + 1)));
+    const Index nb = e - b0, ng = m - b0, ne = e - m;
+    if (ng > 0) {
+      const S* a_next = g.dx + (t + 1) * BH + b0 * H;
+      if (g.du && !w.split_input)
+        packed_gemm<S>(ng, a_next, H, w.Wi, q0, q1, nullptr, I,
+                       g.du + (t + 1) * B * I + b0 * I, I);
+      if (w.omega_v) {  // v = a[t+1] W_rec stored, then δ = dh + v
+        S* vt = w.v.data() + (t + 1) * BH + b0 * H;
+        packed_gemm<S>(ng, a_next, H, w.Wr, p0, p1, nullptr, H, vt, H);
+        if (nc > 0) {
+          row_sqnorms<S>(vt + c0, nullptr, H, ng, nc, my_vn2 + (t + 1) * B + b0);
+          if (dht)
+            view(d + c0, ng, nc, H) = cview(vt + c0, ng, nc, H) + cview(dht + c0, ng, nc, H);
+          else
+            view(d + c0, ng, nc, H) = cview(vt + c0, ng, nc, H);
         }
-      } else if (nc > 0) {  // t == T-1: no later step
-        if (dht)
-          view(d + c0, nb, nc, H) = cview(dht + c0, nb, nc, H);
-        else
-          view(d + c0, nb, nc, H).setZero();
+      } else {
+        packed_gemm<S>(ng, a_next, H, w.Wr, p0, p1, dht, H, d, H);  // δ = dh + a[t+1] W_rec
+        if (omega && nc > 0)  // Ω's ‖v‖² = ‖δ − dh‖², read back from δ (no stored v)
+          row_sqnorms(d + c0, dht ? dht + c0 : nullptr, H, ng, nc, my_vn2 + (t + 1) * B + b0);
       }
-      if (nc > 0 && t == T - 1 && up.dh_last)
-        view(d + c0, nb, nc, H) += cview(up.dh_last + b0 * H + c0, nb, nc, H);
-      if (nc > 0 && t >= 0) {
-        if (my_dn2) row_sqnorms<S>(d + c0, nullptr, H, nb, nc, my_dn2 + t * B + b0);
-        times_derivative(act, d + c0, H, st.h + t * BH + b0 * H + c0, H, d + c0, H, nb, nc);
-      }
+    }
+    if (ne > 0 && nc > 0) {  // the last step of these rows: no later step
+      S* dl = d + ng * H + c0;
+      if (dht)
+        view(dl, ne, nc, H) = cview(dht + ng * H + c0, ne, nc, H);
+      else
+        view(dl, ne, nc, H).setZero();
+      if (up.dh_last) view(dl, ne, nc, H) += cview(up.dh_last + m * H + c0, ne, nc, H);
+    }
+    if (nb > 0 && nc > 0 && t >= 0) {
+      if (my_dn2) row_sqnorms<S>(d + c0, nullptr, H, nb, nc, my_dn2 + t * B + b0);
+      times_derivative(act, d + c0, H, st.h + t * BH + b0 * H + c0, H, d + c0, H, nb, nc);
     }
     if (!sh.by_rows) {
 #pragma omp barrier
@@ -562,12 +663,16 @@ inline void reduce_norms(std::vector<double>& dn2, int NT, Index TB, double* dh_
 // Stage 2, the Ω terms (T·B work, one thread): r = ‖v_t‖² / ‖δ_t‖² per pair, Ω's sum, and
 // each pair's coefficient c = 4(r − 1)/‖δ_t‖² / pairs in ∂Ω/∂W_rec = Σ c a_tᵀ v_t.
 // dn2: the reduced ‖δ_t‖² (T, B); vn2: the per-thread ‖v_t‖² partials (NT, T, B).
+// Padded pairs (b ≥ n[t]) are not pairs.
 inline BackwardOut omega_terms(const std::vector<double>& dn2, std::vector<double>& vn2,
-                               std::vector<double>& coef, int NT, Index TB, double bound) {
+                               std::vector<double>& coef, int NT, Index TB, double bound,
+                               const Steps& steps) {
   BackwardOut out;
   for (int k = 1; k < NT; ++k)
     for (Index i = 0; i < TB; ++i) vn2[i] += vn2[k * TB + i];
+  const Index B = steps.n[0];
   for (Index i = 0; i < TB; ++i) {
+    if (steps.ragged && i % B >= steps.at(i / B)) continue;
     if (dn2[i] >= bound) {  // false for NaN: such pairs are dropped, not propagated
       const double r = vn2[i] / dn2[i];
       out.omega_sum += (r - 1.0) * (r - 1.0);
@@ -583,13 +688,17 @@ inline BackwardOut omega_terms(const std::vector<double>& dn2, std::vector<doubl
 // Stage 3, the weight gradients, rows [i0, i1) of each (H-row) output for one thread:
 //   ∂E/∂W_rec = Σ_{t≥2} a_tᵀ h_{t-1} + a_1ᵀ h_0;  ∂E/∂W_in = Σ_t a_tᵀ u_t;  ∂E/∂b = Σ a_t.
 // From the second step on, one product for both: a_t is packed once for h_{t-1} and u_t.
+// Ragged: the products run over the valid rows only (w.rows_rec); ∂E/∂b sums the zeros of
+// the padding too (H per row, no product).
 template <typename S>
 void weight_grads(const Inputs<S>& in, const States<const S>& st, const Gradients<S>& g,
-                  GemmTnWork<S>& ws, Index i0, Index i1) {
+                  const BackwardWork<S>& w, GemmTnWork<S>& ws, Index i0, Index i1) {
   const auto [T, B, I, H] = in.dims;
   const Index BH = B * H, TB = T * B;
-  gemm_tn<S>(ws, TB - B, H, g.dx + BH, H, st.h, H, nullptr, g.dW_rec, H, i0, i1, false, false,
-             {in.u + B * I, I, I, g.dW_in, I});
+  const bool ragged = w.steps.ragged;
+  gemm_tn<S>(ws, ragged ? Index(w.rows_rec.size()) : TB - B, H, g.dx + BH, H, st.h, H, nullptr,
+             g.dW_rec, H, i0, i1, false, false, {in.u + B * I, I, I, g.dW_in, I},
+             ragged ? w.rows_rec.data() : nullptr);
   if (in.h0)
     gemm_tn<S>(ws, B, H, g.dx, H, in.h0, H, nullptr, g.dW_rec, H, i0, i1, false, true,
                {in.u, I, I, g.dW_in, I});
@@ -606,15 +715,20 @@ void weight_grads(const Inputs<S>& in, const States<const S>& st, const Gradient
 template <typename S>
 void omega_weight_grad(const Dims& d, const Gradients<S>& g, BackwardWork<S>& w, Index i0,
                        Index i1, int tid, int nt) {
-  const Index H = d.H, TB = w.TB;
+  const Index H = d.H;
   GemmTnWork<S>& ws = w.gemm[size_t(tid)];
+  // Ragged: the valid rows only (the stored v of padded rows is never written).
+  const Index* idx = w.steps.ragged ? w.rows_all.data() : nullptr;
+  const Index R = w.steps.ragged ? Index(w.rows_all.size()) : w.TB;
   if (w.omega_v) {
-    gemm_tn<S>(ws, TB, H, g.dx, H, w.v.data(), H, w.coef.data(), g.omega_grad, H, i0, i1);
+    gemm_tn<S>(ws, R, H, g.dx, H, w.v.data(), H, w.coef.data(), g.omega_grad, H, i0, i1, false,
+               false, {}, idx);
     return;
   }
   Index l0, l1;
   share_lower(H, tid, nt, l0, l1);
-  gemm_tn<S>(ws, TB, H, g.dx, H, g.dx, H, w.coef.data(), w.G.data(), H, l0, l1, /*lower=*/true);
+  gemm_tn<S>(ws, R, H, g.dx, H, g.dx, H, w.coef.data(), w.G.data(), H, l0, l1, /*lower=*/true,
+             false, {}, idx);
 #pragma omp barrier
   S* G = w.G.data();
   for (Index i = i0; i < i1; ++i)  // mirror: writes only above the diagonal, reads below
@@ -635,7 +749,7 @@ BackwardOut backward(const Inputs<S>& in, const States<const S>& st, const Upstr
   const auto [T, B, I, H] = in.dims;
   const Plan plan = make_plan(in.dims, opt);
   const bool omega = opt.omega, norms = omega || g.dh_norm != nullptr;
-  BackwardWork<S> w(in.dims, plan, omega, norms);
+  BackwardWork<S> w(in.dims, in.lengths, plan, omega, norms);
   PackedMatrix<S>& Wr = w.Wr;
   PackedMatrix<S>& Wi = w.Wi;
   int stop = 0;  // shared by the team: Options::interrupted said stop
@@ -654,8 +768,10 @@ BackwardOut backward(const Inputs<S>& in, const States<const S>& st, const Upstr
       Wr.pack(in.W_rec, /*rs=*/H, /*cs=*/1, p0, p1);
     }
     if (g.du) Wi.pack(in.W_in, /*rs=*/I, /*cs=*/1, q0, q1);  // a training update needs no ∂E/∂u
+    zero_padding(g.dx, H, w.steps, T, B, tid, nt);  // the sweep writes the valid rows only
+    zero_padding(g.du, I, w.steps, T, B, tid, nt);
 #pragma omp barrier
-    const StepShare sh = step_share(plan, B, H, Wr.panels(), Wr.panel_width(), tid, nt);
+    const StepShare sh = step_share(plan, B, H, Wr.panels(), Wr.panel_width(), tid, nt, w.steps);
     if (sh.by_rows) {
       q0 = 0;
       q1 = Wi.panels();
@@ -663,9 +779,7 @@ BackwardOut backward(const Inputs<S>& in, const States<const S>& st, const Upstr
     const bool swept = error_sweep(in, st, up, g, opt, w, sh, q0, q1, tid, nt, stop);
     if (swept && g.du && w.split_input) {  // ∂E/∂u = a W_in for all T·B rows, rows shared by the threads
 #pragma omp barrier
-      Index r0, r1;
-      share(w.TB, tid, nt, r0, r1);
-      packed_gemm_rows<S>(r1 - r0, g.dx + r0 * H, H, Wi, nullptr, I, g.du + r0 * I, I);
+      all_steps_gemm<S>(w.steps, B, g.dx, H, Wi, nullptr, I, g.du, I, tid, nt);
     }
   }
 
@@ -676,7 +790,7 @@ BackwardOut backward(const Inputs<S>& in, const States<const S>& st, const Upstr
     return out;
   }
   if (norms) reduce_norms(w.dn2, w.NT, w.TB, g.dh_norm);
-  if (omega) out = omega_terms(w.dn2, w.vn2, w.coef, w.NT, w.TB, opt.omega_bound);
+  if (omega) out = omega_terms(w.dn2, w.vn2, w.coef, w.NT, w.TB, opt.omega_bound, w.steps);
 
   // Split: rows of the (H-row) outputs, so no thread adds into another's rows (no reduction);
   // the products run over all T·B rows. Nothing inside allocates (scratch in w.gemm) or throws.
@@ -685,7 +799,7 @@ BackwardOut backward(const Inputs<S>& in, const States<const S>& st, const Upstr
     const int nt = omp_get_num_threads(), tid = omp_get_thread_num();
     Index i0, i1;
     share(H, tid, nt, i0, i1);
-    weight_grads(in, st, g, w.gemm[size_t(tid)], i0, i1);
+    weight_grads(in, st, g, w, w.gemm[size_t(tid)], i0, i1);
     if (omega) omega_weight_grad(in.dims, g, w, i0, i1, tid, nt);
   }
   return out;

@@ -291,6 +291,50 @@ class Workspace:
         return sum(r.nbytes for r in self._raw.values())
 
 
+def _check_lengths(lengths, T: int, B: int) -> np.ndarray:
+    """``lengths`` as a 1-D int64 array (B,) with every value in [1, T], in any order."""
+    a = lengths if isinstance(lengths, np.ndarray) else np.asarray(lengths)
+    if a.dtype == np.bool_ or not np.issubdtype(a.dtype, np.integer):
+        raise TypeError(f"lengths: expected an array of integers, got dtype {a.dtype}")
+    if a.shape != (B,):
+        raise ValueError(f"lengths: expected shape (B,) = ({B},), got {a.shape}")
+    lo, hi = int(a.min()), int(a.max())
+    if lo < 1 or hi > T:
+        raise ValueError(f"lengths: expected values in [1, T] = [1, {T}] (empty sequences are "
+                         f"not allowed), got min {lo}, max {hi}")
+    return np.array(a, dtype=np.int64, copy=True)
+
+
+class _Ragged:
+    """How the kernels see a batch with variable lengths. The kernels run step t on the
+    first n_t = #{b : len_b > t} rows, so they take the lengths sorted non-increasing
+    (PackedSequence order). Other orders are permuted into that order (stable sort) before the
+    kernels and back after: one copy of the (T, B, ·) arrays each way.
+    ``kernel`` is None when every length is T (the call is exactly the one without lengths)."""
+
+    __slots__ = ("lengths", "kernel", "perm", "inv")
+
+    def __init__(self, lengths: np.ndarray, T: int):
+        self.lengths = lengths
+        self.perm = self.inv = None
+        if int(lengths.min()) == T:
+            self.kernel = None
+        elif np.all(lengths[:-1] >= lengths[1:]):
+            self.kernel = lengths
+        else:
+            self.perm = np.argsort(-lengths, kind="stable")
+            self.inv = np.empty_like(self.perm)
+            self.inv[self.perm] = np.arange(len(self.perm))
+            self.kernel = np.ascontiguousarray(lengths[self.perm])
+
+    def to_kernel(self, a, axis: int):
+        """``a`` with its sequences in the kernels' order (None stays None)."""
+        return a if a is None or self.perm is None else np.take(a, self.perm, axis=axis)
+
+    def from_kernel(self, a, axis: int):
+        return a if a is None or self.inv is None else np.take(a, self.inv, axis=axis)
+
+
 def _expect_shape(name: str, a: np.ndarray, shape: tuple, shape_doc: str) -> None:
     if a.shape != shape:
         raise ValueError(f"{name}: expected shape {shape_doc} = {shape}, got {a.shape}")
@@ -306,11 +350,15 @@ class ForwardResult:
     x : ndarray (T, B, H) or None
         Pre-activations x_1..x_T (the paper's x_t), when ``keep_x=True``.
     activation : str
+    lengths : ndarray (B,) int64 or None
+        The ``lengths`` of :func:`forward` (a copy), or None. :func:`backward` uses them.
     """
 
-    __slots__ = ("h", "x", "activation", "u", "W_in", "W_rec", "b", "_h0", "num_threads")
+    __slots__ = ("h", "x", "activation", "u", "W_in", "W_rec", "b", "_h0", "num_threads",
+                 "lengths", "_ragged", "_kernel")
 
-    def __init__(self, h, x, activation, u, W_in, W_rec, b, h0, num_threads):
+    def __init__(self, h, x, activation, u, W_in, W_rec, b, h0, num_threads, ragged=None,
+                 kernel=None):
         self.h = h
         self.x = x
         self.activation = activation
@@ -320,6 +368,10 @@ class ForwardResult:
         self.b = b
         self._h0 = h0
         self.num_threads = num_threads
+        self._ragged = ragged
+        self.lengths = None if ragged is None else ragged.lengths
+        # (u, h0, h) in the kernels' sequence order, when lengths are permuted; else None.
+        self._kernel = kernel
 
     @property
     def h0(self) -> np.ndarray:
@@ -330,8 +382,11 @@ class ForwardResult:
 
     @property
     def h_last(self) -> np.ndarray:
-        """Final state h_T (B, H): pass it as ``h0`` of the next segment (truncated BPTT)."""
-        return self.h[-1]
+        """Final state h_T (B, H): pass it as ``h0`` of the next segment (truncated BPTT).
+        With ``lengths``: row b is h at step len_b (index len_b − 1), a new array."""
+        if self.lengths is None:
+            return self.h[-1]
+        return self.h[self.lengths - 1, np.arange(self.h.shape[1])]
 
     @property
     def dtype(self) -> np.dtype:
@@ -380,7 +435,7 @@ class Gradients:
 
 def forward(u, W_in, W_rec, b, h0=None, *, activation: str = "tanh", keep_x: bool = False,
             num_threads: int | None = None, workspace: Workspace | None = None,
-            _schedule: str = "auto") -> ForwardResult:
+            lengths=None, _schedule: str = "auto") -> ForwardResult:
     """Run the recurrence h_t = σ(W_rec h_{t-1} + W_in u_t + b) over all T steps.
 
     Parameters
@@ -402,6 +457,14 @@ def forward(u, W_in, W_rec, b, h0=None, *, activation: str = "tanh", keep_x: boo
         problems use one.
     workspace : Workspace, optional
         Reuse the memory of the previous call with this workspace for ``h`` and ``x``.
+    lengths : 1-D integer array-like (B,), optional
+        Variable sequence lengths (a padded batch, as for PyTorch's ``PackedSequence``), each
+        in [1, T], in any order. Sequence b runs steps t < len_b exactly as alone;
+        ``h[t, b]`` (and ``x[t, b]``) is 0 for t ≥ len_b, and ``h_last[b]`` is h at step
+        len_b. The padding costs nothing: in PackedSequence order (non-increasing lengths)
+        step t runs only the first #{b : len_b > t} rows; other orders are permuted into it
+        and back (a stable sort; one copy of u and h each way). All lengths equal to T give
+        exactly the result without lengths.
 
     Returns
     -------
@@ -429,6 +492,7 @@ def forward(u, W_in, W_rec, b, h0=None, *, activation: str = "tanh", keep_x: boo
     if h0 is not None:
         h0 = _checked("h0", h0, "(B, H)", 2, dtype)
         _expect_shape("h0", h0, (B, H), "(B, H)")
+    ragged = None if lengths is None else _Ragged(_check_lengths(lengths, T, B), T)
     itemsize = dtype.itemsize
     # The kernels copy an input inside a workspace output too, but only for the call.
     u, W_in, W_rec, b, h0 = _readable(
@@ -437,14 +501,23 @@ def forward(u, W_in, W_rec, b, h0=None, *, activation: str = "tanh", keep_x: boo
         "forward", workspace, ("h", "x"))
     h = _empty((T, B, H), dtype, workspace, "h")
     x = _empty((T, B, H), dtype, workspace, "x") if keep_x else None
-    _core.forward(u, W_in, W_rec, b, h0, h, x, act, threads, schedule)
-    return ForwardResult(h, x, activation, u, W_in, W_rec, b, h0, threads)
+    if ragged is None or ragged.perm is None:
+        _core.forward(u, W_in, W_rec, b, h0, h, x, act, threads, schedule,
+                      None if ragged is None else ragged.kernel)
+        return ForwardResult(h, x, activation, u, W_in, W_rec, b, h0, threads, ragged)
+    # Unsorted lengths: the kernels run the sequences sorted by length, h and x come back in
+    # the caller's order; the sorted u, h0, h stay with the result for the backward.
+    uk, h0k = ragged.to_kernel(u, 1), ragged.to_kernel(h0, 0)
+    _core.forward(uk, W_in, W_rec, b, h0k, h, x, act, threads, schedule, ragged.kernel)
+    hk = h
+    h, x = ragged.from_kernel(hk, 1), ragged.from_kernel(x, 1)
+    return ForwardResult(h, x, activation, u, W_in, W_rec, b, h0, threads, ragged, (uk, h0k, hk))
 
 
 def backward(fwd: ForwardResult, dh=None, *, dh_last=None, omega: bool = False,
              omega_bound: float = OMEGA_BOUND, profile: bool = False, input_grad: bool = True,
              num_threads: int | None = None, workspace: Workspace | None = None,
-             _schedule: str = "auto") -> Gradients:
+             lengths=None, _schedule: str = "auto") -> Gradients:
     """Backpropagation through time for the network of ``fwd``.
 
     Parameters
@@ -473,6 +546,13 @@ def backward(fwd: ForwardResult, dh=None, *, dh_last=None, omega: bool = False,
         As in :func:`forward`: a positive int, clamped to :func:`max_num_threads`.
     workspace : Workspace, optional
         Reuse the memory of the previous call with this workspace for the gradients.
+    lengths : 1-D integer array-like (B,), optional
+        The backward always uses ``fwd.lengths`` (the ``lengths`` of :func:`forward`); passing
+        them again is allowed, passing different ones (or any when the forward had none) is
+        an error. With lengths, only steps t < len_b of sequence b contribute: ``dh[t, b]``
+        for t ≥ len_b is ignored, ``dh_last[b]`` is the gradient at h of step len_b, and every
+        gradient equals that of running each sequence alone at its own length (``dx``,
+        ``u`` and ``dh_norm`` are 0 at padded steps; Ω counts the valid steps only).
 
     Returns
     -------
@@ -488,6 +568,12 @@ def backward(fwd: ForwardResult, dh=None, *, dh_last=None, omega: bool = False,
     dtype = fwd.h.dtype
     if dh is None and dh_last is None:
         raise ValueError("backward: give dh (T, B, H) and/or dh_last (B, H)")
+    ragged = fwd._ragged
+    if lengths is not None:
+        lengths = _check_lengths(lengths, T, B)
+        if ragged is None or not np.array_equal(lengths, ragged.lengths):
+            raise ValueError("lengths: differ from the lengths of the forward (fwd.lengths = "
+                             f"{fwd.lengths}); backward uses fwd's, pass them or nothing")
     if dh is not None:  # shape first: a wrong broadcast view must not be copied
         dh = _checked("dh", dh, "(T, B, H)", 3, dtype)
         _expect_shape("dh", dh, (T, B, H), "(T, B, H) of fwd")
@@ -503,6 +589,11 @@ def backward(fwd: ForwardResult, dh=None, *, dh_last=None, omega: bool = False,
     dh, dh_last = _readable([dh, dh_last],
                             outputs + _scratch_bytes(T, B, I, H, itemsize, threads, True, omega),
                             "backward")
+    klen = None if ragged is None else ragged.kernel
+    u, h0, h = fwd.u, fwd._h0, fwd.h
+    if fwd._kernel is not None:  # unsorted lengths: the sequences in the kernels' order
+        u, h0, h = fwd._kernel
+        dh, dh_last = ragged.to_kernel(dh, 1), ragged.to_kernel(dh_last, 0)
 
     specs = [("dW_in", (H, I)), ("dW_rec", (H, H)), ("db", (H,)), ("dh0", (B, H)),
              ("dx", (T, B, H))] + ([("du", (T, B, I))] if input_grad else [])
@@ -512,10 +603,13 @@ def backward(fwd: ForwardResult, dh=None, *, dh_last=None, omega: bool = False,
     omega_grad = _empty((H, H), dtype, workspace, "omega_grad") if omega else None
     dh_norm = np.empty((T, B), np.float64) if profile else None
     total, pairs = _core.backward(
-        fwd.u, fwd.W_in, fwd.W_rec, fwd._h0, fwd.h, dh, dh_last, g.dx, g.W_in, g.W_rec, g.b,
+        u, fwd.W_in, fwd.W_rec, h0, h, dh, dh_last, g.dx, g.W_in, g.W_rec, g.b,
         g.h0, g.u, omega_grad, omega_bound, dh_norm, _activation_code(fwd.activation), threads,
-        schedule,
+        schedule, klen,
     )
+    if fwd._kernel is not None:  # back to the caller's order
+        g.dx, g.u, g.h0 = ragged.from_kernel(g.dx, 1), ragged.from_kernel(g.u, 1), ragged.from_kernel(g.h0, 0)
+        dh_norm = ragged.from_kernel(dh_norm, 1)
     if omega:
         g.omega = total / pairs if pairs > 0 else 0.0
         g.omega_grad = omega_grad
@@ -525,17 +619,26 @@ def backward(fwd: ForwardResult, dh=None, *, dh_last=None, omega: bool = False,
 
 
 def final_state(u, W_in, W_rec, b, h0=None, *, activation: str = "tanh",
-                num_threads: int | None = None, chunk_elements: int = 1 << 20) -> np.ndarray:
+                num_threads: int | None = None, chunk_elements: int = 1 << 20,
+                lengths=None) -> np.ndarray:
     """h_T of the recurrence, without storing all states: memory does not grow with T.
 
     Runs the sequence in time chunks of about ``chunk_elements`` state values (T_c·B·H),
     carrying the state across chunks. Same arguments as :func:`forward`; returns (B, H).
+    With ``lengths``, row b is h at step len_b (``forward(...).h_last``).
     """
     u = _checked("u", u, "(T, B, I)", 3)
     T, B, _ = u.shape
     W_rec_arr = np.asarray(W_rec)
     H = W_rec_arr.shape[0] if W_rec_arr.ndim == 2 else 1
     step = max(1, min(T, int(chunk_elements) // max(1, B * H)))
+    if lengths is not None and T > 0 and B > 0:
+        lengths = _check_lengths(lengths, T, B)
+        if step < T:
+            return _final_state_ragged(u, W_in, W_rec, b, h0, lengths, step, activation,
+                                       num_threads)
+        return np.array(forward(u, W_in, W_rec, b, h0, activation=activation,
+                                num_threads=num_threads, lengths=lengths).h_last, copy=True)
     h = h0
     for s in range(0, T, step):
         h = forward(u[s:s + step], W_in, W_rec, b, h, activation=activation,
@@ -543,3 +646,27 @@ def final_state(u, W_in, W_rec, b, h0=None, *, activation: str = "tanh",
     if h is None:  # T == 0: let forward raise its error
         forward(u, W_in, W_rec, b, h0, activation=activation, num_threads=num_threads)
     return np.array(h, copy=True)
+
+
+def _final_state_ragged(u, W_in, W_rec, b, h0, lengths, step, activation, num_threads):
+    """final_state with lengths, in chunks of ``step`` steps: each chunk runs the sequences not
+    yet finished, and their states replace those rows."""
+    T, B, _ = u.shape
+    h = None
+    for s in range(0, T, step):
+        rows = np.flatnonzero(lengths > s)
+        if rows.size == 0:
+            break
+        n = min(step, T - s)
+        hs = None
+        if h is not None:
+            hs = h[rows]
+        elif h0 is not None:
+            hs = np.asarray(h0)[rows]
+        out = forward(u[s:s + n][:, rows], W_in, W_rec, b, hs, activation=activation,
+                      num_threads=num_threads, lengths=np.minimum(lengths[rows] - s, n)).h_last
+        if h is None:
+            h = (np.zeros((B, out.shape[1]), out.dtype) if h0 is None
+                 else np.array(h0, dtype=out.dtype, copy=True))
+        h[rows] = out
+    return h
