@@ -106,27 +106,28 @@ def _reverse(x: Tensor, lengths: Optional[Tensor]) -> Tensor:
     return x.gather(0, idx.unsqueeze(2).expand_as(x))
 
 
-def _valid(T: int, lengths: Tensor) -> np.ndarray:
-    """(T, B) bool: step t of sequence b is inside its length."""
-    return (torch.arange(T).unsqueeze(1) < lengths).numpy()
-
-
-# The only two places that know how variable lengths reach the kernels: today the kernels run
-# every step and the padded steps are zeroed here (same numbers, since nothing at t ≥ len_b
-# reaches a valid step or a gradient); with rnnfast's `lengths=` kernels they pass it through.
+# Variable lengths go to the kernels (rnnfast.forward/backward's lengths=): each sequence stops
+# at its own length and padded steps cost nothing; h is 0 there and dh there is ignored. The
+# lengths always come in PackedSequence order (non-increasing), the kernels' own order.
 def _kernel_forward(u, h0, W_in, W_rec, b, lengths, activation, threads) -> _rf.ForwardResult:
-    """u (T, B, I), h0 (B, H) or None, lengths (B,) Tensor or None -> ForwardResult, h (T, B, H)
-    zero at padded steps."""
-    fwd = _rf.forward(u, W_in, W_rec, b, h0, activation=activation, num_threads=threads)
+    """u (T, B, I), h0 (B, H) or None, lengths (B,) Tensor or None -> ForwardResult."""
+    return _rf.forward(u, W_in, W_rec, b, h0, activation=activation, num_threads=threads,
+                       lengths=None if lengths is None else lengths.numpy())
+
+
+def _forward_result(h, u, W_in, W_rec, b, h0, lengths, activation, threads) -> _rf.ForwardResult:
+    """The ForwardResult of an earlier _kernel_forward, rebuilt from the arrays autograd saved
+    (a custom operator's backward receives tensors only)."""
+    ragged = None
     if lengths is not None:
-        fwd.h[~_valid(u.shape[0], lengths)] = 0.0
-    return fwd
+        T, B = h.shape[:2]
+        ragged = _rf._Ragged(_rf._check_lengths(lengths.numpy(), T, B), T)
+        assert ragged.perm is None, "lengths must be in PackedSequence order"
+    return _rf.ForwardResult(h, None, activation, u, W_in, W_rec, b, h0, threads, ragged=ragged)
 
 
-def _kernel_backward(fwd, dh, lengths, input_grad, omega, omega_bound, threads) -> _rf.Gradients:
+def _kernel_backward(fwd, dh, input_grad, omega, omega_bound, threads) -> _rf.Gradients:
     """dh (T, B, H) the direct output gradient; entries at padded steps are ignored."""
-    if lengths is not None:
-        dh = np.where(_valid(dh.shape[0], lengths)[:, :, None], dh, 0.0).astype(dh.dtype, copy=False)
     return _rf.backward(fwd, dh, omega=omega, omega_bound=omega_bound, input_grad=input_grad,
                         num_threads=threads)
 
@@ -186,9 +187,9 @@ def _layer_backward(grad_out, u, h0, weights, lengths, out, activation, num_thre
         rev = (lambda x: x) if d == 0 else (lambda x: _reverse(x, lengths))
         W_in, W_rec, b = weights[3 * d:3 * d + 3]
         h = _np(rev(out[:, :, d * H:(d + 1) * H]))           # the direction's states, its time order
-        fwd = _rf.ForwardResult(h, None, activation, _np(rev(u)), _np(W_in), _np(W_rec), _np(b),
-                                _np(h0[d]), n)
-        return _kernel_backward(fwd, _np(rev(grad_out[:, :, d * H:(d + 1) * H])), lengths,
+        fwd = _forward_result(h, _np(rev(u)), _np(W_in), _np(W_rec), _np(b), _np(h0[d]),
+                              lengths, activation, n)
+        return _kernel_backward(fwd, _np(rev(grad_out[:, :, d * H:(d + 1) * H])),
                                 input_grad, omega is not None,
                                 _rf.OMEGA_BOUND if omega is None else omega, n)
 
