@@ -656,7 +656,7 @@ def test_deepcopy_and_pickle_keep_the_configuration():
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")  # dynamo internals
-def test_torch_compile_runs_the_kernels_eagerly():
+def test_torch_compile_of_the_module_matches_torch():
     ref, ours = pair(3, 4)
     compiled = torch.compile(ours)
     x = torch.randn(5, 2, 3, dtype=F64)
