@@ -112,7 +112,7 @@ def measure(steps, threads, repeats, warmup):
     import torch
     import rnnfast
 
-    times = {(c, n): [] for c in steps for n in threads}
+    times = {(c, n): ([], []) for c in steps for n in threads}   # wall, process CPU
     order = list(steps)
     for n in threads:
         for r in range(warmup + repeats):
@@ -120,10 +120,12 @@ def measure(steps, threads, repeats, warmup):
             for c in order:
                 torch.set_num_threads(n)
                 rnnfast.set_num_threads(n)
+                c0 = time.process_time()
                 t0 = time.perf_counter()
                 steps[c](n)
                 if r >= warmup:
-                    times[(c, n)].append(time.perf_counter() - t0)
+                    times[(c, n)][0].append(time.perf_counter() - t0)
+                    times[(c, n)][1].append(time.process_time() - c0)
     return times
 
 
@@ -148,8 +150,11 @@ def main(argv=None) -> int:
     load0 = os.getloadavg()[0]
     print(f"torch {torch.__version__}, rnnfast {rnnfast.__version__}, cpus {os.cpu_count()}, "
           f"load average {load0:.2f}, {args.dtype}, {repeats} interleaved rounds per cell")
-    print("\n| config (T,B,I,H,L,bidir) | thr | contender | median ms | min ms | torch / this |")
-    print("|---|---|---|---|---|---|")
+    print("wall: median and min over the rounds; cpu: median process CPU time (all threads; on "
+          "one thread the figure least disturbed by other processes)")
+    print("\n| config (T,B,I,H,L,bidir) | thr | contender | wall median ms | wall min ms | "
+          "cpu median ms | torch / this (wall median) | torch / this (cpu) |")
+    print("|---|---|---|---|---|---|---|---|")
     results = []
     for name, cfg in configs.items():
         steps, check = make_case(*cfg, args.dtype)
@@ -159,15 +164,18 @@ def main(argv=None) -> int:
             return 1
         times = measure(steps, threads, repeats, 1 if args.smoke else args.warmup)
         for n in threads:
-            ref = statistics.median(times[("torch.nn.RNN", n)])
+            ref = statistics.median(times[("torch.nn.RNN", n)][0])
+            ref_cpu = statistics.median(times[("torch.nn.RNN", n)][1])
             for c in steps:
-                v = times[(c, n)]
-                med = statistics.median(v)
+                v, cpu = times[(c, n)]
+                med, cmed = statistics.median(v), statistics.median(cpu)
                 print(f"| {name} {cfg} | {n} | {c} | {1e3 * med:.2f} | {1e3 * min(v):.2f} | "
-                      f"{ref / med:.2f}× |", flush=True)
+                      f"{1e3 * cmed:.2f} | {ref / med:.2f}× | {ref_cpu / cmed:.2f}× |", flush=True)
                 results.append({"config": name, "shape": list(cfg), "threads": n,
-                                "contender": c, "wall_seconds": v, "median_ms": 1e3 * med,
-                                "speedup_vs_torch": ref / med, "max_rel_diff": err})
+                                "contender": c, "wall_seconds": v, "cpu_seconds": cpu,
+                                "median_ms": 1e3 * med, "cpu_median_ms": 1e3 * cmed,
+                                "speedup_vs_torch": ref / med,
+                                "cpu_speedup_vs_torch": ref_cpu / cmed, "max_rel_diff": err})
     load1 = os.getloadavg()[0]
     print(f"\nload average at the end {load1:.2f}")
     if args.out:

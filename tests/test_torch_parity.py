@@ -572,3 +572,13 @@ def test_omega_on_every_recurrent_weight():
         extra = 2.0 * grads[n] if n in grads else 0.0
         assert_rel(getattr(monitored, n).grad, p.grad, 1e-12, n)
         assert_rel(getattr(weighted, n).grad, p.grad + extra, 1e-12, n)
+
+
+@pytest.mark.slow
+def test_bench_torch_stack_smoke():
+    import pathlib
+    script = pathlib.Path(__file__).resolve().parents[1] / "bench" / "torch_stack.py"
+    out = subprocess.run([sys.executable, str(script), "--smoke"], capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert "rnnfast.torch.RNN serial" in out.stdout and "rnnfast core" in out.stdout
