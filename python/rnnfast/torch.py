@@ -1,163 +1,323 @@
 """A drop-in CPU backend for PyTorch users: :class:`RNN`, a ``torch.nn.RNN`` whose forward and
-backpropagation through time run in rnnfast's C++ kernels.
+backpropagation through time run in rnnfast's C++ kernels. See docs/torch.md.
 
 Import it explicitly (``import rnnfast`` never imports torch)::
 
     import rnnfast.torch
 
-Before (PyTorch's own module)::
-
-    rnn = torch.nn.RNN(6, 50, nonlinearity="tanh", batch_first=True)
-
-After (same arguments, same parameters, same ``forward``; the rest of the loop is unchanged)::
-
-    rnn = rnnfast.torch.RNN(6, 50, nonlinearity="tanh", batch_first=True)
-    out, h_n = rnn(x)                    # x (B, T, 6) -> out (B, T, 50), h_n (1, B, 50)
-    loss_fn(readout(out), y).backward()  # BPTT in rnnfast.backward
+    rnn = rnnfast.torch.RNN(200, 200, 2, dropout=0.2)   # same arguments as torch.nn.RNN
+    rnnfast.torch.replace_rnn(model)                    # or swap every nn.RNN of a model in place
 
 What is the same as ``torch.nn.RNN``
-    Constructor arguments (``input_size, hidden_size, num_layers=1, nonlinearity='tanh',
-    bias=True, batch_first=False, dropout=0.0, bidirectional=False, device=None,
-    dtype=None``) for the one-layer, one-direction case; parameter names and shapes
-    (``weight_ih_l0`` (H, I), ``weight_hh_l0`` (H, H), ``bias_ih_l0`` (H,), ``bias_hh_l0``
-    (H,)) so ``state_dict`` s load both ways; the default initialisation (every parameter
-    uniform in ±1/√H, drawn in the same order, so the same seed gives the same weights);
-    ``forward(input, hx=None) -> (output, h_n)`` with batched (T, B, I) / (B, T, I) and
-    unbatched (T, I) input, ``hx`` (1, B, H) or (1, H); float32 and float64.
+    :class:`RNN` is a subclass of ``torch.nn.RNN``: the constructor, parameters (names, shapes,
+    default initialisation drawn in the same order), ``state_dict``, ``_flat_weights``,
+    ``all_weights``, ``flatten_parameters`` (a no-op on the CPU), ``extra_repr``, the warning
+    for ``dropout`` with one layer, and ``forward(input, hx=None) -> (output, h_n)`` with every
+    option: ``num_layers``, ``bidirectional``, ``dropout`` between layers (training only; the
+    masks are drawn exactly as torch draws them, so the same seed gives the same numbers),
+    ``batch_first``, ``bias``, tanh/relu, ``hx``, unbatched input and ``PackedSequence`` in
+    and out (``h_n`` at each sequence's last valid step).
 
 What differs
-    * CPU only, float32/float64 only, one layer, one direction, no dropout, no
-      ``PackedSequence``: anything else raises :class:`UnsupportedError` (a
-      ``NotImplementedError`` and a ``ValueError``) that says what is unsupported, so
-      ``except NotImplementedError: rnn = torch.nn.RNN(...)`` is a clean fallback.
-    * The backward pass is an ``autograd.Function`` marked once-differentiable: no double
-      backward and no ``torch.func`` transforms (``torch.func.functional_call`` works).
-      ``torch.compile`` runs the kernels eagerly (a graph break); TorchScript is not
-      supported. The class is an ``nn.Module``, not a subclass of ``torch.nn.RNN``.
-    * Empty sequences (T = 0) and empty batches (B = 0) are rejected.
-    * The kernels use ``b = bias_ih_l0 + bias_hh_l0``; both biases receive the same gradient.
-
-Memory and copies
-    Contiguous float tensors are handed to the kernels as NumPy views (``Tensor.numpy()``):
-    with ``batch_first=False`` the input, ``hx`` and the weights are not copied, ``output`` is
-    the kernel's own (T, B, H) array wrapped by ``torch.from_numpy``, and the gradients come
-    back the same way. ``batch_first=True`` costs one transposed copy of the input (and of
-    the output gradient in backward), because the kernels read time-major (T, B, I) memory;
-    ``output`` is then a transposed view, as in PyTorch. Non-contiguous inputs are copied once.
-    ``h_n`` is a separate (1, B, H) copy of the last state.
+    * The kernels run float32/float64 on the CPU. Other devices (CUDA, meta) and dtypes
+      (float16, bfloat16) run torch's own implementation instead, with a one-time
+      ``RuntimeWarning``; so do empty inputs (T = 0 or B = 0).
+    * Double backward (gradients of gradients) raises a ``RuntimeError`` naming the limitation.
+    * ``torch.compile`` (also ``fullgraph=True``), ``torch.export`` and ``torch.jit.trace`` see
+      the kernels as the custom operators ``torch.ops.rnnfast.rnn_layer`` (+ its backward):
+      no graph break, and the captured program computes on every new input.
+      ``torch.jit.script`` is not supported.
+    * The kernels use ``b = bias_ih + bias_hh``; both biases receive the same gradient.
 
 Threads
     ``RNN(..., num_threads=n)`` (or the attribute) sets the kernels' thread count per call;
-    ``None`` uses :func:`rnnfast.get_num_threads`. PyTorch ships its own libgomp and the
-    first one loaded serves both libraries, so ``torch.set_num_threads`` may change
+    ``None`` uses :func:`rnnfast.get_num_threads`. A bidirectional layer with n ≥ 2 threads
+    runs its two directions at once, on n // 2 threads each. PyTorch ships its own libgomp and
+    the first one loaded serves both libraries, so ``torch.set_num_threads`` may change
     rnnfast's OpenMP default: set both explicitly when timing.
 
 The Ω regularizer (Pascanu et al. 2013, eq. 9-10)
-    ``RNN(..., omega=alpha)`` (or ``rnn.omega = alpha``) makes every backward pass through
-    the module also compute Ω in the authors' form and its W_rec gradient (the paper's
-    approximation, ∂E/∂h_t and h_t held constant), fused into the same sweep. α·∂Ω/∂W_rec is
-    added to the gradient of ``weight_hh_l0`` (so ``loss.backward()`` leaves
-    ``weight_hh_l0.grad`` = ∂E/∂W_rec + α·∂Ω/∂W_rec, before any clipping, as in the
-    authors' code), and ``rnn.last_omega`` / ``rnn.last_omega_pairs`` /
-    ``rnn.last_omega_grad`` hold the value, the number of (step, sequence) pairs it averages
-    over and ∂Ω/∂W_rec (H, H) of the most recent backward. ``omega=0.0`` monitors Ω without
-    changing any gradient; ``omega=None`` (default) turns it off. The α in force at the
-    forward pass applies. Ω is a property of the loss's gradient, so it only exists after
-    ``backward``; it is not part of the loss value.
+    ``RNN(..., omega=alpha)`` (or ``rnn.omega = alpha``) makes every backward pass also compute
+    Ω for each recurrent weight ``weight_hh_l{k}{_reverse}`` in the authors' form and add
+    α·∂Ω/∂W_hh to that weight's gradient (before any clipping, as in the authors' code).
+    ``last_omega`` (the sum over the recurrent weights), ``last_omega_pairs`` and
+    ``last_omega_grad`` (∂Ω/∂W_hh (H, H); a dict name -> tensor when there are several
+    recurrent weights) describe the most recent backward. ``omega=0.0`` monitors Ω without
+    changing any gradient; ``None`` (default) turns it off. Eager mode only.
 
 Clipping
-    :func:`clip_grad_norm` is the paper's Algorithm 1 on torch parameters with the policies
-    of :mod:`rnnfast.nn.clipping` (non-finite/absurd norms: raise naming the parameter, skip,
-    or the authors' W_rec shrink; an automatic threshold), returning the pre-clip norm and
-    whether it clipped.
+    :func:`clip_grad_norm` is the paper's Algorithm 1 on torch parameters, next to
+    ``torch.nn.utils.clip_grad_norm_`` (see its docstring for the differences).
 """
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
 import math
 import numbers
-from typing import Mapping, Optional, Sequence, Union
+import sys
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from typing import List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch  # absolute import: the real PyTorch, not this module
-from torch import nn
-from torch.autograd.function import once_differentiable
+from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from . import core as _rf
 from .nn.clipping import (AutoThreshold, ClipResult, GradientClipper, NONFINITE_POLICIES,
                           NonFiniteGradientError)
 
-__all__ = ["RNN", "UnsupportedError", "InputError", "clip_grad_norm"]
+__all__ = ["RNN", "replace_rnn", "UnsupportedError", "InputError", "clip_grad_norm"]
 
 _DTYPES = (torch.float32, torch.float64)
 
 
 class UnsupportedError(NotImplementedError, ValueError):
-    """A configuration or tensor that ``torch.nn.RNN`` accepts but rnnfast does not support
-    (more layers, bidirectional, dropout, projections, a non-CPU device, a dtype other than
-    float32/float64, ``PackedSequence`` input)."""
+    """Something ``torch`` accepts that rnnfast does not support (e.g. a gradient on another
+    device for :func:`clip_grad_norm`)."""
 
 
 class InputError(ValueError, RuntimeError):
-    """A malformed ``forward`` argument (shape, number of dimensions, mixed dtypes). It is a
-    ``RuntimeError`` as well because that is what ``torch.nn.RNN`` raises for most of them."""
+    """A malformed argument rnnfast itself detects (``forward`` arguments are checked by
+    ``torch.nn.RNN``'s own code and raise what torch raises)."""
 
 
 # --------------------------------------------------------------------------------------------
-# torch <-> numpy
+# The kernels, one layer (both directions) at a time
 # --------------------------------------------------------------------------------------------
 
-def _np(t: Optional[torch.Tensor]) -> Optional[np.ndarray]:
-    """A NumPy view of a CPU tensor's memory (no copy; strides kept), or None."""
-    return None if t is None else t.detach().numpy()
+def _np(t: Optional[Tensor]) -> Optional[np.ndarray]:
+    """A NumPy view of a contiguous CPU tensor's memory (no copy), or None."""
+    return None if t is None else t.detach().contiguous().numpy()
 
 
-def _check_tensor(name: str, t: torch.Tensor, dtype: Optional[torch.dtype]) -> None:
-    """Raise a clear error unless ``t`` is a dense CPU float32/float64 tensor of ``dtype``."""
-    if t.device.type != "cpu":
-        raise UnsupportedError(
-            f"{name}: rnnfast.torch.RNN runs on the CPU only, got a tensor on {t.device}; "
-            "move the module and tensors to the CPU (.cpu()), or use torch.nn.RNN on this device"
-        )
-    if t.layout != torch.strided:
-        raise UnsupportedError(f"{name}: expected a dense (strided) tensor, got layout {t.layout}")
-    if t.dtype not in _DTYPES:
-        raise UnsupportedError(
-            f"{name}: rnnfast supports float32 and float64 tensors, got {t.dtype}; "
-            "convert with .float() or .double() (module and input alike)"
-        )
-    if dtype is not None and t.dtype != dtype:
-        raise InputError(
-            f"{name}: dtype {t.dtype} does not match the RNN's weights ({dtype}); "
-            f"convert the input with .to({dtype}) or the module with .to({t.dtype})"
-        )
+def _reverse(x: Tensor, lengths: Optional[Tensor]) -> Tensor:
+    """x (T, B, F) with each sequence's valid steps in reverse order (padding stays at the end);
+    its own inverse."""
+    if lengths is None:
+        return x.flip(0)
+    T = x.shape[0]
+    t = torch.arange(T).unsqueeze(1)                                   # (T, 1)
+    idx = torch.where(t < lengths, lengths - 1 - t, t)                 # (T, B)
+    return x.gather(0, idx.unsqueeze(2).expand_as(x))
+
+
+# Variable lengths go to the kernels (rnnfast.forward/backward's lengths=): each sequence stops
+# at its own length and padded steps cost nothing; h is 0 there and dh there is ignored. The
+# lengths always come in PackedSequence order (non-increasing), the kernels' own order.
+def _kernel_forward(u, h0, W_in, W_rec, b, lengths, activation, threads) -> _rf.ForwardResult:
+    """u (T, B, I), h0 (B, H) or None, lengths (B,) Tensor or None -> ForwardResult."""
+    return _rf.forward(u, W_in, W_rec, b, h0, activation=activation, num_threads=threads,
+                       lengths=None if lengths is None else lengths.numpy())
+
+
+def _forward_result(h, u, W_in, W_rec, b, h0, lengths, activation, threads) -> _rf.ForwardResult:
+    """The ForwardResult of an earlier _kernel_forward, rebuilt from the arrays autograd saved
+    (a custom operator's backward receives tensors only)."""
+    ragged = None
+    if lengths is not None:
+        T, B = h.shape[:2]
+        ragged = _rf._Ragged(_rf._check_lengths(lengths.numpy(), T, B), T)
+        assert ragged.perm is None, "lengths must be in PackedSequence order"
+    return _rf.ForwardResult(h, None, activation, u, W_in, W_rec, b, h0, threads, ragged=ragged)
+
+
+def _kernel_backward(fwd, dh, input_grad, omega, omega_bound, threads) -> _rf.Gradients:
+    """dh (T, B, H) the direct output gradient; entries at padded steps are ignored."""
+    return _rf.backward(fwd, dh, omega=omega, omega_bound=omega_bound, input_grad=input_grad,
+                        num_threads=threads)
+
+
+_pool: Optional[ThreadPoolExecutor] = None
+_pool_lock = threading.Lock()
+#: Run a bidirectional layer's two directions at once (False: one after the other, each on
+#: all threads; bench/torch_stack.py measures both).
+PARALLEL_DIRECTIONS = True
+
+
+def _per_direction(fn, D: int, threads: int) -> list:
+    """[fn(0, n), fn(1, n)]: the two directions at once on threads // 2 each (the kernels
+    release the GIL) when there are two of both, else one after the other."""
+    global _pool
+    if D == 1 or threads < 2 or not PARALLEL_DIRECTIONS:
+        return [fn(d, threads) for d in range(D)]
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(1, thread_name_prefix="rnnfast-direction")
+    second = _pool.submit(fn, 1, threads - threads // 2)
+    return [fn(0, threads // 2), second.result()]
+
+
+def _threads(num_threads: int) -> int:
+    return _rf.get_num_threads() if num_threads <= 0 else _rf._check_threads(num_threads)
+
+
+def _layer_forward(u, h0, weights, lengths, activation, num_threads):
+    """out (T, B, D·H) of one layer: u (T, B, I), h0 (D, B, H), weights [W_in (H, I),
+    W_rec (H, H), b (H,)] per direction; direction 1 reads each sequence backwards."""
+    D = len(weights) // 3
+    threads = _threads(num_threads)
+
+    def run(d, n):
+        u_d = u if d == 0 else _reverse(u, lengths)
+        W_in, W_rec, b = weights[3 * d:3 * d + 3]
+        return _kernel_forward(_np(u_d), _np(h0[d]), _np(W_in), _np(W_rec), _np(b), lengths,
+                               activation, n).h
+
+    hs = _per_direction(run, D, threads)
+    if D == 1:
+        return torch.from_numpy(hs[0])                       # the kernel's array, no copy
+    return torch.cat([torch.from_numpy(hs[0]), _reverse(torch.from_numpy(hs[1]), lengths)], 2)
+
+
+def _layer_backward(grad_out, u, h0, weights, lengths, out, activation, num_threads,
+                    input_grad, omega=None):
+    """[du (T, B, I), dh0 (D, B, H), dW_in, dW_rec, db per direction] for the output gradient
+    grad_out (T, B, D·H); du is empty when not ``input_grad``. With ``omega`` (the bound), also
+    a list of (Ω, pairs, ∂Ω/∂W_rec) per direction."""
+    D = len(weights) // 3
+    H = weights[1].shape[0]
+    threads = _threads(num_threads)
+
+    def run(d, n):
+        rev = (lambda x: x) if d == 0 else (lambda x: _reverse(x, lengths))
+        W_in, W_rec, b = weights[3 * d:3 * d + 3]
+        h = _np(rev(out[:, :, d * H:(d + 1) * H]))           # the direction's states, its time order
+        fwd = _forward_result(h, _np(rev(u)), _np(W_in), _np(W_rec), _np(b), _np(h0[d]),
+                              lengths, activation, n)
+        return _kernel_backward(fwd, _np(rev(grad_out[:, :, d * H:(d + 1) * H])),
+                                input_grad, omega is not None,
+                                _rf.OMEGA_BOUND if omega is None else omega, n)
+
+    gs = _per_direction(run, D, threads)
+    if input_grad:
+        du = torch.from_numpy(gs[0].u)
+        if D == 2:
+            du = du + _reverse(torch.from_numpy(gs[1].u), lengths)
+    else:
+        du = u.new_empty(0)
+    grads = [du, torch.stack([torch.from_numpy(g.h0) for g in gs])]
+    for g in gs:
+        grads += [torch.from_numpy(g.W_in), torch.from_numpy(g.W_rec), torch.from_numpy(g.b)]
+    if omega is None:
+        return grads
+    return grads, [(float(g.omega), int(g.omega_pairs), torch.from_numpy(g.omega_grad)) for g in gs]
 
 
 # --------------------------------------------------------------------------------------------
-# Ω bookkeeping
+# The same functions as torch custom operators: torch.compile, torch.export and jit.trace
+# record them as operators (with shapes from the fake implementations) instead of tracing
+# into NumPy, and autograd differentiates them through register_autograd.
 # --------------------------------------------------------------------------------------------
 
-class _OmegaStats:
-    """Where a backward pass leaves Ω for its module (no reference to the module itself)."""
-
-    __slots__ = ("value", "pairs", "grad")
-
-    def __init__(self):
-        self.value: Optional[float] = None
-        self.pairs: Optional[int] = None
-        self.grad: Optional[torch.Tensor] = None
+@torch.library.custom_op("rnnfast::rnn_layer", mutates_args=())
+def _rnn_layer(u: Tensor, h0: Tensor, weights: List[Tensor], lengths: Optional[Tensor],
+               activation: str, num_threads: int) -> Tensor:
+    """out (T, B, D·H) = one RNN layer; see _layer_forward. num_threads ≤ 0: the default."""
+    return _layer_forward(u, h0, weights, lengths, activation, num_threads)
 
 
-class _OmegaRequest:
-    """What one forward pass asks its backward to do about Ω."""
+@_rnn_layer.register_fake
+def _(u, h0, weights, lengths, activation, num_threads):
+    T, B, _ = u.shape
+    return u.new_empty((T, B, len(weights) // 3 * weights[1].shape[0]))
 
-    __slots__ = ("alpha", "bound", "stats")
 
-    def __init__(self, alpha: float, bound: float, stats: _OmegaStats):
-        self.alpha = alpha
-        self.bound = bound
-        self.stats = stats
+@torch.library.custom_op("rnnfast::rnn_layer_backward", mutates_args=())
+def _rnn_layer_backward(grad_out: Tensor, u: Tensor, h0: Tensor, weights: List[Tensor],
+                        lengths: Optional[Tensor], out: Tensor, activation: str,
+                        num_threads: int, input_grad: bool) -> List[Tensor]:
+    """[du, dh0, dW_in_0, dW_rec_0, db_0, (dW_in_1, dW_rec_1, db_1)]; see _layer_backward."""
+    return _layer_backward(grad_out, u, h0, weights, lengths, out, activation, num_threads,
+                           input_grad)
+
+
+@_rnn_layer_backward.register_fake
+def _(grad_out, u, h0, weights, lengths, out, activation, num_threads, input_grad):
+    grads = [u.new_empty(u.shape if input_grad else (0,)), h0.new_empty(h0.shape)]
+    return grads + [w.new_empty(w.shape) for w in weights]
+
+
+def _setup_context(ctx, inputs, output):
+    u, h0, weights, lengths, activation, num_threads = inputs
+    ctx.save_for_backward(u, h0, output, lengths, *weights)
+    ctx.activation, ctx.num_threads = activation, num_threads
+
+
+def _backward(ctx, grad_out):
+    u, h0, out, lengths, *weights = ctx.saved_tensors
+    need_u, need_h0, need_w = ctx.needs_input_grad[:3]
+    grads = torch.ops.rnnfast.rnn_layer_backward(
+        grad_out, u, h0, weights, lengths, out, ctx.activation, ctx.num_threads, need_u)
+    return (grads[0] if need_u else None, grads[1] if need_h0 else None,
+            [g if n else None for g, n in zip(grads[2:], need_w)], None, None, None)
+
+
+_rnn_layer.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _no_double_backward(ctx, *grads):  # noqa: ARG001
+    raise RuntimeError(
+        "rnnfast.torch.RNN: double backward (a gradient of a gradient, e.g. "
+        "torch.autograd.grad(..., create_graph=True) followed by another backward, or a "
+        "gradient penalty) is not supported by rnnfast's kernels; use torch.nn.RNN for it "
+        "(rnnfast.torch.RNN.to_torch())")
+
+
+def _no_double_backward_setup(ctx, inputs, output):
+    pass
+
+
+_rnn_layer_backward.register_autograd(_no_double_backward,
+                                      setup_context=_no_double_backward_setup)
+
+
+# --------------------------------------------------------------------------------------------
+# Eager mode: the same functions through an autograd.Function (the custom operator's dispatch
+# costs ~0.2 ms per layer), which can also report Ω
+# --------------------------------------------------------------------------------------------
+
+class _EagerLayer(torch.autograd.Function):
+    """rnnfast::rnn_layer for eager mode. With ``alpha`` not None, also Ω per direction:
+    α·∂Ω/∂W_rec is added to W_rec's gradient and (Ω, pairs, ∂Ω/∂W_rec) stored in
+    ``stats[name]`` for each recurrent weight's name."""
+
+    @staticmethod
+    def forward(ctx, u, h0, lengths, activation, num_threads, alpha, bound, stats, names, *weights):
+        out = _layer_forward(u, h0, list(weights), lengths, activation, num_threads)
+        ctx.save_for_backward(u, h0, out, *weights)
+        ctx.args = (lengths, activation, num_threads, alpha, bound, stats, names)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        if torch.is_grad_enabled():      # create_graph=True: a gradient of this gradient follows
+            _no_double_backward(ctx)
+        u, h0, out, *weights = ctx.saved_tensors
+        lengths, activation, num_threads, alpha, bound, stats, names = ctx.args
+        need = ctx.needs_input_grad
+        res = _layer_backward(grad_out, u, h0, weights, lengths, out, activation, num_threads,
+                              need[0], omega=None if alpha is None else bound)
+        grads = res if alpha is None else res[0]
+        if alpha is not None:
+            for d, (name, (value, pairs, grad)) in enumerate(zip(names, res[1])):
+                stats[name] = (value, pairs, grad)
+                if alpha != 0.0:
+                    grads[3 + 3 * d] = grads[3 + 3 * d] + alpha * grad     # dW_rec of direction d
+        return (grads[0] if need[0] else None, grads[1] if need[1] else None,
+                None, None, None, None, None, None, None,
+                *[g if n else None for g, n in zip(grads[2:], need[9:])])
+
+
+def _capturing(tensors) -> bool:
+    """Whether torch.compile / torch.export / jit.trace (or a tensor subclass such as fake
+    tensors) is at work: then the custom operator runs, so that it is recorded."""
+    return (torch.compiler.is_compiling() or torch.jit.is_tracing()
+            or any(type(t) not in (Tensor, nn.Parameter) for t in tensors))
 
 
 def _check_omega(omega) -> Optional[float]:
@@ -175,126 +335,48 @@ def _check_omega(omega) -> Optional[float]:
 
 
 # --------------------------------------------------------------------------------------------
-# The autograd Function
+# PackedSequence <-> padded, in the packed (sorted) batch order
 # --------------------------------------------------------------------------------------------
 
-def _bias(b_ih, b_hh, H: int, dtype: np.dtype) -> np.ndarray:
-    """The kernels' single bias (H,): b_ih + b_hh, or zeros without bias."""
-    if b_ih is None:
-        return np.zeros(H, dtype=dtype)
-    return np.add(_np(b_ih), _np(b_hh))
+def _packed_index(batch_sizes: Tensor):
+    """rows (N,) of the (T·B) time-major padded layout holding the packed data, in packed
+    order, and lengths (B,) (non-increasing), for batch_sizes (T,)."""
+    T, B = len(batch_sizes), int(batch_sizes[0])
+    valid = torch.arange(B).unsqueeze(0) < batch_sizes.unsqueeze(1)   # (T, B)
+    return valid.reshape(-1).nonzero().squeeze(1), valid.sum(0)
 
 
-class _RNNFunction(torch.autograd.Function):
-    """output (T, B, H), h_n (1, B, H) = RNN(u (T, B, I), h0 (B, H) or None, W_in (H, I),
-    W_rec (H, H), b_ih (H,) or None, b_hh (H,) or None); backward = rnnfast.backward."""
-
-    @staticmethod
-    def forward(ctx, u, h0, W_in, W_rec, b_ih, b_hh, activation, num_threads, omega):
-        H = W_rec.shape[0]
-        fwd = _rf.forward(_np(u), _np(W_in), _np(W_rec), _bias(b_ih, b_hh, H, _np(W_rec).dtype),
-                          _np(h0), activation=activation, num_threads=num_threads)
-        output = torch.from_numpy(fwd.h)                 # the kernel's array, no copy
-        h_n = torch.from_numpy(fwd.h[-1:].copy())        # (1, B, H), independent of output
-        ctx.fwd = fwd
-        ctx.num_threads = num_threads
-        ctx.omega = omega
-        ctx.has_h0 = h0 is not None
-        # Saved for autograd's version check only: an in-place change of the input, hx, the
-        # weights or the output between forward and backward raises, as with torch.nn.RNN
-        # (the kernels read the same memory through fwd).
-        ctx.save_for_backward(u, h0, W_in, W_rec, output)
-        ctx.set_materialize_grads(False)
-        return output, h_n
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_output, grad_h_n):
-        ctx.saved_tensors  # noqa: B018 - raises if a saved tensor was modified in place
-        need = ctx.needs_input_grad
-        none = (None,) * 9
-        if grad_output is None and grad_h_n is None:
-            return none
-        omega = ctx.omega
-        g = _rf.backward(
-            ctx.fwd,
-            _np(grad_output),                                   # dh (T, B, H)
-            dh_last=None if grad_h_n is None else _np(grad_h_n[0]),  # (B, H)
-            omega=omega is not None,
-            omega_bound=_rf.OMEGA_BOUND if omega is None else omega.bound,
-            num_threads=ctx.num_threads,
-        )
-        if omega is not None:
-            omega.stats.value = float(g.omega)
-            omega.stats.pairs = int(g.omega_pairs)
-            omega.stats.grad = torch.from_numpy(g.omega_grad)
-            if omega.alpha != 0.0:
-                # g.W_rec is this call's own array: add α·∂Ω/∂W_rec in place.
-                g.W_rec += g.W_rec.dtype.type(omega.alpha) * g.omega_grad
-        db = torch.from_numpy(g.b)
-        return (
-            torch.from_numpy(g.u) if need[0] else None,
-            torch.from_numpy(g.h0) if need[1] and ctx.has_h0 else None,
-            torch.from_numpy(g.W_in) if need[2] else None,
-            torch.from_numpy(g.W_rec) if need[3] else None,
-            db if need[4] else None,
-            # a tensor of its own: two parameters must not share one .grad buffer
-            (db.clone() if need[4] else db) if need[5] else None,
-            None, None, None,
-        )
-
-
-def _run(u, h0, W_in, W_rec, b_ih, b_hh, activation, num_threads, omega):
-    """output (T, B, H), h_n (1, B, H) for u (T, B, I), h0 (B, H) or None: through the
-    autograd Function when a gradient can flow, else straight to the kernel."""
-    tensors = (u, h0, W_in, W_rec, b_ih, b_hh)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        return _RNNFunction.apply(*tensors, activation, num_threads, omega)
-    # no graph to build: call the kernel directly and keep nothing for a backward pass
-    fwd = _rf.forward(_np(u), _np(W_in), _np(W_rec),
-                      _bias(b_ih, b_hh, W_rec.shape[0], _np(W_rec).dtype), _np(h0),
-                      activation=activation, num_threads=num_threads)
-    return torch.from_numpy(fwd.h), torch.from_numpy(fwd.h[-1:].copy())
-
-
-# torch.compile: run the kernels eagerly (a clean graph break) instead of tracing into them.
-_compiler = getattr(torch, "compiler", None)
-if _compiler is not None and hasattr(_compiler, "disable"):
-    _run = _compiler.disable(_run)
+def _pad(data: Tensor, rows: Tensor, T: int, B: int) -> Tensor:
+    """data (N, F) packed -> (T, B, F), zeros at padded steps."""
+    out = data.new_zeros((T * B, data.shape[1]))
+    return out.index_copy(0, rows, data).view(T, B, -1)
 
 
 # --------------------------------------------------------------------------------------------
 # The module
 # --------------------------------------------------------------------------------------------
 
-class RNN(nn.Module):
-    r"""Elman RNN with rnnfast's CPU kernels, a drop-in for ``torch.nn.RNN`` (one layer).
+_warned: set = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+class RNN(nn.RNN):
+    r"""Elman RNN with rnnfast's CPU kernels: a ``torch.nn.RNN`` subclass with the same
+    arguments, parameters and results (see the module docstring for what differs).
 
     h_t = σ(x_t W_ihᵀ + b_ih + h_{t-1} W_hhᵀ + b_hh),  σ = tanh or relu.
 
     Parameters
     ----------
-    input_size : int
-        I, features per step.
-    hidden_size : int
-        H, hidden units.
-    num_layers : int
-        Must be 1 (stack modules for depth).
-    nonlinearity : {"tanh", "relu"}
-    bias : bool
-        With ``bias_ih_l0`` and ``bias_hh_l0`` (H,) (the kernels use their sum).
-    batch_first : bool
-        Input and output (B, T, ·) instead of (T, B, ·); costs one transposed copy of the
-        input (and of the output gradient), see the module docstring.
-    dropout : float
-        Must be 0 (``torch.nn.RNN`` ignores it with one layer anyway).
-    bidirectional : bool
-        Must be False.
-    device : torch.device or str, optional
-        ``None``, ``"cpu"`` (or ``"meta"`` for deferred initialisation); forward runs on the
-        CPU only.
-    dtype : torch.dtype, optional
-        float32 or float64 (default: torch's default dtype).
+    *args, **kwargs
+        Those of ``torch.nn.RNN``: ``input_size, hidden_size, num_layers=1,
+        nonlinearity='tanh', bias=True, batch_first=False, dropout=0.0, bidirectional=False,
+        device=None, dtype=None``.
     num_threads : int, optional
         Kernel threads per call (default: :func:`rnnfast.get_num_threads`).
     omega : float, optional
@@ -303,135 +385,31 @@ class RNN(nn.Module):
     omega_bound : float
         (step, sequence) pairs with ‖∂E/∂h_t‖² below it are left out of Ω.
 
-    Attributes
-    ----------
-    weight_ih_l0 : Parameter (H, I)
-    weight_hh_l0 : Parameter (H, H)
-    bias_ih_l0, bias_hh_l0 : Parameter (H,)
-        Present when ``bias=True``.
-    last_omega : float or None
-        Ω of the most recent backward pass (with ``omega`` set).
-    last_omega_pairs : int or None
-    last_omega_grad : Tensor (H, H) or None
-        ∂Ω/∂W_rec of the most recent backward pass (not multiplied by α).
-
     Examples
     --------
     >>> import torch, rnnfast.torch
-    >>> rnn = rnnfast.torch.RNN(6, 50, dtype=torch.float64)
-    >>> out, h_n = rnn(torch.randn(125, 20, 6, dtype=torch.float64))
-    >>> out.shape, h_n.shape
-    (torch.Size([125, 20, 50]), torch.Size([1, 20, 50]))
+    >>> rnn = rnnfast.torch.RNN(6, 50, 2, bidirectional=True)
+    >>> out, h_n = rnn(torch.randn(125, 20, 6))     # (T, B, I) -> (T, B, 2·50), (2·2, B, 50)
     """
 
-    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
-                 nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
-                 dropout: float = 0.0, bidirectional: bool = False, *, device=None, dtype=None,
-                 num_threads: Optional[int] = None, omega: Optional[float] = None,
+    def __init__(self, *args, num_threads: Optional[int] = None, omega: Optional[float] = None,
                  omega_bound: float = _rf.OMEGA_BOUND, **kwargs):
-        super().__init__()
-        if "proj_size" in kwargs:
-            raise UnsupportedError(
-                "proj_size: projections exist only for LSTM in torch and are not supported here"
-            )
-        if kwargs:
-            raise TypeError(f"RNN() got unexpected keyword arguments {sorted(kwargs)}")
-        # Same validation (and exception types) as torch.nn.RNN for values torch rejects too.
-        if nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
-        for name, v in (("bias", bias), ("batch_first", batch_first),
-                        ("bidirectional", bidirectional)):
-            if not isinstance(v, bool):
-                raise TypeError(f"{name} should be of type bool, got: {type(v).__name__}")
-        for name, v in (("input_size", input_size), ("hidden_size", hidden_size),
-                        ("num_layers", num_layers)):
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise TypeError(f"{name} should be of type int, got: {type(v).__name__}")
-            if v <= 0:
-                raise ValueError(f"{name} must be greater than zero, got {v}")
-        if (isinstance(dropout, bool) or not isinstance(dropout, numbers.Real)
-                or not 0 <= dropout <= 1):
-            raise ValueError("dropout should be a number in range [0, 1] representing the "
-                             "probability of an element being zeroed")
-        # What torch supports and rnnfast does not.
-        if num_layers != 1:
-            raise UnsupportedError(
-                f"num_layers={num_layers}: rnnfast.torch.RNN has one layer; stack several "
-                "modules (output of one as input of the next) or use torch.nn.RNN"
-            )
-        if bidirectional:
-            raise UnsupportedError(
-                "bidirectional=True: rnnfast.torch.RNN is one-directional; run a second module "
-                "on the time-reversed input (input.flip(0)) or use torch.nn.RNN"
-            )
-        if dropout != 0:
-            raise UnsupportedError(
-                f"dropout={dropout}: not supported (with num_layers=1 torch.nn.RNN ignores it "
-                "too, with a warning); pass dropout=0"
-            )
-        if device is not None and torch.device(device).type not in ("cpu", "meta"):
-            raise UnsupportedError(
-                f"device={device!r}: rnnfast.torch.RNN runs on the CPU only; "
-                "use torch.nn.RNN on this device"
-            )
-        if dtype is not None and dtype not in _DTYPES:
-            raise UnsupportedError(f"dtype={dtype}: rnnfast supports torch.float32 and torch.float64")
+        super().__init__(*args, **kwargs)
+        self._init_rnnfast(num_threads, omega, omega_bound)
+
+    def _init_rnnfast(self, num_threads, omega, omega_bound) -> None:
+        # Plain values only, so that torch.load(weights_only=True) reads a pickled module.
         if num_threads is not None:
             _rf._check_threads(num_threads)
-
-        self.input_size = input_size
-        self.hidden_size = hidden_size
-        self.num_layers = 1
-        self.nonlinearity = nonlinearity
-        self.mode = "RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU"
-        self.bias = bias
-        self.batch_first = batch_first
-        self.dropout = float(dropout)
-        self.bidirectional = False
-        self.proj_size = 0
         self.num_threads = num_threads
         self._omega = _check_omega(omega)
         self.omega_bound = float(omega_bound)
         if not self.omega_bound >= 0.0:
             raise ValueError(f"omega_bound: expected a non-negative number, got {omega_bound}")
-        self._omega_stats = _OmegaStats()
-
-        factory = {"device": device, "dtype": dtype}
-        H, I = hidden_size, input_size
-        # Registered in torch.nn.RNN's order, so reset_parameters draws the same numbers.
-        self.weight_ih_l0 = nn.Parameter(torch.empty((H, I), **factory))
-        self.weight_hh_l0 = nn.Parameter(torch.empty((H, H), **factory))
-        if bias:
-            self.bias_ih_l0 = nn.Parameter(torch.empty(H, **factory))
-            self.bias_hh_l0 = nn.Parameter(torch.empty(H, **factory))
-        else:
-            self.register_parameter("bias_ih_l0", None)
-            self.register_parameter("bias_hh_l0", None)
-        self.reset_parameters()
-
-    # -- torch.nn.RNN compatibility -----------------------------------------------------------
-
-    def reset_parameters(self) -> None:
-        """Every parameter uniform in [-1/√H, 1/√H], as ``torch.nn.RNN`` does."""
-        stdv = 1.0 / math.sqrt(self.hidden_size)
-        for weight in self.parameters():
-            nn.init.uniform_(weight, -stdv, stdv)
-
-    def flatten_parameters(self) -> None:
-        """No-op (kept so code written for ``torch.nn.RNN`` on cuDNN runs unchanged)."""
-
-    @property
-    def all_weights(self) -> list:
-        """``[[weight_ih_l0, weight_hh_l0(, bias_ih_l0, bias_hh_l0)]]`` as in ``torch.nn.RNN``."""
-        names = ["weight_ih_l0", "weight_hh_l0"] + (["bias_ih_l0", "bias_hh_l0"] if self.bias else [])
-        return [[getattr(self, n) for n in names]]
+        self._omega_stats: dict = {}     # recurrent weight name -> (Ω, pairs, ∂Ω/∂W_rec)
 
     def extra_repr(self) -> str:
-        s = f"{self.input_size}, {self.hidden_size}"
-        if self.bias is not True:
-            s += f", bias={self.bias}"
-        if self.batch_first:
-            s += ", batch_first=True"
+        s = super().extra_repr()
         if self.nonlinearity != "tanh":
             s += f", nonlinearity={self.nonlinearity}"
         if self.num_threads is not None:
@@ -440,31 +418,32 @@ class RNN(nn.Module):
             s += f", omega={self._omega}"
         return s
 
+    # -- conversions --------------------------------------------------------------------------
+
     @classmethod
     def from_torch(cls, rnn: nn.RNN, **kwargs) -> "RNN":
-        """A module with ``rnn``'s configuration and a copy of its parameters.
-
-        Parameters
-        ----------
-        rnn : torch.nn.RNN
-        **kwargs
-            rnnfast-only options (``num_threads``, ``omega``, ``omega_bound``).
-        """
+        """A module with ``rnn``'s configuration, training mode and the SAME parameter objects
+        (an optimizer built on ``rnn`` keeps working). ``kwargs``: ``num_threads``, ``omega``,
+        ``omega_bound``."""
         if not isinstance(rnn, nn.RNN):
             raise TypeError(f"rnn: expected a torch.nn.RNN, got {type(rnn).__name__}")
-        w = rnn.weight_ih_l0
-        new = cls(rnn.input_size, rnn.hidden_size, rnn.num_layers, rnn.nonlinearity, rnn.bias,
-                  rnn.batch_first, rnn.dropout, rnn.bidirectional, device=w.device,
-                  dtype=w.dtype, **kwargs)
-        new.load_state_dict(rnn.state_dict())
-        new.train(rnn.training)
+        new = cls.__new__(cls)
+        new.__dict__.update(rnn.__dict__)
+        for name in ("_parameters", "_buffers", "_modules"):   # own dicts, same tensors
+            new.__dict__[name] = dict(rnn.__dict__[name])
+        new._init_flat_weights()
+        new._init_rnnfast(kwargs.pop("num_threads", None), kwargs.pop("omega", None),
+                          kwargs.pop("omega_bound", _rf.OMEGA_BOUND))
+        if kwargs:
+            raise TypeError(f"from_torch: unexpected arguments {sorted(kwargs)}")
         return new
 
     def to_torch(self) -> nn.RNN:
         """A ``torch.nn.RNN`` with this configuration and a copy of the parameters."""
         w = self.weight_ih_l0
-        rnn = nn.RNN(self.input_size, self.hidden_size, 1, self.nonlinearity, self.bias,
-                     self.batch_first, device=w.device, dtype=w.dtype)
+        rnn = nn.RNN(self.input_size, self.hidden_size, self.num_layers, self.nonlinearity,
+                     self.bias, self.batch_first, self.dropout, self.bidirectional,
+                     device=w.device, dtype=w.dtype)
         rnn.load_state_dict(self.state_dict())
         rnn.train(self.training)
         return rnn
@@ -482,97 +461,246 @@ class RNN(nn.Module):
 
     @property
     def last_omega(self) -> Optional[float]:
-        """Ω of the most recent backward pass through this module (None before any)."""
-        return self._omega_stats.value
+        """Ω of the most recent backward pass, summed over the recurrent weights (None before)."""
+        s = self._omega_stats
+        return sum(v[0] for v in s.values()) if s else None
 
     @property
     def last_omega_pairs(self) -> Optional[int]:
-        """Number of (step, sequence) pairs ``last_omega`` averages over."""
-        return self._omega_stats.pairs
+        """Number of (step, sequence) pairs Ω averages over (summed over recurrent weights)."""
+        s = self._omega_stats
+        return sum(v[1] for v in s.values()) if s else None
 
     @property
-    def last_omega_grad(self) -> Optional[torch.Tensor]:
-        """∂Ω/∂W_rec (H, H) of the most recent backward pass (not multiplied by α)."""
-        return self._omega_stats.grad
+    def last_omega_grad(self):
+        """∂Ω/∂W_hh (H, H) of the most recent backward (not multiplied by α); a dict
+        name -> tensor when the module has several recurrent weights."""
+        s = self._omega_stats
+        if not s:
+            return None
+        return next(iter(s.values()))[2] if len(s) == 1 else {k: v[2] for k, v in s.items()}
 
     # -- forward ------------------------------------------------------------------------------
 
-    def forward(self, input: torch.Tensor, hx: Optional[torch.Tensor] = None):
-        """Run the recurrence over the whole sequence.
+    def _weights(self) -> list:
+        """The parameters in torch.nn.RNN's flat order (read by name: nothing assigned, so
+        torch.export and torch.func.functional_call see their own tensors)."""
+        return [getattr(self, n) for n in self._flat_weights_names]
 
-        Parameters
-        ----------
-        input : Tensor (T, B, I), (B, T, I) with ``batch_first``, or (T, I) unbatched
-        hx : Tensor (1, B, H), or (1, H) for unbatched input, optional
-            Initial state; zeros when omitted.
+    def _torch_reason(self, input: Tensor, hx: Optional[Tensor], weights: list) -> Optional[str]:
+        """Why this call must run torch's implementation, or None."""
+        for t in [input, hx] + weights:
+            if t is None:
+                continue
+            if t.device.type != "cpu":
+                return f"tensors on {t.device}"
+            if t.dtype not in _DTYPES:
+                return f"dtype {t.dtype}"
+            if t.layout != torch.strided:
+                return f"layout {t.layout}"
+        return None
 
-        Returns
-        -------
-        output : Tensor (T, B, H), (B, T, H) with ``batch_first``, or (T, H)
-            h_1..h_T.
-        h_n : Tensor (1, B, H), or (1, H)
-            h_T.
-        """
-        if isinstance(input, PackedSequence):
-            raise UnsupportedError(
-                "input: PackedSequence is not supported by rnnfast.torch.RNN; pad the batch "
-                "(torch.nn.utils.rnn.pad_packed_sequence) or use torch.nn.RNN"
-            )
-        if not isinstance(input, torch.Tensor):
-            raise TypeError(f"input: expected a torch.Tensor, got {type(input).__name__}")
-        if hx is not None and not isinstance(hx, torch.Tensor):
-            raise TypeError(f"hx: expected a torch.Tensor or None, got {type(hx).__name__}")
-        W_in, W_rec = self.weight_ih_l0, self.weight_hh_l0
-        b_ih, b_hh = (self.bias_ih_l0, self.bias_hh_l0) if self.bias else (None, None)
-        _check_tensor("weight_ih_l0", W_in, None)
-        dtype = W_in.dtype
-        for name, p in (("weight_hh_l0", W_rec), ("bias_ih_l0", b_ih), ("bias_hh_l0", b_hh)):
-            if p is not None:
-                _check_tensor(name, p, dtype)
-        _check_tensor("input", input, dtype)
-        if hx is not None:
-            _check_tensor("hx", hx, dtype)
+    def forward(self, input, hx=None):
+        """``torch.nn.RNN.forward``: (output, h_n) for input (T, B, I), (B, T, I) with
+        ``batch_first``, (T, I) unbatched or a ``PackedSequence``, and hx (L·D, B, H) or
+        (L·D, H); see ``torch.nn.RNN``."""
+        packed = isinstance(input, PackedSequence)
+        data = input.data if packed else input
+        if not isinstance(data, Tensor):
+            raise TypeError(f"input: expected a Tensor or PackedSequence, got {type(input).__name__}")
+        weights = self._weights()
+        reason = self._torch_reason(data, hx, weights)
+        if reason is None and not torch.jit.is_tracing() and 0 in tuple(data.shape[:-1]):
+            reason = "empty input"
+        if reason is not None:
+            if reason != "empty input":
+                _warn_once(reason, f"rnnfast.torch.RNN: {reason} are not supported by rnnfast's "
+                           "kernels (CPU float32/float64); running torch.nn.RNN's own "
+                           "implementation instead (same results, torch's speed)"
+                           if reason.startswith("tensors") else
+                           f"rnnfast.torch.RNN: {reason} is not supported by rnnfast's kernels "
+                           "(float32/float64); running torch.nn.RNN's own implementation instead")
+            return super().forward(input, hx)
 
-        if input.dim() not in (2, 3):
-            raise InputError(
-                f"input: expected a 3-D tensor ({'B, T' if self.batch_first else 'T, B'}, I) "
-                f"or a 2-D unbatched (T, I) tensor, got {input.dim()}-D of shape {tuple(input.shape)}"
-            )
-        batched = input.dim() == 3
-        if batched:
-            if hx is not None and hx.dim() != 3:
-                raise InputError(f"hx: for batched 3-D input, hx should also be 3-D (1, B, H) "
-                                 f"but got {hx.dim()}-D tensor")
-            u = input.transpose(0, 1) if self.batch_first else input   # (T, B, I) view
+        D = 2 if self.bidirectional else 1
+        # The prelude of torch.nn.RNN.forward: the same checks and errors.
+        if packed:
+            if torch.jit.is_tracing():   # the packing's sizes would be frozen into the trace
+                raise RuntimeError(
+                    "rnnfast.torch.RNN: torch.jit.trace cannot record a PackedSequence input "
+                    "(its batch sizes would become constants of the trace); trace with padded "
+                    "input, or use torch.compile / torch.export")
+            x, batch_sizes, sorted_indices, unsorted_indices = input
+            rows, lengths = _packed_index(batch_sizes)
+            T, B = len(batch_sizes), int(batch_sizes[0])
+            if hx is not None:
+                hx = self.permute_hidden(hx, sorted_indices)
+            batched = True
         else:
-            if hx is not None and hx.dim() != 2:
-                raise InputError(f"hx: for unbatched 2-D input, hx should also be 2-D (1, H) "
-                                 f"but got {hx.dim()}-D tensor")
-            u = input.unsqueeze(1)                                     # (T, 1, I)
-            hx = None if hx is None else hx.unsqueeze(1)               # (1, 1, H)
-        T, B, I = u.shape
-        H = self.hidden_size
-        if I != self.input_size:
-            raise InputError(f"input.size(-1) must be equal to input_size. "
-                             f"Expected {self.input_size}, got {I}")
-        if T == 0 or B == 0:
-            raise InputError(f"input: expected at least one time step and one sequence, got "
-                             f"T={T}, B={B}")
-        if hx is not None and tuple(hx.shape) != (1, B, H):
-            want = (1, B, H) if batched else (1, H)
-            got = tuple(hx.shape) if batched else (hx.shape[0], hx.shape[2])
-            raise InputError(f"hx: expected hidden size {want}, got {got}")
-        h0 = None if hx is None else hx[0]                               # (B, H) view
+            batch_sizes = lengths = None
+            if input.dim() not in (2, 3):
+                raise ValueError(f"RNN: Expected input to be 2D or 3D, got {input.dim()}D tensor instead")
+            batched = input.dim() == 3
+            if not batched:
+                input = input.unsqueeze(0 if self.batch_first else 1)
+                if hx is not None:
+                    if hx.dim() != 2:
+                        raise RuntimeError(f"For unbatched 2-D input, hx should also be 2-D but "
+                                           f"got {hx.dim()}-D tensor")
+                    hx = hx.unsqueeze(1)
+            elif hx is not None and hx.dim() != 3:
+                raise RuntimeError(f"For batched 3-D input, hx should also be 3-D but got "
+                                   f"{hx.dim()}-D tensor")
+            x = input
+            B = input.size(0) if self.batch_first else input.size(1)
+        if hx is None:
+            hx = torch.zeros(self.num_layers * D, B, self.hidden_size, dtype=x.dtype)
+        self.check_forward_args(x, hx, batch_sizes)
+        if hx.dtype != x.dtype:
+            raise InputError(f"hx: dtype {hx.dtype} does not match the input's {x.dtype}; "
+                             f"convert it with hx.to({x.dtype})")
 
-        omega = None if self._omega is None else \
-            _OmegaRequest(self._omega, self.omega_bound, self._omega_stats)
-        output, h_n = _run(u, h0, W_in, W_rec, b_ih, b_hh, self.nonlinearity, self.num_threads,
-                           omega)
-        if not batched:
-            return output.squeeze(1), h_n.squeeze(1)
+        if packed:
+            u = _pad(x, rows, T, B)                                     # (T, B, I)
+        else:
+            u = x.transpose(0, 1) if self.batch_first else x            # (T, B, I) view
+        out, h_n = self._stack(u, hx, weights, lengths, rows if packed else None)
+        if packed:
+            data_out = out.reshape(T * B, -1).index_select(0, rows)     # (N, D·H)
+            return (PackedSequence(data_out, batch_sizes, sorted_indices, unsorted_indices),
+                    self.permute_hidden(h_n, unsorted_indices))
         if self.batch_first:
-            output = output.transpose(0, 1)
-        return output, h_n
+            out = out.transpose(0, 1)
+        if not batched:
+            out, h_n = out.squeeze(0 if self.batch_first else 1), h_n.squeeze(1)
+        return out, h_n
+
+    def _stack(self, u: Tensor, hx: Tensor, w: list, lengths: Optional[Tensor],
+               rows: Optional[Tensor]):
+        """out (T, B, D·H), h_n (L·D, B, H) for u (T, B, I), hx (L·D, B, H), the flat weights
+        w, lengths (B,) or None; rows: the packed layout's rows (dropout is drawn on the packed data, as torch
+        does)."""
+        D = 2 if self.bidirectional else 1
+        T, B, _ = u.shape
+        act = self.nonlinearity
+        threads = 0 if self.num_threads is None else int(self.num_threads)
+        omega = self._omega
+        per = 4 if self.bias else 2
+        last = None if lengths is None else (lengths - 1)               # (B,) last valid step
+        layer_in, h_n = u, []
+        for layer in range(self.num_layers):
+            weights, names = [], []
+            for d in range(D):
+                k = (layer * D + d) * per
+                b = w[k + 2] + w[k + 3] if self.bias else w[k].new_zeros(self.hidden_size)
+                weights += [w[k], w[k + 1], b]
+                names.append(self._flat_weights_names[k + 1])
+            h0 = hx[layer * D:(layer + 1) * D]                          # (D, B, H)
+            if _capturing([layer_in, h0] + weights):
+                if omega is not None:
+                    raise RuntimeError("rnnfast.torch.RNN: omega (the Ω regularizer) works in "
+                                       "eager mode only; set rnn.omega = None before capturing")
+                out = torch.ops.rnnfast.rnn_layer(layer_in, h0, weights, lengths, act, threads)
+            else:
+                out = _EagerLayer.apply(layer_in, h0, lengths, act, threads, omega,
+                                        self.omega_bound, self._omega_stats, names, *weights)
+            H = self.hidden_size
+            h_n.append(out[-1, :, :H] if last is None else out[last, torch.arange(B), :H])
+            if D == 2:
+                h_n.append(out[0, :, H:])              # the reverse direction ends at step 0
+            if layer < self.num_layers - 1 and self.dropout > 0 and self.training:
+                if rows is None:
+                    out = nn.functional.dropout(out, self.dropout, True)
+                else:  # draw the mask on the packed data, as torch does
+                    kept = nn.functional.dropout(out.reshape(T * B, -1).index_select(0, rows),
+                                                 self.dropout, True)
+                    out = _pad(kept, rows, T, B)
+            layer_in = out
+        return layer_in, torch.stack(h_n)
+
+
+# torch.load(weights_only=True), the default, may rebuild a pickled module holding an RNN.
+torch.serialization.add_safe_globals([RNN])
+
+
+# torch.compile: Dynamo refuses every instance of torch.nn.RNN (its config.allow_rnn, off by
+# default, is for torch's own kernels, which it cannot compile reliably). For rnnfast's RNN,
+# whose forward is plain torch code around custom operators, the refusal is lifted for the
+# wrapping of that one module only. Dynamo is imported lazily by torch (seconds), so the patch
+# is applied when its module loads.
+_BUILDER = "torch._dynamo.variables.builder"
+
+
+def _patch_dynamo(builder) -> None:
+    original = builder.VariableBuilder.wrap_module
+    if getattr(original, "_rnnfast", False):
+        return
+
+    def wrap_module(self, value):
+        if isinstance(value, RNN):
+            from torch._dynamo import config
+            with config.patch(allow_rnn=True):
+                return original(self, value)
+        return original(self, value)
+
+    wrap_module._rnnfast = True
+    builder.VariableBuilder.wrap_module = wrap_module
+
+
+class _DynamoHook(importlib.abc.MetaPathFinder):
+    """Patches Dynamo's module builder right after it is imported."""
+
+    def find_spec(self, name, path, target=None):
+        if name != _BUILDER:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            exec_module = spec.loader.exec_module
+
+            def exec_and_patch(module):
+                exec_module(module)
+                _patch_dynamo(module)
+            spec.loader.exec_module = exec_and_patch
+        return spec
+
+
+if _BUILDER in sys.modules:
+    _patch_dynamo(sys.modules[_BUILDER])
+else:
+    sys.meta_path.insert(0, _DynamoHook())
+
+
+def replace_rnn(model: nn.Module, **kwargs) -> nn.Module:
+    """Swap every ``torch.nn.RNN`` inside ``model`` for :class:`RNN`, in place, keeping the
+    parameter objects (so an existing optimizer keeps working) and the training mode.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Any module; a bare ``torch.nn.RNN`` is converted and returned.
+    **kwargs
+        rnnfast options for every swapped module (``num_threads``, ``omega``, ``omega_bound``).
+
+    Returns
+    -------
+    nn.Module
+        ``model`` itself (or the new RNN when ``model`` was an ``nn.RNN``).
+
+    Examples
+    --------
+    >>> model = MyLanguageModel()               # contains self.rnn = nn.RNN(...)
+    >>> rnnfast.torch.replace_rnn(model)        # one line; everything else unchanged
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    if type(model) is nn.RNN:
+        return RNN.from_torch(model, **kwargs)
+    for parent in list(model.modules()):
+        for name, child in list(parent._modules.items()):
+            if type(child) is nn.RNN:   # exactly torch's class: subclasses may change forward
+                setattr(parent, name, RNN.from_torch(child, **kwargs))
+    return model
 
 
 # --------------------------------------------------------------------------------------------
