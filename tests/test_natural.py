@@ -398,3 +398,15 @@ def test_real_ptb_problem():
     value, count = problem.evaluate(model, "valid", limit=5000)
     assert count == (5000 - 1) // 32 * 32
     assert value == pytest.approx(np.log2(50), abs=0.05)  # untrained: uniform guess
+
+
+def test_format_table1_lists_every_cell_next_to_the_paper():
+    res = {"Nottingham-SGD-CR": {"dataset": "Nottingham", "ours": {"train": 3.1, "valid": 3.3,
+                                                                   "test": 3.35},
+                                 "paper": (2.95, 3.36), "epochs": 7, "stopped": "budget",
+                                 "train_seconds": 1800.0}}
+    md = nat.format_table1(res).splitlines()
+    assert len(md) == 2 + len(nat.TABLE1_CELLS)
+    assert "| Nottingham | SGD-CR | 3.10 / 3.30 / **3.35** | 2.95 / 3.36 | 7 | budget | 30 min |" in md
+    assert "| PTB chars, 5 steps | SGD-CR | not run yet | 3.70 / 3.74 | | | |" in md
+    assert "| MuseData | SGD | not run yet | 8.25 / 7.11 | | | |" in md

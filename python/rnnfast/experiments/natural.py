@@ -1033,12 +1033,17 @@ def run_cell(args):
 
 
 def format_table1(results) -> str:
-    """Markdown: every finished cell next to the paper's train / test numbers, with times."""
+    """Markdown: every cell of Table 1 next to the paper's train / test numbers, with the
+    epochs and training time of the finished ones ("not run yet" for the others)."""
     lines = ["| data set | method | ours train / valid / test | paper train / test | "
              "epochs | stopped | training time |", "|---|---|---|---|---|---|---|"]
     for slug, problem, what, method in TABLE1_CELLS:
         r = results.get(slug)
         if r is None:
+            row = cell_config(problem, what, method).table_row
+            p = PAPER_TABLE1[row][method]
+            lines.append(f"| {row} | {method} | not run yet | {_fmt(p[0] if p else None)} / "
+                         f"{_fmt(p[1] if p else None)} | | | |")
             continue
         o, p = r["ours"], r.get("paper")
         lines.append(f"| {r['dataset']} | {method} | {o['train']:.2f} / {o['valid']:.2f} / "
