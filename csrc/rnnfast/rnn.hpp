@@ -560,7 +560,7 @@ struct BackwardWork {
         omega_v(omega && 2 * d.H > TB),
         // α·∂Ω/∂W_rec wanted in dW_rec alone: Σ_t a_tᵀ h_{t-1} + α Σ_t c_t a_tᵀ v_t is ONE
         // product Σ_t a_tᵀ (h_{t-1} + α c_t v_t), with v_t stored by the sweep: no Ω product.
-        fused(omega && add_omega && !local_plan(plan, split_input, omega_v)),
+        fused(omega && add_omega),
         dn2(norms ? size_t(NT * TB) : 0, 0.0),
         vn2(omega ? size_t(NT * TB) : 0, 0.0),
         coef(omega ? size_t(TB) : 0, 0.0),
@@ -807,23 +807,6 @@ void local_weight_grads(const Inputs<S>& in, const States<const S>& st, const Gr
       if (t > 0) pairs[np++] = (t - 1) * B + j;
     }
   GemmTnWork<S>& ws = w.gemm[size_t(tid)];
-  gemm_tn<S>(ws, np, H, g.dx + BH, H, st.h, H, nullptr, dWr, H, 0, H, false, false,
-             {in.u + B * I, I, I, dWi, I}, pairs);
-  const Index nb = b1 - b0;  // every row runs step 0: contiguous rows of dx, h0, u
-  if (in.h0)
-    gemm_tn<S>(ws, nb, H, g.dx + b0 * H, H, in.h0 + b0 * H, H, nullptr, dWr, H, 0, H, false,
-               true, {in.u + b0 * I, I, I, dWi, I});
-  else
-    gemm_tn<S>(ws, nb, I, g.dx + b0 * H, H, in.u + b0 * I, I, nullptr, dWi, I, 0, H, false,
-               true);
-  {
-    auto sum = Eigen::Map<Eigen::Matrix<S, 1, Eigen::Dynamic>>(db, H);
-    sum.setZero();
-    for (Index t = 0; t < T; ++t) {
-      const Index e = std::min(b1, steps.at(t));
-      if (e > b0) sum += cview(g.dx + t * BH + b0 * H, e - b0, H, H).colwise().sum();
-    }
-  }
   if (omega) {  // Ω's terms of this thread's pairs (its rows' norms are whole in its slot)
     const double* d2 = w.dn2.data() + tid * TB;
     const double* v2 = w.vn2.data() + tid * TB;
@@ -841,9 +824,53 @@ void local_weight_grads(const Inputs<S>& in, const States<const S>& st, const Gr
     }
     w.omega_part[size_t(2 * tid)] = osum;
     w.omega_part[size_t(2 * tid + 1)] = opairs;
+  }
+  const S* hb = st.h;  // right operand of ∂E/∂W_rec: h_{t-1}
+  const S* h0b = in.h0 ? in.h0 + b0 * H : nullptr;
+  if (w.fused) {  // α·∂Ω/∂W_rec folded in: this thread's rows of w.v become h_{t-1} + α c v
+#pragma omp barrier
+    double pairs_all = 0.0;  // the coefficients' divisor: every thread's pairs
+    for (int k = 0; k < nt; ++k) pairs_all += w.omega_part[size_t(2 * k + 1)];
+    const double scale = pairs_all > 0 ? opt.omega_alpha / pairs_all : 0.0;
+    for (Index k = 0; k < nr; ++k) {
+      const Index r = rows[k], t = r / B;
+      const S* hp = t > 0 ? st.h + (r - B) * H : (in.h0 ? in.h0 + r * H : nullptr);
+      auto vr = Eigen::Map<Eigen::Matrix<S, 1, Eigen::Dynamic>>(w.v.data() + r * H, H);
+      const S c = S(scale * w.coef[size_t(r)]);
+      if (c == S(0)) {  // a pair left out of Ω: h alone
+        if (hp)
+          vr = Eigen::Map<const Eigen::Matrix<S, 1, Eigen::Dynamic>>(hp, H);
+        else
+          vr.setZero();
+      } else if (hp) {
+        vr = Eigen::Map<const Eigen::Matrix<S, 1, Eigen::Dynamic>>(hp, H) + c * vr;
+      } else {
+        vr *= c;
+      }
+    }
+    hb = w.v.data() + BH;
+    h0b = w.v.data() + b0 * H;
+  }
+  gemm_tn<S>(ws, np, H, g.dx + BH, H, hb, H, nullptr, dWr, H, 0, H, false, false,
+             {in.u + B * I, I, I, dWi, I}, pairs);
+  const Index nb = b1 - b0;  // every row runs step 0: contiguous rows of dx, h0, u
+  if (h0b)
+    gemm_tn<S>(ws, nb, H, g.dx + b0 * H, H, h0b, H, nullptr, dWr, H, 0, H, false, true,
+               {in.u + b0 * I, I, I, dWi, I});
+  else
+    gemm_tn<S>(ws, nb, I, g.dx + b0 * H, H, in.u + b0 * I, I, nullptr, dWi, I, 0, H, false,
+               true);
+  {
+    auto sum = Eigen::Map<Eigen::Matrix<S, 1, Eigen::Dynamic>>(db, H);
+    sum.setZero();
+    for (Index t = 0; t < T; ++t) {
+      const Index e = std::min(b1, steps.at(t));
+      if (e > b0) sum += cview(g.dx + t * BH + b0 * H, e - b0, H, H).colwise().sum();
+    }
+  }
+  if (omega && !w.fused)
     gemm_tn<S>(ws, nr, H, g.dx, H, g.dx, H, w.coef.data(), G, H, 0, H, /*lower=*/true, false,
                {}, rows);
-  }
 #pragma omp barrier
   Index i0, i1;
   share(H, tid, nt, i0, i1);
@@ -853,7 +880,7 @@ void local_weight_grads(const Inputs<S>& in, const States<const S>& st, const Gr
     if (I > 0) view(g.dW_in + i0 * I, i1 - i0, I, I) += cview(pk + HH + i0 * I, i1 - i0, I, I);
     for (Index i = i0; i < i1; ++i) g.db[i] += pk[HH + HI + i];
   }
-  if (!omega) return;
+  if (!omega || w.fused) return;
   double pairs_all = 0.0;
   for (int k = 0; k < nt; ++k) pairs_all += w.omega_part[size_t(2 * k + 1)];
   const S scale = S(pairs_all > 0 ? 1.0 / pairs_all : 0.0);
@@ -885,18 +912,12 @@ BackwardOut backward(const Inputs<S>& in, const States<const S>& st, const Upstr
   const auto [T, B, I, H] = in.dims;
   const Plan plan = make_plan(in.dims, opt);
   const bool omega = opt.omega, norms = omega || g_in.dh_norm != nullptr;
-  // dW_rec += α·∂Ω/∂W_rec wanted without ∂Ω/∂W_rec itself: fused into ∂E/∂W_rec's product
-  // (w.fused), or, where the weight products are per thread (w.local), from a scratch
-  // ∂Ω/∂W_rec added at the end.
+  // dW_rec += α·∂Ω/∂W_rec wanted without ∂Ω/∂W_rec itself: folded into ∂E/∂W_rec's product
+  // (w.fused), in the row-split products and in the per-thread ones alike.
   const bool add_omega = omega && !g_in.omega_grad;
   BackwardWork<S> w(in.dims, in.lengths, plan, omega, norms, add_omega);
-  Buffer<S> og(add_omega && !w.fused ? size_t(H * H) : 0);
-  Gradients<S> g = g_in;
-  if (add_omega && !w.fused) g.omega_grad = og.data();
+  const Gradients<S>& g = g_in;
   const S alpha = S(opt.omega_alpha);
-  auto add_scratch_omega = [&]() {
-    if (add_omega && !w.fused) view(g.dW_rec, H, H, H) += alpha * cview(og.data(), H, H, H);
-  };
   PackedMatrix<S>& Wr = w.Wr;
   PackedMatrix<S>& Wi = w.Wi;
   int stop = 0;  // shared by the team: Options::interrupted said stop
@@ -943,7 +964,6 @@ BackwardOut backward(const Inputs<S>& in, const States<const S>& st, const Upstr
       out.omega_sum += w.omega_part[size_t(2 * k)];
       out.omega_pairs += w.omega_part[size_t(2 * k + 1)];
     }
-    add_scratch_omega();
     return out;
   }
   // A long call asks once more before the weight products (a stage as long as the sweep).
@@ -986,7 +1006,6 @@ BackwardOut backward(const Inputs<S>& in, const States<const S>& st, const Upstr
     weight_grads(in, st, g, w, w.gemm[size_t(tid)], i0, i1);
     if (omega && !w.fused) omega_weight_grad(in.dims, g, w, i0, i1, tid, nt);
   }
-  add_scratch_omega();
   return out;
 }
 
