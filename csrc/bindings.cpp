@@ -289,7 +289,8 @@ void forward(const py::array& u, const py::object& W_in, const py::object& W_rec
   if (!done) throw py::error_already_set();  // the exception python_interrupted left set
 }
 
-// Ω is on when omega_grad is given.
+// Ω is on when omega_grad is given, or omega_alpha ≠ 0 (then dW_rec += α·∂Ω/∂W_rec and
+// omega_grad must be None).
 template <typename S>
 std::pair<double, double> backward(const py::array& u, const py::object& W_in,
                                    const py::object& W_rec, const py::object& h0,
@@ -300,7 +301,7 @@ std::pair<double, double> backward(const py::array& u, const py::object& W_in,
                                    const py::object& du, const py::object& omega_grad,
                                    double omega_bound, const py::object& dh_norm,
                                    const py::object& lengths, int activation, int num_threads,
-                                   int schedule) {
+                                   int schedule, double omega_alpha) {
   const Dims d = dims_of(u, W_rec);
   const auto [T, B, I, H] = d;
   rnnfast::Inputs<S> in{d,
@@ -323,8 +324,11 @@ std::pair<double, double> backward(const py::array& u, const py::object& W_in,
                                 buffer<S>(omega_grad, "omega_grad", {H, H}, true, true),
                                 buffer<double>(dh_norm, "dh_norm", {T, B}, true, true)};
   rnnfast::Options opt = options(d, activation, num_threads, schedule);
-  opt.omega = g.omega_grad != nullptr;
+  if (omega_alpha != 0.0 && g.omega_grad)
+    throw py::value_error("omega_alpha: give it without omega_grad (α·∂Ω/∂W_rec goes into dW_rec)");
+  opt.omega = g.omega_grad != nullptr || omega_alpha != 0.0;
   opt.omega_bound = omega_bound;
+  opt.omega_alpha = omega_alpha;
   OutputRanges outs;
   outs.add(g.dx, T * B * H, "dx");
   outs.add(g.dW_in, H * I, "dW_in");
@@ -419,21 +423,22 @@ PYBIND11_MODULE(_core, m) {
          py::object dh, py::object dh_last, py::object dx, py::object dW_in, py::object dW_rec,
          py::object db, py::object dh0, py::object du, py::object omega_grad, double omega_bound,
          py::object dh_norm, int activation, int num_threads, int schedule,
-         py::object lengths) {
+         py::object lengths, double omega_alpha) {
         dispatch_check(u);
         if (py::isinstance<py::array_t<float>>(u))
           return backward<float>(u, W_in, W_rec, h0, h, dh, dh_last, dx, dW_in, dW_rec, db, dh0,
                                  du, omega_grad, omega_bound, dh_norm, lengths, activation,
-                                 num_threads, schedule);
+                                 num_threads, schedule, omega_alpha);
         return backward<double>(u, W_in, W_rec, h0, h, dh, dh_last, dx, dW_in, dW_rec, db, dh0,
                                 du, omega_grad, omega_bound, dh_norm, lengths, activation,
-                                num_threads, schedule);
+                                num_threads, schedule, omega_alpha);
       },
       py::arg("u").noconvert(), py::arg("W_in"), py::arg("W_rec"), py::arg("h0"), py::arg("h"),
       py::arg("dh"), py::arg("dh_last"), py::arg("dx"), py::arg("dW_in"), py::arg("dW_rec"),
       py::arg("db"), py::arg("dh0"), py::arg("du"), py::arg("omega_grad"),
       py::arg("omega_bound"), py::arg("dh_norm"), py::arg("activation"),
-      py::arg("num_threads"), py::arg("schedule"), py::arg("lengths") = py::none());
+      py::arg("num_threads"), py::arg("schedule"), py::arg("lengths") = py::none(),
+      py::arg("omega_alpha") = 0.0);
   m.def("empty", &empty_aligned, py::arg("shape"), py::arg("dtype"),
         "Uninitialised C-contiguous array whose data start on a 64-byte boundary");
   m.def(

@@ -592,3 +592,37 @@ def test_batch_split_weight_gradients_per_thread(shape, with_h0):
                                    err_msg=k)
     assert g2.omega == pytest.approx(g1.omega, rel=1e-12)
     assert g2.omega_pairs == g1.omega_pairs
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("shape", [(12, 10, 3, 40), (5, 3, 2, 7), (30, 7, 0, 9)])
+@pytest.mark.parametrize("upstream", ["dh", "dh_last"])
+def test_omega_alpha_folds_omega_into_W_rec(schedule, shape, upstream):
+    # omega_alpha: dW_rec + α·∂Ω/∂W_rec from one product Σ a_tᵀ (h_{t-1} + α c_t v_t) (or, for
+    # the per-thread products of a batch split, a scratch ∂Ω/∂W_rec added at the end); Ω's
+    # two paths ((Σ c aᵀa)·W_rec, stored v), with and without h0, ragged or not.
+    T, B, _, H = shape
+    for with_h0, lengths in ((True, None), (False, None), (True, np.arange(B) % T + 1)):
+        p, dh = make(shape, seed=12, with_h0=with_h0)
+        fwd = rnnfast.forward(p["u"], p["W_in"], p["W_rec"], p["b"], p["h0"], num_threads=2,
+                              _schedule=schedule, lengths=lengths)
+        up = {"dh": dh} if upstream == "dh" else {"dh_last": dh[-1]}
+        kw = dict(omega=True, profile=True, num_threads=2, _schedule=schedule, **up)
+        g0 = rnnfast.backward(fwd, **kw)
+        g1 = rnnfast.backward(fwd, omega_alpha=2.5, **kw)
+        assert g1.omega_grad is None
+        assert g1.omega == g0.omega and g1.omega_pairs == g0.omega_pairs
+        assert_close(g1.W_rec, g0.W_rec + 2.5 * g0.omega_grad, 1e-13, 1e-15, what="W_rec")
+        for k in ("W_in", "b", "h0", "u", "dh_norm"):
+            assert_close(getattr(g1, k), getattr(g0, k), 1e-13, 1e-15, what=k)
+
+
+def test_omega_alpha_checks():
+    p, dh = make((4, 2, 3, 5))
+    fwd = rnnfast.forward(p["u"], p["W_in"], p["W_rec"], p["b"], p["h0"])
+    with pytest.raises(ValueError, match="omega_alpha"):
+        rnnfast.backward(fwd, dh, omega=True, omega_alpha=float("nan"))
+    g = rnnfast.backward(fwd, dh, omega_alpha=3.0)  # without omega: no Ω at all
+    assert g.omega is None and g.omega_grad is None
+    g0 = rnnfast.backward(fwd, dh)
+    assert np.array_equal(g.W_rec, g0.W_rec)

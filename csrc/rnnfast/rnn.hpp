@@ -115,6 +115,9 @@ struct Options {
   Schedule schedule = Schedule::Auto;  // Auto: make_plan chooses
   bool omega = false;                  // backward: also Ω and ∂Ω/∂W_rec
   double omega_bound = 1e-20;          // backward: pairs with ‖δ_t‖² below it are left out of Ω
+  // backward with Ω and no Gradients::omega_grad: α of dW_rec += α·∂Ω/∂W_rec (0: off). Fused
+  // into ∂E/∂W_rec's product where possible (see BackwardWork::fused).
+  double omega_alpha = 0.0;
   // Asked by thread 0 (the calling thread) between chunks of time steps; true stops the call,
   // its outputs unfinished. Null: never asked.
   bool (*interrupted)() = nullptr;
@@ -539,7 +542,11 @@ bool forward(const Inputs<S>& in, const States<S>& out, const Options& opt) {
 // Every scratch buffer of one backward call, allocated before its parallel regions.
 template <typename S>
 struct BackwardWork {
-  BackwardWork(const Dims& d, const Index* lengths, const Plan& plan, bool omega, bool norms)
+  static bool local_plan(const Plan& plan, bool split_input, bool omega_v) {
+    return plan.schedule == Schedule::Batch && plan.threads > 1 && !split_input && !omega_v;
+  }
+  BackwardWork(const Dims& d, const Index* lengths, const Plan& plan, bool omega, bool norms,
+               bool add_omega = false)
       : NT(plan.threads), TB(d.T * d.B), steps(d, lengths),
         Wr(d.H, d.H, one_row_per_thread(plan, d.B)),
         Wi(d.H, d.I, one_row_per_thread(plan, d.B)),
@@ -551,12 +558,15 @@ struct BackwardWork {
         // sweep — 2·T·B·H² flops and one more (T, B, H) array. At (T, B, H) =
         // (50, 16, 2048) the second takes ~0.4× the time.
         omega_v(omega && 2 * d.H > TB),
+        // α·∂Ω/∂W_rec wanted in dW_rec alone: Σ_t a_tᵀ h_{t-1} + α Σ_t c_t a_tᵀ v_t is ONE
+        // product Σ_t a_tᵀ (h_{t-1} + α c_t v_t), with v_t stored by the sweep: no Ω product.
+        fused(omega && add_omega),
         dn2(norms ? size_t(NT * TB) : 0, 0.0),
         vn2(omega ? size_t(NT * TB) : 0, 0.0),
         coef(omega ? size_t(TB) : 0, 0.0),
-        G(omega && !omega_v ? size_t(d.H * d.H) : 0),
-        v(omega_v ? size_t(TB * d.H) : 0),
-        local(plan.schedule == Schedule::Batch && plan.threads > 1 && !split_input && !omega_v),
+        G(omega && !omega_v && !fused ? size_t(d.H * d.H) : 0),
+        v(omega_v || fused ? size_t(TB * d.H) : 0),
+        local(local_plan(plan, split_input, omega_v)),
         part_size(d.H * d.H + d.H * d.I + d.H + (omega ? d.H * d.H : 0)),
         part(local ? size_t((NT - 1) * part_size) : 0),
         own(local ? size_t(2 * NT * TB) : 0),
@@ -581,6 +591,7 @@ struct BackwardWork {
   PackedMatrix<S> Wr;             // W_rec:  v = a · W_rec
   PackedMatrix<S> Wi;             // W_in:   ∂E/∂u = a · W_in
   bool split_input, omega_v;
+  bool fused;                     // Ω's gradient folded into dW_rec's product (v stored)
   std::vector<double> dn2;        // (NT, T, B) ‖δ_t‖² partials (a hidden split sees columns)
   std::vector<double> vn2;        // (NT, T, B) ‖v_t‖² partials
   std::vector<double> coef;       // (T, B) Ω's pair coefficients 4(r−1)/‖δ‖² / pairs, or 0
@@ -646,6 +657,13 @@ bool error_sweep(const Inputs<S>& in, const States<const S>& st, const Upstream<
         packed_gemm<S>(ng, a_next, H, w.Wr, p0, p1, dht, H, d, H);  // δ = dh + a[t+1] W_rec
         if (omega && nc > 0 && !v_is_delta)  // Ω's ‖v‖² = ‖δ − dh‖², read back from δ
           row_sqnorms(d + c0, dht ? dht + c0 : nullptr, H, ng, nc, my_vn2 + (t + 1) * B + b0);
+        if (w.fused && nc > 0) {  // v = δ − dh kept for the fused weight product
+          S* vt = w.v.data() + (t + 1) * BH + b0 * H;
+          if (dht)
+            view(vt + c0, ng, nc, H) = cview(d + c0, ng, nc, H) - cview(dht + c0, ng, nc, H);
+          else
+            view(vt + c0, ng, nc, H) = cview(d + c0, ng, nc, H);
+        }
       }
     }
     if (ne > 0 && nc > 0) {  // the last step of these rows: no later step
@@ -714,11 +732,14 @@ void weight_grads(const Inputs<S>& in, const States<const S>& st, const Gradient
   const auto [T, B, I, H] = in.dims;
   const Index BH = B * H, TB = T * B;
   const bool ragged = w.steps.ragged;
-  gemm_tn<S>(ws, ragged ? Index(w.rows_rec.size()) : TB - B, H, g.dx + BH, H, st.h, H, nullptr,
+  // With w.fused the right operand is h_{t-1} + α c_t v_t, built in w.v (row t·B + j).
+  const S* hb = w.fused ? w.v.data() + BH : st.h;
+  const S* h0b = w.fused ? w.v.data() : in.h0;
+  gemm_tn<S>(ws, ragged ? Index(w.rows_rec.size()) : TB - B, H, g.dx + BH, H, hb, H, nullptr,
              g.dW_rec, H, i0, i1, false, false, {in.u + B * I, I, I, g.dW_in, I},
              ragged ? w.rows_rec.data() : nullptr);
-  if (in.h0)
-    gemm_tn<S>(ws, B, H, g.dx, H, in.h0, H, nullptr, g.dW_rec, H, i0, i1, false, true,
+  if (h0b)
+    gemm_tn<S>(ws, B, H, g.dx, H, h0b, H, nullptr, g.dW_rec, H, i0, i1, false, true,
                {in.u, I, I, g.dW_in, I});
   else
     gemm_tn<S>(ws, B, I, g.dx, H, in.u, I, nullptr, g.dW_in, I, i0, i1, false, true);
@@ -786,23 +807,6 @@ void local_weight_grads(const Inputs<S>& in, const States<const S>& st, const Gr
       if (t > 0) pairs[np++] = (t - 1) * B + j;
     }
   GemmTnWork<S>& ws = w.gemm[size_t(tid)];
-  gemm_tn<S>(ws, np, H, g.dx + BH, H, st.h, H, nullptr, dWr, H, 0, H, false, false,
-             {in.u + B * I, I, I, dWi, I}, pairs);
-  const Index nb = b1 - b0;  // every row runs step 0: contiguous rows of dx, h0, u
-  if (in.h0)
-    gemm_tn<S>(ws, nb, H, g.dx + b0 * H, H, in.h0 + b0 * H, H, nullptr, dWr, H, 0, H, false,
-               true, {in.u + b0 * I, I, I, dWi, I});
-  else
-    gemm_tn<S>(ws, nb, I, g.dx + b0 * H, H, in.u + b0 * I, I, nullptr, dWi, I, 0, H, false,
-               true);
-  {
-    auto sum = Eigen::Map<Eigen::Matrix<S, 1, Eigen::Dynamic>>(db, H);
-    sum.setZero();
-    for (Index t = 0; t < T; ++t) {
-      const Index e = std::min(b1, steps.at(t));
-      if (e > b0) sum += cview(g.dx + t * BH + b0 * H, e - b0, H, H).colwise().sum();
-    }
-  }
   if (omega) {  // Ω's terms of this thread's pairs (its rows' norms are whole in its slot)
     const double* d2 = w.dn2.data() + tid * TB;
     const double* v2 = w.vn2.data() + tid * TB;
@@ -820,9 +824,53 @@ void local_weight_grads(const Inputs<S>& in, const States<const S>& st, const Gr
     }
     w.omega_part[size_t(2 * tid)] = osum;
     w.omega_part[size_t(2 * tid + 1)] = opairs;
+  }
+  const S* hb = st.h;  // right operand of ∂E/∂W_rec: h_{t-1}
+  const S* h0b = in.h0 ? in.h0 + b0 * H : nullptr;
+  if (w.fused) {  // α·∂Ω/∂W_rec folded in: this thread's rows of w.v become h_{t-1} + α c v
+#pragma omp barrier
+    double pairs_all = 0.0;  // the coefficients' divisor: every thread's pairs
+    for (int k = 0; k < nt; ++k) pairs_all += w.omega_part[size_t(2 * k + 1)];
+    const double scale = pairs_all > 0 ? opt.omega_alpha / pairs_all : 0.0;
+    for (Index k = 0; k < nr; ++k) {
+      const Index r = rows[k], t = r / B;
+      const S* hp = t > 0 ? st.h + (r - B) * H : (in.h0 ? in.h0 + r * H : nullptr);
+      auto vr = Eigen::Map<Eigen::Matrix<S, 1, Eigen::Dynamic>>(w.v.data() + r * H, H);
+      const S c = S(scale * w.coef[size_t(r)]);
+      if (c == S(0)) {  // a pair left out of Ω: h alone
+        if (hp)
+          vr = Eigen::Map<const Eigen::Matrix<S, 1, Eigen::Dynamic>>(hp, H);
+        else
+          vr.setZero();
+      } else if (hp) {
+        vr = Eigen::Map<const Eigen::Matrix<S, 1, Eigen::Dynamic>>(hp, H) + c * vr;
+      } else {
+        vr *= c;
+      }
+    }
+    hb = w.v.data() + BH;
+    h0b = w.v.data() + b0 * H;
+  }
+  gemm_tn<S>(ws, np, H, g.dx + BH, H, hb, H, nullptr, dWr, H, 0, H, false, false,
+             {in.u + B * I, I, I, dWi, I}, pairs);
+  const Index nb = b1 - b0;  // every row runs step 0: contiguous rows of dx, h0, u
+  if (h0b)
+    gemm_tn<S>(ws, nb, H, g.dx + b0 * H, H, h0b, H, nullptr, dWr, H, 0, H, false, true,
+               {in.u + b0 * I, I, I, dWi, I});
+  else
+    gemm_tn<S>(ws, nb, I, g.dx + b0 * H, H, in.u + b0 * I, I, nullptr, dWi, I, 0, H, false,
+               true);
+  {
+    auto sum = Eigen::Map<Eigen::Matrix<S, 1, Eigen::Dynamic>>(db, H);
+    sum.setZero();
+    for (Index t = 0; t < T; ++t) {
+      const Index e = std::min(b1, steps.at(t));
+      if (e > b0) sum += cview(g.dx + t * BH + b0 * H, e - b0, H, H).colwise().sum();
+    }
+  }
+  if (omega && !w.fused)
     gemm_tn<S>(ws, nr, H, g.dx, H, g.dx, H, w.coef.data(), G, H, 0, H, /*lower=*/true, false,
                {}, rows);
-  }
 #pragma omp barrier
   Index i0, i1;
   share(H, tid, nt, i0, i1);
@@ -832,7 +880,7 @@ void local_weight_grads(const Inputs<S>& in, const States<const S>& st, const Gr
     if (I > 0) view(g.dW_in + i0 * I, i1 - i0, I, I) += cview(pk + HH + i0 * I, i1 - i0, I, I);
     for (Index i = i0; i < i1; ++i) g.db[i] += pk[HH + HI + i];
   }
-  if (!omega) return;
+  if (!omega || w.fused) return;
   double pairs_all = 0.0;
   for (int k = 0; k < nt; ++k) pairs_all += w.omega_part[size_t(2 * k + 1)];
   const S scale = S(pairs_all > 0 ? 1.0 / pairs_all : 0.0);
@@ -857,13 +905,19 @@ void local_weight_grads(const Inputs<S>& in, const States<const S>& st, const Gr
 // Throws std::invalid_argument, before any work, for Options::omega without g.omega_grad.
 template <typename S>
 BackwardOut backward(const Inputs<S>& in, const States<const S>& st, const Upstream<S>& up,
-                     const Gradients<S>& g, const Options& opt) {
-  if (opt.omega && !g.omega_grad)
-    throw std::invalid_argument("rnnfast::backward: Options::omega needs Gradients::omega_grad");
+                     const Gradients<S>& g_in, const Options& opt) {
+  if (opt.omega && !g_in.omega_grad && opt.omega_alpha == 0.0)
+    throw std::invalid_argument(
+        "rnnfast::backward: Options::omega needs Gradients::omega_grad or Options::omega_alpha");
   const auto [T, B, I, H] = in.dims;
   const Plan plan = make_plan(in.dims, opt);
-  const bool omega = opt.omega, norms = omega || g.dh_norm != nullptr;
-  BackwardWork<S> w(in.dims, in.lengths, plan, omega, norms);
+  const bool omega = opt.omega, norms = omega || g_in.dh_norm != nullptr;
+  // dW_rec += α·∂Ω/∂W_rec wanted without ∂Ω/∂W_rec itself: folded into ∂E/∂W_rec's product
+  // (w.fused), in the row-split products and in the per-thread ones alike.
+  const bool add_omega = omega && !g_in.omega_grad;
+  BackwardWork<S> w(in.dims, in.lengths, plan, omega, norms, add_omega);
+  const Gradients<S>& g = g_in;
+  const S alpha = S(opt.omega_alpha);
   PackedMatrix<S>& Wr = w.Wr;
   PackedMatrix<S>& Wi = w.Wi;
   int stop = 0;  // shared by the team: Options::interrupted said stop
@@ -927,8 +981,30 @@ BackwardOut backward(const Inputs<S>& in, const States<const S>& st, const Upstr
     const int nt = omp_get_num_threads(), tid = omp_get_thread_num();
     Index i0, i1;
     share(H, tid, nt, i0, i1);
+    if (w.fused) {  // w.v's row r = t·B + j becomes h_{t-1} + α c_r v_r (h_0: h0, or zeros)
+      Index r0, r1;
+      share(w.TB, tid, nt, r0, r1);
+      for (Index r = r0; r < r1; ++r) {
+        const Index t = r / B, j = r % B;
+        if (j >= w.steps.at(t)) continue;  // padding: never read
+        const S* hp = t > 0 ? st.h + (r - B) * H : (in.h0 ? in.h0 + r * H : nullptr);
+        auto vr = Eigen::Map<Eigen::Matrix<S, 1, Eigen::Dynamic>>(w.v.data() + r * H, H);
+        const S c = alpha * S(w.coef[size_t(r)]);
+        if (c == S(0)) {  // a pair left out of Ω: h alone
+          if (hp)
+            vr = Eigen::Map<const Eigen::Matrix<S, 1, Eigen::Dynamic>>(hp, H);
+          else
+            vr.setZero();
+        } else if (hp) {
+          vr = Eigen::Map<const Eigen::Matrix<S, 1, Eigen::Dynamic>>(hp, H) + c * vr;
+        } else {
+          vr *= c;
+        }
+      }
+#pragma omp barrier
+    }
     weight_grads(in, st, g, w, w.gemm[size_t(tid)], i0, i1);
-    if (omega) omega_weight_grad(in.dims, g, w, i0, i1, tid, nt);
+    if (omega && !w.fused) omega_weight_grad(in.dims, g, w, i0, i1, tid, nt);
   }
   return out;
 }

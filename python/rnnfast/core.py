@@ -517,7 +517,8 @@ def forward(u, W_in, W_rec, b, h0=None, *, activation: str = "tanh", keep_x: boo
 def backward(fwd: ForwardResult, dh=None, *, dh_last=None, omega: bool = False,
              omega_bound: float = OMEGA_BOUND, profile: bool = False, input_grad: bool = True,
              num_threads: int | None = None, workspace: Workspace | None = None,
-             lengths=None, _schedule: str = "auto") -> Gradients:
+             lengths=None, omega_alpha: float | None = None,
+             _schedule: str = "auto") -> Gradients:
     """Backpropagation through time for the network of ``fwd``.
 
     Parameters
@@ -537,6 +538,13 @@ def backward(fwd: ForwardResult, dh=None, *, dh_last=None, omega: bool = False,
         pairs with ‖∂E/∂h_t‖² ≥ ``omega_bound``. ``omega_grad`` is ∂Ω/∂W_rec with h and
         ∂E/∂h held constant (the paper's approximation). Add ``α·omega_grad`` to the W_rec
         gradient yourself (before clipping, as the authors do).
+    omega_alpha : float, optional
+        With ``omega=True``: add ``omega_alpha·∂Ω/∂W_rec`` to ``g.W_rec`` in the kernels instead
+        of returning ∂Ω/∂W_rec (``g.omega_grad`` is then None; ``g.omega`` and
+        ``g.omega_pairs`` are still given). The cheap form for a training update: the Ω term
+        is folded into ∂E/∂W_rec's product, Σ_t a_tᵀ (h_{t-1} + α c_t v_t), so Ω needs no
+        product of its own (equal to adding ``omega_alpha * omega_grad`` yourself, to float
+        rounding). Ignored (no Ω) without ``omega=True``.
     profile : bool
         Also return ``dh_norm`` (T, B): ‖∂E/∂h_t‖ at every step, the gradient-flow profile.
     input_grad : bool
@@ -583,6 +591,12 @@ def backward(fwd: ForwardResult, dh=None, *, dh_last=None, omega: bool = False,
     omega_bound = float(omega_bound)
     if not omega_bound >= 0.0:
         raise ValueError(f"omega_bound: expected a non-negative number, got {omega_bound}")
+    alpha = 0.0
+    if omega and omega_alpha is not None:
+        alpha = float(omega_alpha)
+        if not math.isfinite(alpha):
+            raise ValueError(f"omega_alpha: expected a finite number, got {omega_alpha}")
+    fold = omega and alpha != 0.0  # α·∂Ω/∂W_rec into g.W_rec: no omega_grad array
     itemsize = dtype.itemsize
     outputs = (T * B * H + (T * B * I if input_grad else 0) + H * I + H * H + H + B * H
                + (H * H if omega else 0)) * itemsize + (T * B * 8 if profile else 0)
@@ -600,12 +614,12 @@ def backward(fwd: ForwardResult, dh=None, *, dh_last=None, omega: bool = False,
     dW_in, dW_rec, db, dh0, dx, *du = _empty_all(specs, dtype, workspace)
     du = du[0] if input_grad else None
     g = Gradients(W_in=dW_in, W_rec=dW_rec, b=db, h0=dh0, u=du, dx=dx)
-    omega_grad = _empty((H, H), dtype, workspace, "omega_grad") if omega else None
+    omega_grad = _empty((H, H), dtype, workspace, "omega_grad") if omega and not fold else None
     dh_norm = np.empty((T, B), np.float64) if profile else None
     total, pairs = _core.backward(
         u, fwd.W_in, fwd.W_rec, h0, h, dh, dh_last, g.dx, g.W_in, g.W_rec, g.b,
         g.h0, g.u, omega_grad, omega_bound, dh_norm, _activation_code(fwd.activation), threads,
-        schedule, klen,
+        schedule, klen, alpha,
     )
     if fwd._kernel is not None:  # back to the caller's order
         g.dx, g.u, g.h0 = ragged.from_kernel(g.dx, 1), ragged.from_kernel(g.u, 1), ragged.from_kernel(g.h0, 0)

@@ -305,7 +305,7 @@ class RNNModel:
         return r.loss, r.y
 
     def loss_and_grad(self, u, targets, mask=None, *, omega=False, omega_bound=_core.OMEGA_BOUND,
-                      h0=None, num_threads=None, workspace=None):
+                      h0=None, num_threads=None, workspace=None, omega_alpha=None):
         """Loss and the gradients of all parameters (forward + readout + BPTT).
 
         Parameters
@@ -326,6 +326,9 @@ class RNNModel:
         workspace : rnnfast.Workspace or None
             Reuse the kernels' output memory across calls (a training loop); the returned
             gradients are then overwritten by the next call with the same workspace.
+        omega_alpha : float or None
+            With ``omega``: α·∂Ω/∂W_rec already added to the W_rec gradient by the kernels
+            (folded into its product; ``omega_grad`` of the result is then None).
 
         Returns
         -------
@@ -340,7 +343,8 @@ class RNNModel:
                                workspace=workspace)
         r = _losses.loss_and_grad(fwd.h, p["W_out"], p["b_out"], targets, kind=self.loss,
                                   at=self.at, mask=mask, normalize=self.normalize)
-        kw = {"omega": True, "omega_bound": omega_bound} if omega else {}
+        kw = ({"omega": True, "omega_bound": omega_bound, "omega_alpha": omega_alpha}
+              if omega else {})
         kw.update(num_threads=num_threads, workspace=workspace, input_grad=False)
         if r.dh_last is not None:
             g = _core.backward(fwd, dh_last=r.dh_last, **kw)

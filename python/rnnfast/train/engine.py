@@ -255,8 +255,12 @@ class Engine:
         m = self.model
         k = self.update
         alpha = float(self.alpha(k)) if self.alpha is not None else 0.0
+        # α·∂Ω/∂W_rec folded into the W_rec gradient's product by the kernels (no Ω product of
+        # its own) unless W_rec is frozen (its gradient is zeroed before Ω's is added).
+        fold = alpha > 0 and RECURRENT not in self.frozen
         res = m.loss_and_grad(u, targets, mask, omega=alpha > 0, omega_bound=self.omega_bound,
-                              h0=h0, num_threads=self.num_threads, workspace=self.workspace)
+                              h0=h0, num_threads=self.num_threads, workspace=self.workspace,
+                              omega_alpha=alpha if fold else None)
         self._last_h = res.h_last
         grads = res.grads
         for name in self.frozen:
