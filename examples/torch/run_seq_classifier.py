@@ -15,8 +15,9 @@ Around the program, not in it: matplotlib runs headless and ``plt.show()`` recor
 each loss/accuracy figure the program draws (that is where the loss curves come from); a stub
 ``IPython.display`` (res/plot_lib.py imports it for notebook output only). The notebook saves
 nothing, so after it the runner saves the trained model (``torch.save(model)``), loads it in a
-fresh process with ``torch.load``'s default ``weights_only=True`` and the program's classes as
-safe globals, and checks the loaded model's test predictions equal the trained one's.
+fresh process with ``torch.load``'s default ``weights_only=True`` and, as safe globals, the
+classes a program lists for a model holding ``torch.nn.RNN`` (SimpleRNN, Linear, nn.RNN; the
+same list for both variants), and checks the loaded model's test predictions equal the trained one's.
 
 Usage::
 
@@ -83,7 +84,8 @@ src = open("program.py").read()
 # the program's class definitions (cells 1-4), without running its trainings
 g = globals()    # classes defined in __main__, where the pickle (made in __main__) looks
 exec(compile(src[:src.index("def train(")], "program.py", "exec"), g)
-with torch.serialization.safe_globals([g["SimpleRNN"], torch.nn.Linear]):
+# what a program lists for a model holding torch.nn.RNN (as pytorch/examples' word LM does)
+with torch.serialization.safe_globals([g["SimpleRNN"], torch.nn.Linear, torch.nn.RNN]):
     model = torch.load("model.pt")                     # weights_only=True, the default
 ref = torch.load("check.pt")
 model.eval()
