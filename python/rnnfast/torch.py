@@ -56,6 +56,7 @@ import importlib.abc
 import importlib.util
 import math
 import numbers
+import os
 import sys
 import threading
 import warnings
@@ -146,8 +147,9 @@ def _per_direction(fn, D: int, threads: int) -> list:
     if D == 1 or threads < 2 or not PARALLEL_DIRECTIONS:
         return [fn(d, threads) for d in range(D)]
     with _pool_lock:
-        if _pool is None:
+        if _pool is None or _pool._rnnfast_pid != os.getpid():   # a fork child has no thread
             _pool = ThreadPoolExecutor(1, thread_name_prefix="rnnfast-direction")
+            _pool._rnnfast_pid = os.getpid()
     second = _pool.submit(fn, 1, threads - threads // 2)
     return [fn(0, threads // 2), second.result()]
 
