@@ -1,6 +1,10 @@
 // Microbenchmarks of the C++ kernels: forward, backward, and the Ω-fused backward, at the
-// sizes (T, B, I, H) of kSizes below. Counters: GFLOP/s of the work each kernel does
-// (forward 2·T·B·H·(H+I), backward twice that; Ω adds the symmetric product T·B·H²).
+// sizes (T, B, I, H) of kSizes below (P, S1–S5, and the natural problems' PTB and music
+// minibatches), and forward + backward of a ragged batch (variable lengths, BM_ragged).
+// Counters: GFLOP/s of the work each kernel does (forward 2·T·B·H·(H+I), backward twice that;
+// Ω adds the symmetric product T·B·H²; a ragged batch counts its Σ len_b valid steps only).
+// On 2 threads the backward of a batch split takes each thread's weight gradients in the
+// sweep's region (BackwardWork::local).
 //   cmake -S . -B build/bench -DRNNFAST_BUILD_BENCH=ON -DCMAKE_BUILD_TYPE=Release \
 //         -DCMAKE_PREFIX_PATH=$(python -c 'import sysconfig;print(sysconfig.get_paths()["purelib"])') \
 //         -Dpybind11_DIR=$(python -m pybind11 --cmakedir) -DSKBUILD_PROJECT_NAME=rnnfast \
@@ -8,6 +12,8 @@
 //   ./build/bench/bench/rnnfast_kernels_bench --benchmark_counters_tabular=true
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
+#include <functional>
 #include <random>
 #include <vector>
 
@@ -20,14 +26,17 @@ using rnnfast::Index;
 struct Size {
   Index T, B, I, H;
 };
-const Size kSizes[] = {{125, 20, 6, 50},    {100, 1, 8, 50},    {100, 32, 8, 100},
-                       {200, 64, 64, 256},  {100, 32, 128, 1024}, {50, 16, 256, 2048}};
-const char* kNames[] = {"P", "S1", "S2", "S3", "S4", "S5"};
+const Size kSizes[] = {{125, 20, 6, 50},    {100, 1, 8, 50},      {100, 32, 8, 100},
+                       {200, 64, 64, 256},  {100, 32, 128, 1024}, {50, 16, 256, 2048},
+                       {200, 8, 50, 500},   {200, 4, 88, 300}};
+const char* kNames[] = {"P", "S1", "S2", "S3", "S4", "S5", "PTB", "MUS"};
+constexpr int kNumSizes = 8;
 
 template <typename S>
 struct Problem {
   Size z;
   std::vector<S> u, W_in, W_rec, b, h, dh, dx, dW_in, dW_rec, db, dh0, du, og;
+  std::vector<Index> lengths;  // (B) non-increasing, or empty (all T)
   explicit Problem(Size s) : z(s) {
     std::mt19937 gen(0);
     std::normal_distribution<double> n(0.0, 1.0);
@@ -50,7 +59,22 @@ struct Problem {
     og.resize(W_rec.size());
   }
   rnnfast::Inputs<S> inputs() const {
-    return {{z.T, z.B, z.I, z.H}, u.data(), W_in.data(), W_rec.data(), b.data(), nullptr};
+    return {{z.T, z.B, z.I, z.H}, u.data(), W_in.data(), W_rec.data(), b.data(), nullptr,
+            lengths.empty() ? nullptr : lengths.data()};
+  }
+  // Lengths uniform in [1, T], sorted non-increasing (PackedSequence order).
+  void make_ragged() {
+    std::mt19937 gen(1);
+    std::uniform_int_distribution<Index> len(1, z.T);
+    lengths.resize(z.B);
+    for (auto& l : lengths) l = len(gen);
+    std::sort(lengths.begin(), lengths.end(), std::greater<Index>());
+  }
+  double valid_steps() const {
+    if (lengths.empty()) return double(z.T) * z.B;
+    double n = 0;
+    for (Index l : lengths) n += double(l);
+    return n;
   }
   void forward(int threads) {
     rnnfast::Options opt;
@@ -90,8 +114,25 @@ void BM_backward(benchmark::State& st) {
   st.SetLabel(kNames[st.range(0)]);
 }
 
+// Forward + backward of a ragged batch: the cost should follow Σ len_b (GFLOP/s of the valid
+// steps about those of the full batch).
+template <typename S>
+void BM_ragged(benchmark::State& st) {
+  Problem<S> p(kSizes[st.range(0)]);
+  p.make_ragged();
+  const int threads = int(st.range(1));
+  for (auto _ : st) {
+    p.forward(threads);
+    p.backward(threads, false);
+  }
+  const double f = 2.0 * p.valid_steps() * p.z.H * (p.z.H + p.z.I);
+  st.counters["GFLOP/s"] = benchmark::Counter(3.0 * f * 1e-9,
+                                              benchmark::Counter::kIsIterationInvariantRate);
+  st.SetLabel(kNames[st.range(0)]);
+}
+
 void sizes(benchmark::internal::Benchmark* b) {
-  for (int s = 0; s < 6; ++s)
+  for (int s = 0; s < kNumSizes; ++s)
     for (int t : {1, 2}) b->Args({s, t});
   b->Unit(benchmark::kMillisecond)->UseRealTime();
 }
@@ -102,6 +143,7 @@ BENCHMARK(BM_backward<float, true>)->Apply(sizes);
 BENCHMARK(BM_forward<double>)->Apply(sizes);
 BENCHMARK(BM_backward<double, false>)->Apply(sizes);
 BENCHMARK(BM_backward<double, true>)->Apply(sizes);
+BENCHMARK(BM_ragged<float>)->Apply(sizes);
 
 }  // namespace
 

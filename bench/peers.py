@@ -97,11 +97,32 @@ SIZES = {
     "S3": (200, 64, 64, 256),
     "S4": (100, 32, 128, 1024),
     "S5": (50, 16, 256, 2048),
+    # The natural problems' minibatches (rnnfast.experiments.natural): PTB characters (one-hot
+    # inputs, 500 sigmoid units, truncated BPTT of 200 steps, 8 streams) and the music data
+    # (88-key piano rolls, 300 sigmoid units; 400 for MuseData; 4 segments of 200 steps).
+    "PTB": (200, 8, 50, 500),
+    "MUS": (200, 4, 88, 300),
+    "MUSE": (200, 4, 88, 400),
 }
+#: Sizes with a "update" row: one full SGD-CR training update (readout, loss, BPTT with Ω,
+#: α·∂Ω/∂W_rec, global-norm clipping, SGD step) — rnnfast's ``Engine.step`` against the same
+#: update written as a PyTorch loop. The task of each: activation, loss, read steps, outputs,
+#: inputs ("onehot": one symbol per step; "binary": ~5% of the keys on).
+UPDATE_TASKS = {
+    "P": dict(activation="tanh", loss="softmax_ce", at="last", n_out=4, inputs="onehot"),
+    "PTB": dict(activation="sigmoid", loss="softmax_ce", at="all", n_out=50, inputs="onehot"),
+    "MUS": dict(activation="sigmoid", loss="sigmoid_bce", at="all", n_out=88, inputs="binary"),
+    "MUSE": dict(activation="sigmoid", loss="sigmoid_bce", at="all", n_out=88, inputs="binary"),
+}
+#: SGD-CR's settings in the update rows (rnnfast.train.build's defaults for the method).
+UPDATE_LR, UPDATE_CLIP, UPDATE_ALPHA = 0.01, 1.0, 4.0
+#: Updates of the authors' complete temporal-order training (Pascanu et al. 2013, section 4.1).
+TEMPORAL_ORDER_UPDATES = 336_000
 #: The size of ``--smoke``.
 SMOKE_SIZE = ("tiny", (10, 2, 3, 8))
 PEERS = ("rnnfast", "torch", "jax", "numpy")
 MODES = ("forward", "fwd+BPTT")
+UPDATE = "update"  # the mode of the training-update rows
 DTYPES = ("float32", "float64")
 GRAD_NAMES = ("W_in", "W_rec", "b", "u", "h0")
 #: Environment variables the machine may set that slow NumPy's OpenBLAS down.
@@ -111,9 +132,35 @@ CHECK_TOL = {"float32": 2e-3, "float64": 1e-8}
 
 
 def flops(T: int, B: int, I: int, H: int, mode: str) -> float:
-    """Nominal FLOPs of one call: forward 2·T·B·H·(H+I), forward+BPTT three times that."""
+    """Nominal FLOPs of one call: forward 2·T·B·H·(H+I), forward+BPTT three times that (and
+    the same for a training update: its % of the ceiling counts the recurrence alone)."""
     f = 2.0 * T * B * H * (H + I)
     return f if mode == "forward" else 3.0 * f
+
+
+def make_update_problem(T: int, B: int, I: int, H: int, dtype: str, task: dict,
+                        seed: int = 0) -> dict:
+    """Inputs, targets and initial parameters of one training-update case (the same for every
+    peer): ``u`` (T,B,I), ``targets`` (B,) or (T,B) classes / (T,B,O) bits, ``W_in``,
+    ``W_rec``, ``b``, ``W_out`` (O,H), ``b_out`` (O,)."""
+    rng = np.random.default_rng([T, B, I, H, seed, 7])
+    O = task["n_out"]
+    if task["inputs"] == "onehot":
+        u = np.eye(I)[rng.integers(0, I, size=(T, B))]
+    else:
+        u = (rng.random((T, B, I)) < 0.05).astype(float)
+    if task["loss"] == "softmax_ce":
+        targets = rng.integers(0, O, size=(B,) if task["at"] == "last" else (T, B))
+    else:
+        targets = (rng.random((T, B, O)) < 0.05).astype(dtype)
+    scale = 0.95 / math.sqrt(H) if task["activation"] == "tanh" else 0.1
+    p = {"u": u, "W_in": rng.standard_normal((H, I)) * 0.1,
+         "W_rec": rng.standard_normal((H, H)) * scale, "b": np.zeros(H),
+         "W_out": rng.standard_normal((O, H)) * 0.1, "b_out": np.zeros(O)}
+    p = {k: np.ascontiguousarray(v, dtype=dtype) for k, v in p.items()}
+    p["targets"] = targets
+    p["task"] = dict(task)
+    return p
 
 
 def make_problem(T: int, B: int, I: int, H: int, dtype: str, *, with_h0: bool = False,
@@ -269,6 +316,20 @@ class Peer:
     def outputs(self, res) -> tuple:
         raise NotImplementedError
 
+    #: Whether the peer has a training-update row (prepare_update and update).
+    has_update = False
+
+    def prepare_update(self, prob: dict) -> None:
+        raise NotImplementedError
+
+    def update(self):
+        """One full SGD-CR training update (the parameters change)."""
+        raise NotImplementedError
+
+    def update_params(self) -> dict:
+        """The parameters after the updates so far, as float64 NumPy arrays."""
+        raise NotImplementedError
+
     def release_cached_memory(self) -> None:
         """Free memory the library keeps from earlier calls for reuse, so that the memory
         measurement sees what one call needs (called before each measured call)."""
@@ -353,6 +414,27 @@ class RnnfastPeer(Peer):
         f, g = res
         return f.h, {k: getattr(g, k) for k in GRAD_NAMES}
 
+    has_update = True
+
+    def prepare_update(self, prob):
+        from rnnfast.train import build
+        task = prob["task"]
+        T, B, I = prob["u"].shape
+        H = prob["W_rec"].shape[0]
+        self.engine = build("SGD-CR", n_in=I, n_out=task["n_out"], hidden=H,
+                            activation=task["activation"], loss=task["loss"], at=task["at"],
+                            dtype=str(prob["u"].dtype), lr=UPDATE_LR, clip=UPDATE_CLIP,
+                            alpha=UPDATE_ALPHA, seed=0, num_threads=self.threads)
+        for k in ("W_in", "W_rec", "b", "W_out", "b_out"):
+            self.engine.model.params[k][...] = prob[k]
+        self.batch = (prob["u"], prob["targets"])
+
+    def update(self):
+        return self.engine.step(self.batch)
+
+    def update_params(self):
+        return {k: np.array(v, np.float64) for k, v in self.engine.model.params.items()}
+
 
 class TorchPeer(Peer):
     """``torch.nn.RNN`` (CPU, tanh; W_in, W_rec, b copied in, bias_hh = 0).
@@ -421,6 +503,69 @@ class TorchPeer(Peer):
         g = {"W_in": r.weight_ih_l0.grad, "W_rec": r.weight_hh_l0.grad, "b": r.bias_ih_l0.grad,
              "u": self.u_g.grad, "h0": self.h0_g.grad[0]}
         return res.detach().numpy(), {k: v.detach().numpy() for k, v in g.items()}
+
+    has_update = True
+
+    def prepare_update(self, prob):
+        """The update as a PyTorch user writes it: the recurrence as a loop over steps (Ω needs
+        the total ∂E/∂h_t of every step, which ``torch.nn.RNN`` does not expose), the readout,
+        ``backward``, Ω from the retained ∂E/∂h_t in the authors' form (δ held constant) and a
+        second ``backward`` for α·∂Ω/∂W_rec, ``clip_grad_norm_`` over all parameters and
+        ``torch.optim.SGD``."""
+        torch = self.torch
+        task = prob["task"]
+        self.uw = {k: torch.from_numpy(prob[k].copy()).requires_grad_(True)
+                   for k in ("W_in", "W_rec", "b", "W_out", "b_out")}
+        self.opt = torch.optim.SGD(list(self.uw.values()), lr=UPDATE_LR)
+        self.u_upd = torch.from_numpy(prob["u"])
+        t = prob["targets"]
+        self.targets = torch.from_numpy(np.asarray(t, np.int64) if task["loss"] == "softmax_ce"
+                                        else t)
+        self.task = task
+
+    def update(self):
+        torch = self.torch
+        F = torch.nn.functional
+        p, task = self.uw, self.task
+        u = self.u_upd
+        T, B, I = u.shape
+        H = p["W_rec"].shape[0]
+        act = torch.tanh if task["activation"] == "tanh" else torch.sigmoid
+        self.opt.zero_grad(set_to_none=True)
+        xin = (u.reshape(T * B, I) @ p["W_in"].T + p["b"]).reshape(T, B, H)
+        h = torch.zeros(B, H, dtype=u.dtype)
+        hs = []
+        for t in range(T):
+            h = act(xin[t] + h @ p["W_rec"].T)
+            h.retain_grad()
+            hs.append(h)
+        if task["at"] == "last":
+            z = hs[-1] @ p["W_out"].T + p["b_out"]
+        else:
+            z = (torch.stack(hs).reshape(T * B, H) @ p["W_out"].T + p["b_out"])
+        tg = self.targets.reshape(-1) if task["loss"] == "softmax_ce" else \
+            self.targets.reshape(T * B, -1)
+        if task["loss"] == "softmax_ce":
+            loss = F.cross_entropy(z, tg)
+        else:  # Σ over outputs, mean over the T·B read rows (rnnfast's "step")
+            loss = F.binary_cross_entropy_with_logits(z, tg, reduction="sum") / z.shape[0]
+        loss.backward()
+        with torch.no_grad():  # Ω's factors, held constant
+            D = torch.stack([x.grad for x in hs])              # (T, B, H) total ∂E/∂h_t
+            Hs = torch.stack(hs)
+            A = D * (1 - Hs * Hs) if task["activation"] == "tanh" else D * Hs * (1 - Hs)
+            d2 = (D * D).sum(-1).reshape(-1)
+            keep = d2 >= 1e-20
+        V = A.reshape(T * B, H) @ p["W_rec"]                     # a_t W_rec
+        r = (V * V).sum(-1) / torch.where(keep, d2, torch.ones_like(d2))
+        omega = ((r - 1) ** 2)[keep].mean()
+        (UPDATE_ALPHA * omega).backward()                       # adds α·∂Ω/∂W_rec
+        torch.nn.utils.clip_grad_norm_(list(p.values()), UPDATE_CLIP)
+        self.opt.step()
+        return float(loss.detach())
+
+    def update_params(self):
+        return {k: v.detach().numpy().astype(np.float64) for k, v in self.uw.items()}
 
 
 class JaxPeer(Peer):
@@ -696,10 +841,16 @@ def worker_main(peer_name: str, threads: int, pin: bool) -> int:
                     gc.collect()
                     peer.set_threads()
                     peer.prepare(make_problem(*req["size"], req["dtype"]))
+                    if req.get("task") and peer.has_update:
+                        peer.prepare_update(make_update_problem(*req["size"], req["dtype"],
+                                                                req["task"]))
                     prepared = key
                 out = {}
                 for mode in req["modes"]:
-                    fn = peer.forward if mode == "forward" else peer.fwd_bwd
+                    if mode == UPDATE and not (req.get("task") and peer.has_update):
+                        continue
+                    fn = {"forward": peer.forward, "fwd+BPTT": peer.fwd_bwd,
+                          UPDATE: getattr(peer, "update", None)}[mode]
                     peer.set_threads()
                     out[mode] = time_call(fn, warmup=req["warmup"], repeats=req["repeats"],
                                           budget=req["budget"],
@@ -1062,7 +1213,9 @@ def run_benchmark(args, log) -> dict:
                             continue
                         w = workers[(peer, n)]
                         req = {"cmd": "case", "size": [T, B, I, H], "dtype": dt,
-                               "modes": list(MODES), **per_round, "checksums": rnd == 0}
+                               "modes": list(args.modes), **per_round, "checksums": rnd == 0,
+                               "task": UPDATE_TASKS.get(name) if UPDATE in args.modes
+                               else None}
                         if rnd > 0:
                             req["warmup"] = 0  # warmed up in round 1 (the problem is kept)
                         r = _measure_case(w, req, args, others_of(w), log)
@@ -1082,7 +1235,7 @@ def run_benchmark(args, log) -> dict:
                     disturb = {k: max(x[k] for x in rs) for k in ("foreign_cpus", "steal_cpus",
                                                                     "attempt")}
                     disturb["case_s"] = sum(x["case_s"] for x in rs)
-                    for mode in MODES:
+                    for mode in [m for m in MODES + (UPDATE,) if m in rs[0]["result"]]:
                         m = pool_samples([x["result"][mode] for x in rs])
                         del m["times"], m["cpus"]
                         m["round_medians_s"] = [x["result"][mode]["median_s"] for x in rs]
@@ -1096,10 +1249,12 @@ def run_benchmark(args, log) -> dict:
                         notes.append(f"{peer} {name} {dt} {n}t: other processes used "
                                      f"{disturb['foreign_cpus']:.2f} CPUs during the "
                                      "measurement (marked *)")
-                    fb = results[-1]
-                    log(f"  {name:>5} {dt} {n}t {peer:>8}: fwd "
-                        f"{_ms(results[-2]['median_s'])} ms, fwd+BPTT "
-                        f"{_ms(fb['median_s'])} ms ({fb['samples']} samples of {fb['number']} "
+                    mine = {r["mode"]: r for r in results if r["peer"] == peer
+                            and r["size"] == name and r["dtype"] == dt and r["threads"] == n}
+                    fb = mine.get("fwd+BPTT") or next(iter(mine.values()))
+                    log(f"  {name:>5} {dt} {n}t {peer:>8}: " + ", ".join(
+                        f"{md} {_ms(r['median_s'])} ms" for md, r in mine.items())
+                        + f" ({fb['samples']} samples of {fb['number']} "
                         f"in {rounds} rounds, cpu {fb['cpu_util']:.2f}, others "
                         f"{disturb['foreign_cpus']:.2f}, {disturb['case_s']:.1f} s)")
                 log(f"  {name:>5} {dt} {n}t  ceiling: "
@@ -1238,6 +1393,9 @@ def format_tables(data: dict) -> str:
                     lines.append(f"| {name} ({T},{B},{I},{H}) | {n} | " + " | ".join(cells)
                                  + " |")
             lines.append("")
+    upd = [r for r in res if r["mode"] == UPDATE]
+    if upd:
+        lines += _update_tables(data, idx, upd)
     disturbed = [r for r in res if r["threads"] == 1
                  and r.get("foreign_cpus", 0) > meta["max_foreign"]]
     if disturbed:
@@ -1316,6 +1474,51 @@ def format_tables(data: dict) -> str:
         lines += [f"- {n}" for n in data["notes"]]
         lines.append("")
     return "\n".join(lines)
+
+
+def _update_tables(data: dict, idx: dict, upd: list) -> list:
+    """The training-update rows: per size, dtype and threads, each peer's median ms per update
+    (q1–q3), rnnfast's updates/s and (T·B)/s (characters per second at PTB), and
+    ×rnnfast; then the time of the authors' 336k-update temporal-order run at P."""
+    peers = [p for p in data["active_peers"] if any(r["peer"] == p for r in upd)]
+    lines = ["### Full SGD-CR training update (readout, loss, BPTT with Ω, α·∂Ω/∂W_rec, "
+             "clipping, SGD step): median ms per update (q1–q3), ×rnnfast = time ÷ rnnfast's",
+             "",
+             "| size (T,B,I,H) | dtype | thr | " + " | ".join(peers)
+             + " | rnnfast updates/s | rnnfast (T·B)/s |",
+             "|---|---|---|" + "---|" * len(peers) + "---|---|"]
+    for name, (T, B, I, H) in data["sizes"].items():
+        for dt in data["dtypes"]:
+            for n in data["threads"]:
+                base = idx.get(("rnnfast", name, dt, n, UPDATE))
+                if not any(idx.get((p, name, dt, n, UPDATE)) for p in peers):
+                    continue
+                cells = []
+                for p in peers:
+                    r = idx.get((p, name, dt, n, UPDATE))
+                    if r is None:
+                        cells.append("—")
+                        continue
+                    c = f"{_ms(r['median_s'])} ({_ms(r['q1_s'])}–{_ms(r['q3_s'])})"
+                    if r.get("foreign_cpus", 0) > data["meta"]["max_foreign"]:
+                        c += "*"
+                    if p != "rnnfast" and base:
+                        c += f" ×{r['median_s'] / base['median_s']:.1f}"
+                    cells.append(c)
+                extra = ([f"{1 / base['median_s']:.0f}", f"{T * B / base['median_s']:,.0f}"]
+                         if base else ["—", "—"])
+                lines.append(f"| {name} ({T},{B},{I},{H}) | {dt} | {n} | "
+                             + " | ".join(cells + extra) + " |")
+    lines.append("")
+    for n in data["threads"]:
+        r = idx.get(("rnnfast", "P", "float32", n, UPDATE))
+        if r:
+            sec = TEMPORAL_ORDER_UPDATES * r["median_s"]
+            lines.append(f"The authors' temporal-order training ({TEMPORAL_ORDER_UPDATES:,} "
+                         f"SGD-CR updates at P, float32) at this rate on {n} thread"
+                         f"{'s' if n > 1 else ''}: {sec / 60:.1f} min ({sec:.0f} s).  ")
+    lines.append("")
+    return lines
 
 
 def draw_chart(data: dict, path: Path) -> str | None:
@@ -1428,6 +1631,29 @@ def run_check(peers: list, log) -> bool:
                 ok &= good
                 log(f"{name:>8} {dt} h0={'rand' if with_h0 else 'None'}: max rel. err "
                     f"{errs[worst]:.1e} ({worst}) vs float64 NumPy {'ok' if good else 'FAIL'}")
+    # The training-update rows: the same parameters after two updates from the same start.
+    upd = [n for n in peers if made.get(n) is not None and made[n].has_update]
+    if "rnnfast" in upd:
+        for task_name, task in UPDATE_TASKS.items():
+            prob = make_update_problem(9, 3, 5 if task["inputs"] == "onehot" else 6, 7,
+                                       "float64", dict(task, n_out=min(task["n_out"], 4)))
+            after = {}
+            for name in upd:
+                peer = made[name]
+                peer.set_threads()
+                peer.prepare_update(prob)
+                peer.update()
+                peer.update()
+                after[name] = peer.update_params()
+            for name in upd:
+                if name == "rnnfast":
+                    continue
+                err = max(np.abs(after[name][k] - after["rnnfast"][k]).max()
+                          / max(np.abs(after["rnnfast"][k]).max(), 1e-30) for k in after[name])
+                good = err < 1e-6  # torch's clip_grad_norm_ divides by norm + 1e-6
+                ok &= good
+                log(f"{name:>8} update ({task_name} task, float64): parameters after 2 SGD-CR "
+                    f"updates, max rel. diff {err:.1e} vs rnnfast {'ok' if good else 'FAIL'}")
     return ok
 
 
@@ -1482,6 +1708,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="pin every worker of n threads to n CPUs (JAX's always is)")
     ap.add_argument("--keep-openblas-env", action="store_true",
                     help="do not unset OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE for the NumPy worker")
+    ap.add_argument("--modes", default=",".join(MODES + (UPDATE,)),
+                    help="what to time: forward, fwd+BPTT, update (the training-update rows of "
+                         f"the sizes {', '.join(UPDATE_TASKS)}); default all three")
     ap.add_argument("--check", action="store_true",
                     help="only check that the peers compute the same forward and gradients")
     ap.add_argument("--report", metavar="JSON",
@@ -1561,6 +1790,9 @@ def main(argv=None) -> int:
         ap.error("--threads and --ceiling-n take comma-separated positive integers")
     if not args.threads or min(args.threads) < 1 or not args.ceiling_n:
         ap.error("--threads and --ceiling-n take comma-separated positive integers")
+    args.modes = _split(args.modes)
+    if not args.modes or any(m not in MODES + (UPDATE,) for m in args.modes):
+        ap.error(f"--modes: expected a subset of {', '.join(MODES + (UPDATE,))}")
     args.dtypes = _split(args.dtypes)
     if not args.dtypes or any(d not in DTYPES for d in args.dtypes):
         ap.error(f"--dtypes: expected a subset of {', '.join(DTYPES)}")

@@ -555,3 +555,40 @@ def test_freed_outputs_are_reused_but_never_while_alive():
     del b
     assert rnnfast.release_memory() >= 8000
     assert rnnfast.release_memory() == 0
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("shape", [(12, 10, 3, 40), (9, 13, 5, 60), (5, 3, 2, 7)])
+def test_omega_with_dh_last_only_matches_dh_of_zeros(schedule, shape):
+    # A loss read at the last step only (dh_last, no dh): Ω's ‖v_{t+1}‖² is taken from ‖δ_t‖²
+    # instead of a second pass; the same numbers as the general path (dh of zeros), which
+    # the reference tests check. On two threads the batch split also takes its weight
+    # gradients per thread (BackwardWork::local).
+    p, _ = make(shape, seed=9)
+    T, B, _, H = shape
+    dh_last = np.random.default_rng(10).standard_normal((B, H))
+    fwd = rnnfast.forward(p["u"], p["W_in"], p["W_rec"], p["b"], p["h0"], num_threads=2,
+                          _schedule=schedule)
+    kw = dict(omega=True, profile=True, num_threads=2, _schedule=schedule)
+    g1 = rnnfast.backward(fwd, dh_last=dh_last, **kw)
+    g0 = rnnfast.backward(fwd, np.zeros((T, B, H)), dh_last=dh_last, **kw)
+    for k in ("W_in", "W_rec", "b", "h0", "u", "omega_grad", "dh_norm"):
+        assert_close(getattr(g1, k), getattr(g0, k), 1e-13, 1e-15, what=k)
+    assert g1.omega == pytest.approx(g0.omega, rel=1e-13)
+    assert g1.omega_pairs == g0.omega_pairs
+
+
+@pytest.mark.parametrize("with_h0", [True, False])
+@pytest.mark.parametrize("shape", [(12, 10, 3, 40), (30, 7, 0, 9), (3, 5, 4, 6)])
+def test_batch_split_weight_gradients_per_thread(shape, with_h0):
+    # Two threads of a batch split take the weight gradients (and Ω's Σ c aᵀa) of their own
+    # rows and add them up once (BackwardWork::local; Ω's (Σ c aᵀa)·W_rec path, T·B ≥ 2H):
+    # the same as one thread, to rounding.
+    p, dh = make(shape, seed=11, with_h0=with_h0)
+    f1, g1 = run(p, dh, "tanh", num_threads=1)
+    f2, g2 = run(p, dh, "tanh", num_threads=2, _schedule="batch")
+    for k in ("W_in", "W_rec", "b", "h0", "u", "omega_grad", "dh_norm"):
+        np.testing.assert_allclose(getattr(g2, k), getattr(g1, k), rtol=1e-12, atol=1e-13,
+                                   err_msg=k)
+    assert g2.omega == pytest.approx(g1.omega, rel=1e-12)
+    assert g2.omega_pairs == g1.omega_pairs

@@ -555,7 +555,12 @@ struct BackwardWork {
         vn2(omega ? size_t(NT * TB) : 0, 0.0),
         coef(omega ? size_t(TB) : 0, 0.0),
         G(omega && !omega_v ? size_t(d.H * d.H) : 0),
-        v(omega_v ? size_t(TB * d.H) : 0) {
+        v(omega_v ? size_t(TB * d.H) : 0),
+        local(plan.schedule == Schedule::Batch && plan.threads > 1 && !split_input && !omega_v),
+        part_size(d.H * d.H + d.H * d.I + d.H + (omega ? d.H * d.H : 0)),
+        part(local ? size_t((NT - 1) * part_size) : 0),
+        own(local ? size_t(2 * NT * TB) : 0),
+        omega_part(local ? size_t(2 * NT) : 0, 0.0) {
     // gemm_tn scratch: at most H output rows and H + I columns ([h | u] in weight_grads).
     gemm.reserve(size_t(NT));
     for (int k = 0; k < NT; ++k) gemm.emplace_back(d.H, d.H + d.I);
@@ -582,6 +587,14 @@ struct BackwardWork {
   Buffer<S> G;                    // (H, H) Σ c a_tᵀ a_t; fully written: lower product + mirror
   Buffer<S> v;                    // (T, B, H) v_t = a_t W_rec, when omega_v
   std::vector<GemmTnWork<S>> gemm;  // one per thread
+  // A batch split on several threads (`local`): each thread takes the weight gradients (and
+  // Ω's) of its own rows right after its sweep, into its own partial sums — no second
+  // parallel region, no reading another core's rows — and the partials are added once.
+  bool local;
+  Index part_size;                // elements of one thread's partial [dW_rec | dW_in | db | G]
+  Buffer<S> part;                 // (NT − 1, part_size): threads 1.. (thread 0 writes g, G)
+  std::vector<Index> own;         // (NT, 2, T·B): each thread's rows, all steps / pairs
+  std::vector<double> omega_part;  // (NT, 2): each thread's Ω sum and pair count
 };
 
 // Stage 1, the error sweep through time (BPTT), for one thread's share. Step t (0-based; h[t]
@@ -611,6 +624,9 @@ bool error_sweep(const Inputs<S>& in, const States<const S>& st, const Upstream<
     const Index e = t >= 0 ? std::max(b0, std::min(sh.b1, steps.at(t))) : sh.b1;
     const Index m = std::max(b0, std::min(e, steps.at(t + 1)));
     const Index nb = e - b0, ng = m - b0, ne = e - m;
+    // Without a direct gradient at t (a loss read at the last step only), the rows going on
+    // have δ_t = v_{t+1}: Ω's ‖v‖² is the ‖δ‖² computed below, copied (one pass less).
+    const bool v_is_delta = omega && !dht && t >= 0 && !w.omega_v;
     if (ng > 0) {
       const S* a_next = g.dx + (t + 1) * BH + b0 * H;
       if (g.du && !w.split_input)
@@ -628,7 +644,7 @@ bool error_sweep(const Inputs<S>& in, const States<const S>& st, const Upstream<
         }
       } else {
         packed_gemm<S>(ng, a_next, H, w.Wr, p0, p1, dht, H, d, H);  // δ = dh + a[t+1] W_rec
-        if (omega && nc > 0)  // Ω's ‖v‖² = ‖δ − dh‖², read back from δ (no stored v)
+        if (omega && nc > 0 && !v_is_delta)  // Ω's ‖v‖² = ‖δ − dh‖², read back from δ
           row_sqnorms(d + c0, dht ? dht + c0 : nullptr, H, ng, nc, my_vn2 + (t + 1) * B + b0);
       }
     }
@@ -642,6 +658,8 @@ bool error_sweep(const Inputs<S>& in, const States<const S>& st, const Upstream<
     }
     if (nb > 0 && nc > 0 && t >= 0) {
       if (my_dn2) row_sqnorms<S>(d + c0, nullptr, H, nb, nc, my_dn2 + t * B + b0);
+      if (v_is_delta)
+        for (Index r = 0; r < ng; ++r) my_vn2[(t + 1) * B + b0 + r] += my_dn2[t * B + b0 + r];
       times_derivative(act, d + c0, H, st.h + t * BH + b0 * H + c0, H, d + c0, H, nb, nc);
     }
     if (!sh.by_rows) {
@@ -738,6 +756,102 @@ void omega_weight_grad(const Dims& d, const Gradients<S>& g, BackwardWork<S>& w,
                  g.omega_grad + i0 * H, H);
 }
 
+// Stages 2 and 3 for one thread of a batch split (BackwardWork::local), right after its sweep:
+// the weight gradients of its own rows (sequences [b0, b1), every valid step) into its
+// partial sums, Ω's pair terms of those rows and their Σ c a_tᵀ a_t, one barrier, then the
+// partials added up by rows of the outputs (thread 0's partials are g's arrays and G), G
+// mirrored and multiplied by W_rec. The sums run in another order than the row-split
+// products: equal to float rounding. Every thread of the region must call it (barriers).
+template <typename S>
+void local_weight_grads(const Inputs<S>& in, const States<const S>& st, const Gradients<S>& g,
+                        const Options& opt, BackwardWork<S>& w, const StepShare& sh, int tid,
+                        int nt) {
+  const auto [T, B, I, H] = in.dims;
+  const Index BH = B * H, TB = w.TB, HH = H * H, HI = H * I;
+  const Steps& steps = w.steps;
+  const bool omega = opt.omega;
+  const Index b0 = sh.b0, b1 = sh.b1;
+  S* base = tid == 0 ? nullptr : w.part.data() + (tid - 1) * w.part_size;
+  S* dWr = tid == 0 ? g.dW_rec : base;
+  S* dWi = tid == 0 ? g.dW_in : base + HH;
+  S* db = tid == 0 ? g.db : base + HH + HI;
+  S* G = tid == 0 ? w.G.data() : base + HH + HI + H;
+  // This thread's rows: all valid steps (t·B + j) and the pairs from the second step on.
+  Index* rows = w.own.data() + size_t(2 * tid) * size_t(TB);
+  Index* pairs = rows + TB;
+  Index nr = 0, np = 0;
+  for (Index t = 0; t < T; ++t)
+    for (Index j = b0, e = std::min(b1, steps.at(t)); j < e; ++j) {
+      rows[nr++] = t * B + j;
+      if (t > 0) pairs[np++] = (t - 1) * B + j;
+    }
+  GemmTnWork<S>& ws = w.gemm[size_t(tid)];
+  gemm_tn<S>(ws, np, H, g.dx + BH, H, st.h, H, nullptr, dWr, H, 0, H, false, false,
+             {in.u + B * I, I, I, dWi, I}, pairs);
+  const Index nb = b1 - b0;  // every row runs step 0: contiguous rows of dx, h0, u
+  if (in.h0)
+    gemm_tn<S>(ws, nb, H, g.dx + b0 * H, H, in.h0 + b0 * H, H, nullptr, dWr, H, 0, H, false,
+               true, {in.u + b0 * I, I, I, dWi, I});
+  else
+    gemm_tn<S>(ws, nb, I, g.dx + b0 * H, H, in.u + b0 * I, I, nullptr, dWi, I, 0, H, false,
+               true);
+  {
+    auto sum = Eigen::Map<Eigen::Matrix<S, 1, Eigen::Dynamic>>(db, H);
+    sum.setZero();
+    for (Index t = 0; t < T; ++t) {
+      const Index e = std::min(b1, steps.at(t));
+      if (e > b0) sum += cview(g.dx + t * BH + b0 * H, e - b0, H, H).colwise().sum();
+    }
+  }
+  if (omega) {  // Ω's terms of this thread's pairs (its rows' norms are whole in its slot)
+    const double* d2 = w.dn2.data() + tid * TB;
+    const double* v2 = w.vn2.data() + tid * TB;
+    double osum = 0.0, opairs = 0.0;
+    for (Index k = 0; k < nr; ++k) {
+      const Index i = rows[k];
+      if (d2[i] >= opt.omega_bound) {  // false for NaN: such pairs are dropped
+        const double r = v2[i] / d2[i];
+        osum += (r - 1.0) * (r - 1.0);
+        opairs += 1.0;
+        w.coef[size_t(i)] = 4.0 * (r - 1.0) / d2[i];
+      } else {
+        w.coef[size_t(i)] = 0.0;
+      }
+    }
+    w.omega_part[size_t(2 * tid)] = osum;
+    w.omega_part[size_t(2 * tid + 1)] = opairs;
+    gemm_tn<S>(ws, nr, H, g.dx, H, g.dx, H, w.coef.data(), G, H, 0, H, /*lower=*/true, false,
+               {}, rows);
+  }
+#pragma omp barrier
+  Index i0, i1;
+  share(H, tid, nt, i0, i1);
+  for (int k = 1; k < nt; ++k) {
+    const S* pk = w.part.data() + (k - 1) * w.part_size;
+    view(g.dW_rec + i0 * H, i1 - i0, H, H) += cview(pk + i0 * H, i1 - i0, H, H);
+    if (I > 0) view(g.dW_in + i0 * I, i1 - i0, I, I) += cview(pk + HH + i0 * I, i1 - i0, I, I);
+    for (Index i = i0; i < i1; ++i) g.db[i] += pk[HH + HI + i];
+  }
+  if (!omega) return;
+  double pairs_all = 0.0;
+  for (int k = 0; k < nt; ++k) pairs_all += w.omega_part[size_t(2 * k + 1)];
+  const S scale = S(pairs_all > 0 ? 1.0 / pairs_all : 0.0);
+  S* Gm = w.G.data();
+  for (Index i = i0; i < i1; ++i) {  // the lower triangle (with the diagonal), summed and scaled
+    for (int k = 1; k < nt; ++k) {
+      const S* Gk = w.part.data() + (k - 1) * w.part_size + HH + HI + H;
+      for (Index j = 0; j <= i; ++j) Gm[i * H + j] += Gk[i * H + j];
+    }
+    for (Index j = 0; j <= i; ++j) Gm[i * H + j] *= scale;
+  }
+#pragma omp barrier
+  for (Index i = i0; i < i1; ++i)  // mirror: writes only above the diagonal, reads below
+    for (Index j = i + 1; j < H; ++j) Gm[i * H + j] = Gm[j * H + i];
+#pragma omp barrier
+  packed_gemm<S>(i1 - i0, Gm + i0 * H, H, w.Wr, 0, w.Wr.panels(), nullptr, H,
+                 g.omega_grad + i0 * H, H);
+}
+
 // Fills every array of g; returns Ω's sum and pair count (zeros without Options::omega), or
 // `interrupted` with g unfinished when stopped by Options::interrupted.
 // Throws std::invalid_argument, before any work, for Options::omega without g.omega_grad.
@@ -777,6 +891,12 @@ BackwardOut backward(const Inputs<S>& in, const States<const S>& st, const Upstr
       q1 = Wi.panels();
     }
     const bool swept = error_sweep(in, st, up, g, opt, w, sh, q0, q1, tid, nt, stop);
+    if (swept && w.local) {
+      // A long call asks once more before the weight products (a stage as long as the sweep).
+      const bool ask = opt.interrupted && T > steps_per_poll(in.dims);
+      if (!(ask && poll_stop(opt, 1, 0, tid, nt, stop)))
+        local_weight_grads(in, st, g, opt, w, sh, tid, nt);
+    }
     if (swept && g.du && w.split_input) {  // ∂E/∂u = a W_in for all T·B rows, rows shared by the threads
 #pragma omp barrier
       all_steps_gemm<S>(w.steps, B, g.dx, H, Wi, nullptr, I, g.du, I, tid, nt);
@@ -784,6 +904,14 @@ BackwardOut backward(const Inputs<S>& in, const States<const S>& st, const Upstr
   }
 
   BackwardOut out;
+  if (w.local && !stop) {  // the weight gradients are done
+    if (norms) reduce_norms(w.dn2, w.NT, w.TB, g.dh_norm);
+    for (int k = 0; k < w.NT; ++k) {
+      out.omega_sum += w.omega_part[size_t(2 * k)];
+      out.omega_pairs += w.omega_part[size_t(2 * k + 1)];
+    }
+    return out;
+  }
   // A long call asks once more before the weight products (a stage as long as the sweep).
   if (stop || (opt.interrupted && T > steps_per_poll(in.dims) && opt.interrupted())) {
     out.interrupted = true;

@@ -551,7 +551,8 @@ def _add_common(p, problem):
     r.add_argument("--train-eval-limit", type=positive_int, default=None, metavar="N",
                    help="final table: score the training split on its first N steps / "
                         "characters only (default: all)")
-    r.add_argument("--checkpoint-every", type=positive_int, default=100, metavar="UPDATES")
+    r.add_argument("--checkpoint-every", type=positive_int, default=None, metavar="UPDATES",
+                   help="checkpoint every this many updates (default: every minute or so)")
     r.add_argument("--log-every", type=nonneg_int, default=0, metavar="UPDATES",
                    help="print a training line every N updates (0: only validations)")
     bar = r.add_mutually_exclusive_group()

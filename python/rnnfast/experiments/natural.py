@@ -110,6 +110,11 @@ PAPER_TABLE1 = {
     "PTB chars, 1 step": {"SGD": (1.46, 1.50), "SGD-C": (1.34, 1.42), "SGD-CR": (1.36, 1.41)},
     "PTB chars, 5 steps": {"SGD": None, "SGD-C": (3.76, 3.89), "SGD-CR": (3.70, 3.74)},
 }
+#: How often a run saves its checkpoint and history when no update count is given (a save
+#: rewrites the whole per-update history: with one sequence per update, saving every 100
+#: updates took 2.3 s per save at 24k updates, 40% of a PTB run, and kept growing).
+CHECKPOINT_SECONDS = 60.0
+
 #: Table 1's context columns (train / test; PTB: test only): RNN state of the art then,
 #: and the overall state of the art.
 PAPER_SOTA = {
@@ -561,15 +566,17 @@ class NaturalRun:
         Receives one line per validation (and every ``log_every`` updates).
     log_every : int
         Log a training line every this many updates (0: never).
-    checkpoint_every : int
-        Checkpoint every this many updates (and at every epoch's end and at the end).
+    checkpoint_every : int or None
+        Checkpoint every this many updates; None (default): every minute or so (see
+        :class:`~rnnfast.train.Checkpoint`'s ``seconds``). Always at every epoch's end and
+        at the end.
     train_eval_limit : int, optional
         Final table: score the training split on its first this many steps/characters
         only (its full length takes a while for PTB; None: all of it).
     """
 
     def __init__(self, config, problem, *, out=None, num_threads=None, progress=None, log=None,
-                 log_every=0, checkpoint_every=100, train_eval_limit=None):
+                 log_every=0, checkpoint_every=None, train_eval_limit=None):
         self.train_eval_limit = None if train_eval_limit is None else int(train_eval_limit)
         self.config = config
         self.problem = problem
@@ -591,8 +598,9 @@ class NaturalRun:
                           Progress(problem.n_train_batches(), per_epoch=True, enabled=progress)]
         if self.out is not None:
             self.callbacks.append(Checkpoint(
-                self._path("checkpoint.npz"), every=int(checkpoint_every) or None,
-                at_epoch_end=True, history=self._path("history"), config=c.to_dict()))
+                self._path("checkpoint.npz"), every=checkpoint_every and int(checkpoint_every),
+                seconds=None if checkpoint_every else CHECKPOINT_SECONDS, at_epoch_end=True,
+                history=self._path("history"), config=c.to_dict()))
 
     @property
     def updates(self):

@@ -91,14 +91,14 @@ class ClipResult(NamedTuple):
 
 
 def _items(grads):
-    if isinstance(grads, Mapping):
+    if type(grads) is dict or isinstance(grads, Mapping):  # dict first: the ABC check is slow
         return list(grads.items())
     return [(str(i), g) for i, g in enumerate(grads)]
 
 
 def sum_squares(g):
     """Sum of squares of an array, accumulated in float64 (one BLAS dot)."""
-    x = np.asarray(g).reshape(-1)
+    x = (g if type(g) is np.ndarray else np.asarray(g)).reshape(-1)
     if x.dtype != np.float64:
         x = x.astype(np.float64)
     return float(x @ x)

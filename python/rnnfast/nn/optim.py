@@ -81,6 +81,7 @@ class SGD:
         self.nesterov = bool(nesterov)
         self.velocity = {}
         self.steps = 0
+        self._scratch = {}  # name -> array for lr·g (no allocation per update)
 
     def step(self, params, grads, lr=None):
         """Apply one update in place.
@@ -103,7 +104,14 @@ class SGD:
                 raise ValueError(f"gradient of {name!r} has shape {g.shape}, expected {p.shape}")
             lr_t = p.dtype.type(lr)
             if self.momentum == 0.0:
-                p -= lr_t * g
+                if g.dtype != p.dtype:
+                    p -= lr_t * g
+                    continue
+                tmp = self._scratch.get(name)
+                if tmp is None or tmp.shape != g.shape or tmp.dtype != g.dtype:
+                    tmp = self._scratch[name] = np.empty_like(g)
+                np.multiply(lr_t, g, out=tmp)  # the same two roundings as p -= lr_t * g
+                p -= tmp
                 continue
             mu = p.dtype.type(self.momentum)
             v = self.velocity.get(name)

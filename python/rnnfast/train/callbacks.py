@@ -208,14 +208,20 @@ def history_summary(engine):
 
 class Checkpoint(Callback):
     """Write the engine's and every callback's state to ``path`` (atomically) every
-    ``every`` updates, at each epoch's end when ``at_epoch_end``, and when :meth:`fit` ends
-    (also on an error or Ctrl-C); with ``history``, also ``<history>.json`` / ``.csv``.
+    ``every`` updates and/or every ``seconds``, at each epoch's end when ``at_epoch_end``, and
+    when :meth:`fit` ends (also on an error or Ctrl-C); with ``history``, also
+    ``<history>.json`` / ``.csv``.
 
     Parameters
     ----------
     path : str or None
         Checkpoint file (None: only the history files).
     every : int or None
+        Save every this many updates.
+    seconds : float or None
+        Save when this many seconds have passed since the last save, and at least ten times
+        the last save's own duration: a save rewrites the whole history, which grows with the
+        run, so a time-based cadence keeps saving under ~10% of the run.
     at_epoch_end : bool
     history : str or None
         Prefix of the history files.
@@ -223,27 +229,46 @@ class Checkpoint(Callback):
         An experiment's settings, stored and compared on resume (:meth:`restore`).
     """
 
-    def __init__(self, path=None, *, every=None, at_epoch_end=False, history=None, config=None):
+    def __init__(self, path=None, *, every=None, seconds=None, at_epoch_end=False, history=None,
+                 config=None):
         if every is not None and (isinstance(every, bool) or int(every) < 1):
             raise ValueError(f"every: expected an integer >= 1 or None, got {every!r}")
+        if seconds is not None and not (isinstance(seconds, (int, float))
+                                        and not isinstance(seconds, bool) and seconds > 0):
+            raise ValueError(f"seconds: expected a positive number or None, got {seconds!r}")
         if path is None and history is None:
             raise ValueError("Checkpoint: give a path, a history prefix, or both")
         self.path, self.every, self.at_epoch_end = path, every, bool(at_epoch_end)
+        self.seconds = None if seconds is None else float(seconds)
         self.history, self.config = history, config
+        self._last_save = time.perf_counter()  # when the last save ended
+        self._save_cost = 0.0                  # how long it took
 
     def save(self, engine):
+        t0 = time.perf_counter()
         if self.path is not None:
             engine.save_checkpoint(self.path, config=self.config)
         if self.history is not None:
             write_history(self.history, engine.history, validations=engine.validations,
                           summary=history_summary(engine))
+        self._last_save = time.perf_counter()
+        self._save_cost = self._last_save - t0
+
+    def _due(self, engine):
+        if self.every and engine.update % self.every == 0:
+            return True
+        return self.seconds is not None and (time.perf_counter() - self._last_save
+                                             >= max(self.seconds, 10.0 * self._save_cost))
 
     def restore(self, engine, callbacks):
         """Load ``path`` into ``engine`` and ``callbacks`` (see :meth:`Engine.load_checkpoint`)."""
         engine.load_checkpoint(self.path, callbacks=callbacks, config=self.config)
 
+    def on_fit_begin(self, engine):
+        self._last_save = time.perf_counter()
+
     def on_update_end(self, engine, batch, row):
-        if self.every and engine.update % self.every == 0:
+        if self._due(engine):
             self.save(engine)
 
     def on_epoch_end(self, engine):

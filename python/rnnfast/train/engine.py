@@ -226,6 +226,7 @@ class Engine:
         # The kernels' outputs reuse one block of memory update after update (the gradients
         # are consumed before the next update).
         self.workspace = _core.Workspace()
+        self._scaled_omega_grad = None  # scratch of step()
 
         self.update = 0          # updates done
         self.epoch = 0           # epochs completed
@@ -262,7 +263,11 @@ class Engine:
             grads[name][...] = 0
         if res.omega_grad is not None:
             gw = grads[RECURRENT]
-            gw += gw.dtype.type(alpha) * res.omega_grad  # before clipping, as the authors
+            og = self._scaled_omega_grad  # α·∂Ω/∂W_rec without a new array per update
+            if og is None or og.shape != gw.shape or og.dtype != gw.dtype:
+                og = self._scaled_omega_grad = np.empty_like(gw)
+            np.multiply(gw.dtype.type(alpha), res.omega_grad, out=og)
+            gw += og  # before clipping, as the authors
         avg = self.norm_avg.value if self.norm_avg.ready else None  # after a warm-up
         cr = self.clipper(grads, m.params)
         explosion = bool(avg is not None and avg > 0
