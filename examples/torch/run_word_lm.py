@@ -104,12 +104,13 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", help="the program's --lr (default: its own, 20)")
     ap.add_argument("--threads", type=int, help="OMP_NUM_THREADS for the program")
     ap.add_argument("--parallel", action="store_true", help="both variants at the same time")
+    ap.add_argument("--tag", default="", help="suffix of the output files' names")
     args = ap.parse_args(argv)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     variants = [args.only] if args.only else ["torch", "rnnfast"]
     extra = ["--lr", args.lr] if args.lr else []
-    tag = f"_lr{args.lr}" if args.lr else ""
+    tag = args.tag + (f"_lr{args.lr}" if args.lr else "")
     kw = dict(extra=extra, tag=tag, threads=args.threads)
     if args.parallel:
         from concurrent.futures import ThreadPoolExecutor
