@@ -582,3 +582,31 @@ def test_bench_torch_stack_smoke():
                          text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     assert "rnnfast.torch.RNN serial" in out.stdout and "rnnfast core" in out.stdout
+
+
+def test_operator_takes_lengths_in_any_order():
+    """rnnfast::rnn_layer with unsorted lengths equals the sorted call on permuted rows."""
+    g = torch.Generator().manual_seed(0)
+    T, B, I, H = 5, 4, 2, 3
+    u = torch.randn(T, B, I, dtype=F64, generator=g)
+    h0 = torch.randn(2, B, H, dtype=F64, generator=g)
+    w = [torch.randn(*s, dtype=F64, generator=g) for s in [(H, I), (H, H), (H,)] * 2]
+    lengths = torch.tensor([2, 5, 1, 4])
+    perm = lengths.argsort(descending=True)
+    G = torch.randn(T, B, 2 * H, dtype=F64, generator=g)
+    Gn = torch.randn(2, B, H, dtype=F64, generator=g)
+
+    def grads(u, h0, lengths, G, Gn):
+        args = [t.clone().requires_grad_() for t in [u, h0] + w]
+        out, hn = torch.ops.rnnfast.rnn_layer(args[0], args[1], args[2:], lengths, "tanh", 1)
+        ((out * G).sum() + (hn * Gn).sum()).backward()
+        return out, hn, [a.grad for a in args]
+
+    o1, h1, g1 = grads(u, h0, lengths, G, Gn)
+    o2, h2, g2 = grads(u[:, perm], h0[:, perm], lengths[perm], G[:, perm], Gn[:, perm])
+    assert_rel(o1[:, perm], o2, 1e-12, "output")
+    assert_rel(h1[:, perm], h2, 1e-12, "h_n")
+    assert_rel(g1[0][:, perm], g2[0], 1e-12, "du")
+    assert_rel(g1[1][:, perm], g2[1], 1e-12, "dh0")
+    for a, b in zip(g1[2:], g2[2:]):
+        assert_rel(a, b, 1e-12, "weights")

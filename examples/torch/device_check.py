@@ -35,6 +35,7 @@ def run(module, x, hx, packed_lengths):
     hs = hx.detach().clone().requires_grad_(True)
     inp = xs if packed_lengths is None else \
         pack_padded_sequence(xs, packed_lengths, enforce_sorted=False)
+    torch.manual_seed(7)                               # the same dropout masks for both
     out, hn = module(inp, hs)
     if packed_lengths is not None:
         out, _ = pad_packed_sequence(out)
@@ -48,6 +49,8 @@ def max_diff(a_list, b_list) -> float:
 
 
 def check(device: str, dtype: torch.dtype, kw: dict, packed: bool) -> None:
+    if device == "cuda":   # cuDNN keeps its own dropout state: the two modules' masks differ
+        kw = {**kw, "dropout": 0.0}
     name = f"{device} {str(dtype).replace('torch.', '')} {kw}{' packed' if packed else ''}"
     torch.manual_seed(0)
     ref = torch.nn.RNN(5, 8, **kw)

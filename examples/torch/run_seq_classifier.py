@@ -15,8 +15,9 @@ Around the program, not in it: matplotlib runs headless and ``plt.show()`` recor
 each loss/accuracy figure the program draws (that is where the loss curves come from); a stub
 ``IPython.display`` (res/plot_lib.py imports it for notebook output only). The notebook saves
 nothing, so after it the runner saves the trained model (``torch.save(model)``), loads it in a
-fresh process with ``torch.load``'s default ``weights_only=True`` and the program's classes as
-safe globals, and checks the loaded model's test predictions equal the trained one's.
+fresh process with ``torch.load``'s default ``weights_only=True`` and, as safe globals, the
+classes a program lists for a model holding ``torch.nn.RNN`` (SimpleRNN, Linear, nn.RNN; the
+same list for both variants), and checks the loaded model's test predictions equal the trained one's.
 
 Usage::
 
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -58,7 +60,7 @@ plt.show = show
 
 t0 = time.perf_counter()
 code = open("program.py").read()
-g = {"__name__": "__main__"}
+g = globals()    # the program's classes live in __main__, where pickle looks for them
 exec(compile(code, "program.py", "exec"), g)
 wall = time.perf_counter() - t0
 import torch
@@ -82,7 +84,8 @@ src = open("program.py").read()
 # the program's class definitions (cells 1-4), without running its trainings
 g = globals()    # classes defined in __main__, where the pickle (made in __main__) looks
 exec(compile(src[:src.index("def train(")], "program.py", "exec"), g)
-with torch.serialization.safe_globals([g["SimpleRNN"], torch.nn.Linear]):
+# what a program lists for a model holding torch.nn.RNN (as pytorch/examples' word LM does)
+with torch.serialization.safe_globals([g["SimpleRNN"], torch.nn.Linear, torch.nn.RNN]):
     model = torch.load("model.pt")                     # weights_only=True, the default
 ref = torch.load("check.pt")
 model.eval()
@@ -106,7 +109,7 @@ def script(notebook: bytes) -> str:
                    for i, c in enumerate(cells[:LAST_CELL], 1))
 
 
-def run(checkout: str, variant: str, out: pathlib.Path) -> dict:
+def run(checkout: str, variant: str, out: pathlib.Path, threads) -> dict:
     with tempfile.TemporaryDirectory(prefix="seqcls-") as tmp:
         work = pathlib.Path(tmp)
         (work / "res").mkdir()
@@ -122,7 +125,11 @@ def run(checkout: str, variant: str, out: pathlib.Path) -> dict:
         (work / "boot.py").write_text(BOOT)
         (work / "load.py").write_text(LOAD)
         t0 = time.perf_counter()
-        p = subprocess.run([sys.executable, "boot.py"], cwd=work, capture_output=True, text=True)
+        env = dict(os.environ)
+        if threads:
+            env["OMP_NUM_THREADS"] = str(threads)     # torch's and rnnfast's default threads
+        p = subprocess.run([sys.executable, "boot.py"], cwd=work, capture_output=True, text=True,
+                           env=env)
         wall = time.perf_counter() - t0
         log = p.stdout + p.stderr
         if p.returncode != 0:
@@ -141,10 +148,21 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkout", required=True, help="git dir of an Atcold/NYU-DLSP20 clone")
     ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--threads", type=int, help="OMP_NUM_THREADS for the program (default: "
+                    "unset, i.e. every core)")
+    ap.add_argument("--parallel", action="store_true",
+                    help="run the two variants at the same time (same machine load for both)")
     args = ap.parse_args(argv)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    res = {v: run(args.checkout, v, out) for v in ("torch", "rnnfast")}
+    variants = ("torch", "rnnfast")
+    if args.parallel:
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(2) as pool:
+            futures = {v: pool.submit(run, args.checkout, v, out, args.threads) for v in variants}
+            res = {v: f.result() for v, f in futures.items()}
+    else:
+        res = {v: run(args.checkout, v, out, args.threads) for v in variants}
     # figures 0 and 2 are SimpleRNN's (10 and 100 epochs), figure 1 the SimpleLSTM's
     rows = []
     for v, r in res.items():

@@ -65,20 +65,25 @@ def prepare(checkout: str, work: pathlib.Path, swap: bool) -> None:
     (prog / "data" / "test.txt").write_bytes(b"".join(valid[half:]))
 
 
-def run(checkout: str, variant: str, epochs: int, out: pathlib.Path) -> dict:
+def run(checkout: str, variant: str, epochs: int, out: pathlib.Path, extra=(), tag="",
+        threads=None) -> dict:
     with tempfile.TemporaryDirectory(prefix="wlm-") as tmp:
         work = pathlib.Path(tmp)
         prepare(checkout, work, variant == "rnnfast")
         cmd = [sys.executable, "main.py", "--model", "RNN_TANH", "--epochs", str(epochs),
-               "--log-interval", "20", "--data", "data", "--save", "model.pt"]
+               "--log-interval", "20", "--data", "data", "--save", "model.pt", *extra]
+        env = dict(os.environ)
+        if threads:
+            env["OMP_NUM_THREADS"] = str(threads)     # torch's and rnnfast's default threads
         t0 = time.perf_counter()
-        p = subprocess.run(cmd, cwd=work / "word_language_model", capture_output=True, text=True)
+        p = subprocess.run(cmd, cwd=work / "word_language_model", capture_output=True, text=True,
+                           env=env)
         wall = time.perf_counter() - t0
         log = p.stdout + p.stderr
-        (out / f"word_lm_{variant}.log").write_text(f"$ {' '.join(cmd)}\n{log}")
+        (out / f"word_lm{tag}_{variant}.log").write_text(f"$ {' '.join(cmd)}\n{log}")
         if p.returncode != 0:
             raise SystemExit(f"{variant}: the program failed (exit {p.returncode}); see "
-                             f"{out / f'word_lm_{variant}.log'}\n{log[-2000:]}")
+                             f"{out / f'word_lm{tag}_{variant}.log'}\n{log[-2000:]}")
     train = [(int(m[1]), int(m[2]), int(m[3]), float(m[5]), float(m[6])) for m in TRAIN.finditer(log)]
     valid = [(int(m[1]), float(m[2]), float(m[3])) for m in VALID.finditer(log)]
     test = [float(m[1]) for m in TEST.finditer(log)]
@@ -96,11 +101,25 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--only", choices=["torch", "rnnfast"])
     ap.add_argument("--out", default=str(HERE / "results"))
+    ap.add_argument("--lr", help="the program's --lr (default: its own, 20)")
+    ap.add_argument("--threads", type=int, help="OMP_NUM_THREADS for the program")
+    ap.add_argument("--parallel", action="store_true", help="both variants at the same time")
+    ap.add_argument("--tag", default="", help="suffix of the output files' names")
     args = ap.parse_args(argv)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     variants = [args.only] if args.only else ["torch", "rnnfast"]
-    res = {v: run(args.checkout, v, args.epochs, out) for v in variants}
+    extra = ["--lr", args.lr] if args.lr else []
+    tag = args.tag + (f"_lr{args.lr}" if args.lr else "")
+    kw = dict(extra=extra, tag=tag, threads=args.threads)
+    if args.parallel:
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(2) as pool:
+            futures = {v: pool.submit(run, args.checkout, v, args.epochs, out, **kw)
+                       for v in variants}
+            res = {v: f.result() for v, f in futures.items()}
+    else:
+        res = {v: run(args.checkout, v, args.epochs, out, **kw) for v in variants}
     for v, r in res.items():
         ms = [t[3] for t in r["train"]]
         r["median_ms_per_batch"] = sorted(ms)[len(ms) // 2] if ms else None
@@ -108,19 +127,19 @@ def main(argv=None) -> int:
               f"valid {[x[2] for x in r['valid']]}, test after load {r['test_loss_after_load']}")
     if len(res) < 2:
         return 0
-    with open(out / "word_lm_loss.csv", "w", newline="") as f:
+    with open(out / f"word_lm_loss{tag}.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["epoch", "batch", "batches_per_epoch", "variant", "ms_per_batch", "train_loss"])
         for v, r in res.items():
             for e, b, n, ms, loss in r["train"]:
                 w.writerow([e, b, n, v, ms, loss])
-    with open(out / "word_lm_valid.csv", "w", newline="") as f:
+    with open(out / f"word_lm_valid{tag}.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["epoch", "variant", "epoch_seconds", "valid_loss"])
         for v, r in res.items():
             for e, s, loss in r["valid"]:
                 w.writerow([e, v, s, loss])
-    (out / "word_lm_summary.json").write_text(json.dumps(
+    (out / f"word_lm_summary{tag}.json").write_text(json.dumps(
         {v: {k: r[k] for k in ("command", "wall_seconds", "median_ms_per_batch",
                                "test_loss_after_load", "save_load_ok", "valid")}
          for v, r in res.items()}, indent=1))
@@ -137,10 +156,11 @@ def main(argv=None) -> int:
                 label=f"{v} (valid)")
     ax.set_xlabel("batch")
     ax.set_ylabel("loss")
-    ax.set_title("pytorch/examples word_language_model, --model RNN_TANH")
+    ax.set_title("pytorch/examples word_language_model, --model RNN_TANH"
+                 + (f" --lr {args.lr}" if args.lr else ""))
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "word_lm_loss.png", dpi=100)
+    fig.savefig(out / f"word_lm_loss{tag}.png", dpi=100)
     return 0
 
 

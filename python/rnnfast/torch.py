@@ -56,11 +56,12 @@ import importlib.abc
 import importlib.util
 import math
 import numbers
+import os
 import sys
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from typing import List, Mapping, Optional, Sequence, Union
+from typing import List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch  # absolute import: the real PyTorch, not this module
@@ -107,8 +108,8 @@ def _reverse(x: Tensor, lengths: Optional[Tensor]) -> Tensor:
 
 
 # Variable lengths go to the kernels (rnnfast.forward/backward's lengths=): each sequence stops
-# at its own length and padded steps cost nothing; h is 0 there and dh there is ignored. The
-# lengths always come in PackedSequence order (non-increasing), the kernels' own order.
+# at its own length and padded steps cost nothing; h is 0 there and dh there is ignored. From
+# the module they come in PackedSequence order (non-increasing), the kernels' own order.
 def _kernel_forward(u, h0, W_in, W_rec, b, lengths, activation, threads) -> _rf.ForwardResult:
     """u (T, B, I), h0 (B, H) or None, lengths (B,) Tensor or None -> ForwardResult."""
     return _rf.forward(u, W_in, W_rec, b, h0, activation=activation, num_threads=threads,
@@ -118,18 +119,21 @@ def _kernel_forward(u, h0, W_in, W_rec, b, lengths, activation, threads) -> _rf.
 def _forward_result(h, u, W_in, W_rec, b, h0, lengths, activation, threads) -> _rf.ForwardResult:
     """The ForwardResult of an earlier _kernel_forward, rebuilt from the arrays autograd saved
     (a custom operator's backward receives tensors only)."""
-    ragged = None
+    ragged = kernel = None
     if lengths is not None:
         T, B = h.shape[:2]
         ragged = _rf._Ragged(_rf._check_lengths(lengths.numpy(), T, B), T)
-        assert ragged.perm is None, "lengths must be in PackedSequence order"
-    return _rf.ForwardResult(h, None, activation, u, W_in, W_rec, b, h0, threads, ragged=ragged)
+        if ragged.perm is not None:   # not PackedSequence order: the kernels' copies, as forward
+            kernel = (ragged.to_kernel(u, 1), ragged.to_kernel(h0, 0), ragged.to_kernel(h, 1))
+    return _rf.ForwardResult(h, None, activation, u, W_in, W_rec, b, h0, threads, ragged=ragged,
+                             kernel=kernel)
 
 
-def _kernel_backward(fwd, dh, input_grad, omega, omega_bound, threads) -> _rf.Gradients:
-    """dh (T, B, H) the direct output gradient; entries at padded steps are ignored."""
-    return _rf.backward(fwd, dh, omega=omega, omega_bound=omega_bound, input_grad=input_grad,
-                        num_threads=threads)
+def _kernel_backward(fwd, dh, dh_last, input_grad, omega, omega_bound, threads) -> _rf.Gradients:
+    """dh (T, B, H) the direct output gradient (entries at padded steps are ignored), dh_last
+    (B, H) the gradient of the state at each sequence's last step; either may be None."""
+    return _rf.backward(fwd, dh, dh_last=dh_last, omega=omega, omega_bound=omega_bound,
+                        input_grad=input_grad, num_threads=threads)
 
 
 _pool: Optional[ThreadPoolExecutor] = None
@@ -146,8 +150,9 @@ def _per_direction(fn, D: int, threads: int) -> list:
     if D == 1 or threads < 2 or not PARALLEL_DIRECTIONS:
         return [fn(d, threads) for d in range(D)]
     with _pool_lock:
-        if _pool is None:
+        if _pool is None or _pool._rnnfast_pid != os.getpid():   # a fork child has no thread
             _pool = ThreadPoolExecutor(1, thread_name_prefix="rnnfast-direction")
+            _pool._rnnfast_pid = os.getpid()
     second = _pool.submit(fn, 1, threads - threads // 2)
     return [fn(0, threads // 2), second.result()]
 
@@ -157,28 +162,33 @@ def _threads(num_threads: int) -> int:
 
 
 def _layer_forward(u, h0, weights, lengths, activation, num_threads):
-    """out (T, B, D·H) of one layer: u (T, B, I), h0 (D, B, H), weights [W_in (H, I),
-    W_rec (H, H), b (H,)] per direction; direction 1 reads each sequence backwards."""
+    """out (T, B, D·H), h_n (D, B, H) of one layer: u (T, B, I), h0 (D, B, H), weights
+    [W_in (H, I), W_rec (H, H), b (H,)] per direction; direction 1 reads each sequence
+    backwards. h_n[d] is direction d's state at each sequence's last step in its own order."""
     D = len(weights) // 3
     threads = _threads(num_threads)
 
     def run(d, n):
         u_d = u if d == 0 else _reverse(u, lengths)
         W_in, W_rec, b = weights[3 * d:3 * d + 3]
-        return _kernel_forward(_np(u_d), _np(h0[d]), _np(W_in), _np(W_rec), _np(b), lengths,
-                               activation, n).h
+        fwd = _kernel_forward(_np(u_d), _np(h0[d]), _np(W_in), _np(W_rec), _np(b), lengths,
+                              activation, n)
+        return fwd.h, fwd.h_last
 
-    hs = _per_direction(run, D, threads)
+    res = _per_direction(run, D, threads)
+    h_n = torch.from_numpy(np.stack([h_last for _, h_last in res]))
     if D == 1:
-        return torch.from_numpy(hs[0])                       # the kernel's array, no copy
-    return torch.cat([torch.from_numpy(hs[0]), _reverse(torch.from_numpy(hs[1]), lengths)], 2)
+        return torch.from_numpy(res[0][0]), h_n              # the kernel's array, no copy
+    out = torch.cat([torch.from_numpy(res[0][0]), _reverse(torch.from_numpy(res[1][0]), lengths)], 2)
+    return out, h_n
 
 
-def _layer_backward(grad_out, u, h0, weights, lengths, out, activation, num_threads,
+def _layer_backward(grad_out, grad_hn, u, h0, weights, lengths, out, activation, num_threads,
                     input_grad, omega=None):
-    """[du (T, B, I), dh0 (D, B, H), dW_in, dW_rec, db per direction] for the output gradient
-    grad_out (T, B, D·H); du is empty when not ``input_grad``. With ``omega`` (the bound), also
-    a list of (Ω, pairs, ∂Ω/∂W_rec) per direction."""
+    """[du (T, B, I), dh0 (D, B, H), dW_in, dW_rec, db per direction] for the gradients of
+    out, grad_out (T, B, D·H), and of h_n, grad_hn (D, B, H) (either may be None: the kernels
+    take h_n's as their dh_last); du is empty when not ``input_grad``. With ``omega`` (the
+    bound), also a list of (Ω, pairs, ∂Ω/∂W_rec) per direction."""
     D = len(weights) // 3
     H = weights[1].shape[0]
     threads = _threads(num_threads)
@@ -189,7 +199,8 @@ def _layer_backward(grad_out, u, h0, weights, lengths, out, activation, num_thre
         h = _np(rev(out[:, :, d * H:(d + 1) * H]))           # the direction's states, its time order
         fwd = _forward_result(h, _np(rev(u)), _np(W_in), _np(W_rec), _np(b), _np(h0[d]),
                               lengths, activation, n)
-        return _kernel_backward(fwd, _np(rev(grad_out[:, :, d * H:(d + 1) * H])),
+        dh = None if grad_out is None else _np(rev(grad_out[:, :, d * H:(d + 1) * H]))
+        return _kernel_backward(fwd, dh, None if grad_hn is None else _np(grad_hn[d]),
                                 input_grad, omega is not None,
                                 _rf.OMEGA_BOUND if omega is None else omega, n)
 
@@ -216,43 +227,46 @@ def _layer_backward(grad_out, u, h0, weights, lengths, out, activation, num_thre
 
 @torch.library.custom_op("rnnfast::rnn_layer", mutates_args=())
 def _rnn_layer(u: Tensor, h0: Tensor, weights: List[Tensor], lengths: Optional[Tensor],
-               activation: str, num_threads: int) -> Tensor:
-    """out (T, B, D·H) = one RNN layer; see _layer_forward. num_threads ≤ 0: the default."""
+               activation: str, num_threads: int) -> Tuple[Tensor, Tensor]:
+    """out (T, B, D·H), h_n (D, B, H) = one RNN layer; see _layer_forward. num_threads ≤ 0:
+    the default."""
     return _layer_forward(u, h0, weights, lengths, activation, num_threads)
 
 
 @_rnn_layer.register_fake
 def _(u, h0, weights, lengths, activation, num_threads):
     T, B, _ = u.shape
-    return u.new_empty((T, B, len(weights) // 3 * weights[1].shape[0]))
+    D, H = len(weights) // 3, weights[1].shape[0]
+    return u.new_empty((T, B, D * H)), u.new_empty((D, B, H))
 
 
 @torch.library.custom_op("rnnfast::rnn_layer_backward", mutates_args=())
-def _rnn_layer_backward(grad_out: Tensor, u: Tensor, h0: Tensor, weights: List[Tensor],
-                        lengths: Optional[Tensor], out: Tensor, activation: str,
-                        num_threads: int, input_grad: bool) -> List[Tensor]:
+def _rnn_layer_backward(grad_out: Optional[Tensor], grad_hn: Optional[Tensor], u: Tensor,
+                        h0: Tensor, weights: List[Tensor], lengths: Optional[Tensor],
+                        out: Tensor, activation: str, num_threads: int,
+                        input_grad: bool) -> List[Tensor]:
     """[du, dh0, dW_in_0, dW_rec_0, db_0, (dW_in_1, dW_rec_1, db_1)]; see _layer_backward."""
-    return _layer_backward(grad_out, u, h0, weights, lengths, out, activation, num_threads,
-                           input_grad)
+    return _layer_backward(grad_out, grad_hn, u, h0, weights, lengths, out, activation,
+                           num_threads, input_grad)
 
 
 @_rnn_layer_backward.register_fake
-def _(grad_out, u, h0, weights, lengths, out, activation, num_threads, input_grad):
+def _(grad_out, grad_hn, u, h0, weights, lengths, out, activation, num_threads, input_grad):
     grads = [u.new_empty(u.shape if input_grad else (0,)), h0.new_empty(h0.shape)]
     return grads + [w.new_empty(w.shape) for w in weights]
 
 
 def _setup_context(ctx, inputs, output):
     u, h0, weights, lengths, activation, num_threads = inputs
-    ctx.save_for_backward(u, h0, output, lengths, *weights)
+    ctx.save_for_backward(u, h0, output[0], lengths, *weights)
     ctx.activation, ctx.num_threads = activation, num_threads
 
 
-def _backward(ctx, grad_out):
+def _backward(ctx, grad_out, grad_hn):
     u, h0, out, lengths, *weights = ctx.saved_tensors
     need_u, need_h0, need_w = ctx.needs_input_grad[:3]
     grads = torch.ops.rnnfast.rnn_layer_backward(
-        grad_out, u, h0, weights, lengths, out, ctx.activation, ctx.num_threads, need_u)
+        grad_out, grad_hn, u, h0, weights, lengths, out, ctx.activation, ctx.num_threads, need_u)
     return (grads[0] if need_u else None, grads[1] if need_h0 else None,
             [g if n else None for g, n in zip(grads[2:], need_w)], None, None, None)
 
@@ -288,20 +302,23 @@ class _EagerLayer(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, h0, lengths, activation, num_threads, alpha, bound, stats, names, *weights):
-        out = _layer_forward(u, h0, list(weights), lengths, activation, num_threads)
+        out, h_n = _layer_forward(u, h0, list(weights), lengths, activation, num_threads)
         ctx.save_for_backward(u, h0, out, *weights)
         ctx.args = (lengths, activation, num_threads, alpha, bound, stats, names)
-        return out
+        ctx.set_materialize_grads(False)      # an unused output's gradient stays None
+        return out, h_n
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def backward(ctx, grad_out, grad_hn):
         if torch.is_grad_enabled():      # create_graph=True: a gradient of this gradient follows
             _no_double_backward(ctx)
         u, h0, out, *weights = ctx.saved_tensors
         lengths, activation, num_threads, alpha, bound, stats, names = ctx.args
         need = ctx.needs_input_grad
-        res = _layer_backward(grad_out, u, h0, weights, lengths, out, activation, num_threads,
-                              need[0], omega=None if alpha is None else bound)
+        if grad_out is None and grad_hn is None:
+            return (None,) * (9 + len(weights))
+        res = _layer_backward(grad_out, grad_hn, u, h0, weights, lengths, out, activation,
+                              num_threads, need[0], omega=None if alpha is None else bound)
         grads = res if alpha is None else res[0]
         if alpha is not None:
             for d, (name, (value, pairs, grad)) in enumerate(zip(names, res[1])):
@@ -586,7 +603,6 @@ class RNN(nn.RNN):
         threads = 0 if self.num_threads is None else int(self.num_threads)
         omega = self._omega
         per = 4 if self.bias else 2
-        last = None if lengths is None else (lengths - 1)               # (B,) last valid step
         layer_in, h_n = u, []
         for layer in range(self.num_layers):
             weights, names = [], []
@@ -600,14 +616,13 @@ class RNN(nn.RNN):
                 if omega is not None:
                     raise RuntimeError("rnnfast.torch.RNN: omega (the Ω regularizer) works in "
                                        "eager mode only; set rnn.omega = None before capturing")
-                out = torch.ops.rnnfast.rnn_layer(layer_in, h0, weights, lengths, act, threads)
+                out, h_last = torch.ops.rnnfast.rnn_layer(layer_in, h0, weights, lengths, act,
+                                                          threads)
             else:
-                out = _EagerLayer.apply(layer_in, h0, lengths, act, threads, omega,
-                                        self.omega_bound, self._omega_stats, names, *weights)
-            H = self.hidden_size
-            h_n.append(out[-1, :, :H] if last is None else out[last, torch.arange(B), :H])
-            if D == 2:
-                h_n.append(out[0, :, H:])              # the reverse direction ends at step 0
+                out, h_last = _EagerLayer.apply(layer_in, h0, lengths, act, threads, omega,
+                                                self.omega_bound, self._omega_stats, names,
+                                                *weights)
+            h_n.append(h_last)
             if layer < self.num_layers - 1 and self.dropout > 0 and self.training:
                 if rows is None:
                     out = nn.functional.dropout(out, self.dropout, True)
@@ -616,7 +631,7 @@ class RNN(nn.RNN):
                                                  self.dropout, True)
                     out = _pad(kept, rows, T, B)
             layer_in = out
-        return layer_in, torch.stack(h_n)
+        return layer_in, torch.cat(h_n)
 
 
 # torch.load(weights_only=True), the default, may rebuild a pickled module holding an RNN.
