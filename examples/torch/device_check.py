@@ -56,20 +56,15 @@ def check(device: str, dtype: torch.dtype, kw: dict, packed: bool) -> None:
     ref = torch.nn.RNN(5, 8, **kw)
     ours = rt.RNN(5, 8, **kw)
     ours.load_state_dict(ref.state_dict())
-    # cuDNN's RNN backward runs in training mode only (torch.nn.RNN's own rule): train mode
-    # without dropout (the same computation as eval); with dropout, eval mode (no masks to
-    # match) on torch's non-cuDNN kernels.
-    dropout = kw.get("dropout", 0.0) > 0
-    ref.to(device, dtype).train(not dropout)
-    ours.to(device, dtype).train(not dropout)
-    cudnn = not (dropout and device == "cuda")
+    ref.to(device, dtype).train()                      # cuDNN's backward needs training mode
+    ours.to(device, dtype).train()
     D = 2 if kw.get("bidirectional") else 1
     g = torch.Generator().manual_seed(1)
     x = torch.randn(7, 3, 5, generator=g).to(device, dtype)                 # (T, B, I)
     hx = torch.randn(kw.get("num_layers", 1) * D, 3, 8, generator=g).to(device, dtype)
     lengths = torch.tensor([4, 7, 2]) if packed else None
     rt._warned.clear()
-    with warnings.catch_warnings(record=True) as caught, torch.backends.cudnn.flags(enabled=cudnn):
+    with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         got = run(ours, x, hx, lengths)
         run(ours, x, hx, lengths)                                         # no second warning
