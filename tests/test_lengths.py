@@ -267,3 +267,23 @@ def test_without_input_grad(threads):
     assert g1.u is None
     for k in ("W_in", "W_rec", "b", "h0", "dx", "omega_grad"):
         assert np.array_equal(getattr(g0, k), getattr(g1, k)), k
+
+
+@pytest.mark.parametrize("lengths", [None, [5, 5, 3, 1], [2, 5, 1, 4]])
+def test_rebuilt_forward_result_gives_the_same_backward(lengths):
+    rng = np.random.default_rng(3)
+    T, B, I, H = 5, 4, 3, 6
+    u = rng.standard_normal((T, B, I))
+    W_in, W_rec = rng.standard_normal((H, I)) * 0.5, rng.standard_normal((H, H)) * 0.4
+    b, h0 = rng.standard_normal(H), rng.standard_normal((B, H))
+    dh = rng.standard_normal((T, B, H))
+    fwd = rnnfast.forward(u, W_in, W_rec, b, h0, activation="tanh", lengths=lengths)
+    again = rnnfast.ForwardResult.rebuild(fwd.h, u, W_in, W_rec, b, h0, activation="tanh",
+                                          lengths=lengths)
+    g1 = rnnfast.backward(fwd, dh, omega=True)
+    g2 = rnnfast.backward(again, dh, omega=True)
+    for name in ("W_in", "W_rec", "b", "h0", "u", "dx"):
+        assert np.array_equal(getattr(g1, name), getattr(g2, name)), name
+    assert g1.omega == g2.omega
+    with pytest.raises(ValueError, match="lengths"):
+        rnnfast.ForwardResult.rebuild(fwd.h, u, W_in, W_rec, b, h0, lengths=[0, 1, 1, 1])

@@ -373,6 +373,36 @@ class ForwardResult:
         # (u, h0, h) in the kernels' sequence order, when lengths are permuted; else None.
         self._kernel = kernel
 
+    @classmethod
+    def rebuild(cls, h, u, W_in, W_rec, b, h0=None, *, activation: str = "tanh", lengths=None,
+                num_threads: int | None = None) -> "ForwardResult":
+        """The ForwardResult of an earlier :func:`forward` call, from its arrays: for a caller
+        that kept only arrays between the passes (a PyTorch custom operator's backward
+        receives tensors only). The arrays must be those of that call, unmodified.
+
+        Parameters
+        ----------
+        h : array (T, B, H)
+            ``forward(...).h``.
+        u : array (T, B, I)
+        W_in : array (H, I)
+        W_rec : array (H, H)
+        b : array (H,)
+        h0 : array (B, H), optional
+        lengths : array (B,), optional
+            As given to :func:`forward`.
+        """
+        _activation_code(activation)
+        T, B = h.shape[:2]
+        ragged = kernel = None
+        if lengths is not None:
+            ragged = _Ragged(_check_lengths(lengths, T, B), T)
+            if ragged.perm is not None:  # not PackedSequence order: the kernels' copies
+                kernel = (ragged.to_kernel(u, 1), ragged.to_kernel(h0, 0),
+                          ragged.to_kernel(h, 1))
+        return cls(h, None, activation, u, W_in, W_rec, b, h0, _check_threads(num_threads),
+                   ragged=ragged, kernel=kernel)
+
     @property
     def h0(self) -> np.ndarray:
         """Initial state (B, H); zeros when none was given."""

@@ -119,14 +119,9 @@ def _kernel_forward(u, h0, W_in, W_rec, b, lengths, activation, threads) -> _rf.
 def _forward_result(h, u, W_in, W_rec, b, h0, lengths, activation, threads) -> _rf.ForwardResult:
     """The ForwardResult of an earlier _kernel_forward, rebuilt from the arrays autograd saved
     (a custom operator's backward receives tensors only)."""
-    ragged = kernel = None
-    if lengths is not None:
-        T, B = h.shape[:2]
-        ragged = _rf._Ragged(_rf._check_lengths(lengths.numpy(), T, B), T)
-        if ragged.perm is not None:   # not PackedSequence order: the kernels' copies, as forward
-            kernel = (ragged.to_kernel(u, 1), ragged.to_kernel(h0, 0), ragged.to_kernel(h, 1))
-    return _rf.ForwardResult(h, None, activation, u, W_in, W_rec, b, h0, threads, ragged=ragged,
-                             kernel=kernel)
+    return _rf.ForwardResult.rebuild(h, u, W_in, W_rec, b, h0, activation=activation,
+                                     lengths=None if lengths is None else lengths.numpy(),
+                                     num_threads=threads)
 
 
 def _kernel_backward(fwd, dh, dh_last, input_grad, omega, omega_bound, threads) -> _rf.Gradients:
