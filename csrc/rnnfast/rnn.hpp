@@ -726,6 +726,22 @@ inline BackwardOut omega_terms(const std::vector<double>& dn2, std::vector<doubl
 // From the second step on, one product for both: a_t is packed once for h_{t-1} and u_t.
 // Ragged: the products run over the valid rows only (w.rows_rec); ∂E/∂b sums the zeros of
 // the padding too (H per row, no product).
+// One row of the folded Ω product: v (1, H) becomes h_{t-1} + c·v, where hp points at
+// h_{t-1} (1, H), or is null for h_0 = 0; c = 0 (a pair left out of Ω) leaves h alone.
+template <typename S, typename Row>
+inline void fold_omega_row(Row&& vr, const S* hp, S c, Index H) {
+  if (c == S(0)) {
+    if (hp)
+      vr = Eigen::Map<const Eigen::Matrix<S, 1, Eigen::Dynamic>>(hp, H);
+    else
+      vr.setZero();
+  } else if (hp) {
+    vr = Eigen::Map<const Eigen::Matrix<S, 1, Eigen::Dynamic>>(hp, H) + c * vr;
+  } else {
+    vr *= c;
+  }
+}
+
 template <typename S>
 void weight_grads(const Inputs<S>& in, const States<const S>& st, const Gradients<S>& g,
                   const BackwardWork<S>& w, GemmTnWork<S>& ws, Index i0, Index i1) {
@@ -836,17 +852,7 @@ void local_weight_grads(const Inputs<S>& in, const States<const S>& st, const Gr
       const Index r = rows[k], t = r / B;
       const S* hp = t > 0 ? st.h + (r - B) * H : (in.h0 ? in.h0 + r * H : nullptr);
       auto vr = Eigen::Map<Eigen::Matrix<S, 1, Eigen::Dynamic>>(w.v.data() + r * H, H);
-      const S c = S(scale * w.coef[size_t(r)]);
-      if (c == S(0)) {  // a pair left out of Ω: h alone
-        if (hp)
-          vr = Eigen::Map<const Eigen::Matrix<S, 1, Eigen::Dynamic>>(hp, H);
-        else
-          vr.setZero();
-      } else if (hp) {
-        vr = Eigen::Map<const Eigen::Matrix<S, 1, Eigen::Dynamic>>(hp, H) + c * vr;
-      } else {
-        vr *= c;
-      }
+      fold_omega_row(vr, hp, S(scale * w.coef[size_t(r)]), H);
     }
     hb = w.v.data() + BH;
     h0b = w.v.data() + b0 * H;
@@ -989,17 +995,7 @@ BackwardOut backward(const Inputs<S>& in, const States<const S>& st, const Upstr
         if (j >= w.steps.at(t)) continue;  // padding: never read
         const S* hp = t > 0 ? st.h + (r - B) * H : (in.h0 ? in.h0 + r * H : nullptr);
         auto vr = Eigen::Map<Eigen::Matrix<S, 1, Eigen::Dynamic>>(w.v.data() + r * H, H);
-        const S c = alpha * S(w.coef[size_t(r)]);
-        if (c == S(0)) {  // a pair left out of Ω: h alone
-          if (hp)
-            vr = Eigen::Map<const Eigen::Matrix<S, 1, Eigen::Dynamic>>(hp, H);
-          else
-            vr.setZero();
-        } else if (hp) {
-          vr = Eigen::Map<const Eigen::Matrix<S, 1, Eigen::Dynamic>>(hp, H) + c * vr;
-        } else {
-          vr *= c;
-        }
+        fold_omega_row(vr, hp, alpha * S(w.coef[size_t(r)]), H);
       }
 #pragma omp barrier
     }
