@@ -309,6 +309,20 @@ def test_early_stopping_and_lr_halving(music_dir, monkeypatch):
     assert run.tracker.best_valid == 3.0
 
 
+def test_anneal_watches_validation_and_stops_converged(music_dir, monkeypatch):
+    cfg = _music_cfg(max_epochs=50, patience=5, lr=0.8, method="SGD-C", lr_schedule="anneal")
+    assert cfg.monitor == "train"  # "anneal" watches validation whatever monitor says
+    run = _run(cfg, music_dir)
+    values = iter([5.0, 4.0, 3.999, 3.5, 3.499, 1.0])  # valid metric per epoch
+    monkeypatch.setattr(run.problem, "evaluate", lambda *a, **k: (next(values), 10))
+    outcome = run.run(final=False)
+    assert outcome.stopped == "converged" and outcome.epochs == 5
+    assert [r["lr_next"] for r in run.tracker.records] == [0.8, 0.8, 0.4, 0.2, 0.1]
+    assert run.tracker.finished == "converged" and run.tracker.best_valid == 3.499
+    with pytest.raises(ValueError, match="lr_schedule"):
+        _music_cfg(lr_schedule="cosine")
+
+
 def test_lr_halving_watches_the_training_cost_by_default(music_dir, monkeypatch):
     cfg = _music_cfg(max_epochs=4, lr=0.8, method="SGD-C")
     assert cfg.monitor == "train"

@@ -97,13 +97,50 @@ def test_schedules():
     assert h2(0) == 0.125
 
 
+def test_anneal_is_mikolovs_rule():
+    a = O.Anneal(1.0)  # factor 1/2, 0.3% relative improvement
+    # (observed error, lr after it, annealing)
+    for err, lr, annealing in [(2.0, 1.0, False),     # first observation: nothing to compare
+                               (1.9, 1.0, False),     # 5% better: keep
+                               (1.898, 0.5, True),    # 0.1% better: start halving
+                               (1.7, 0.25, True),     # then halved after every epoch
+                               (1.69, 0.125, True)]:  # 1.69·1.003 <= 1.7: a real improvement
+        a.observe(err)
+        assert (a(123), a.annealing, a.finished) == (lr, annealing, False)
+    a.observe(1.689)  # 0.06% better while annealing: finished
+    assert (a(0), a.finished) == (0.0625, True)
+    # a rise counts as a small improvement; NaN too
+    r = O.Anneal(0.4, factor=0.25, min_improvement=0.01)
+    r.observe(3.0)
+    r.observe(3.1)
+    assert r.annealing and not r.finished and r(0) == pytest.approx(0.1)
+    r.observe(float("nan"))
+    assert r.finished
+    # a state round trip continues identically
+    b = O.Anneal(1.0)
+    for err in (2.0, 1.9, 1.898):
+        b.observe(err)
+    c = O.Anneal(1.0)
+    c.load_state_dict(b.state_dict())
+    b.observe(1.7)
+    c.observe(1.7)
+    assert (b(0), b.annealing, b.finished) == (c(0), c.annealing, c.finished) == (0.25, True, False)
+    for bad in (dict(factor=1.0), dict(factor=0.0), dict(min_improvement=1.0),
+                dict(min_improvement=-0.1)):
+        with pytest.raises(ValueError):
+            O.Anneal(1.0, **bad)
+
+
 def test_make_schedule():
     assert isinstance(O.make_schedule("constant", 0.1), O.Constant)
     s = O.make_schedule("step:100:0.1", 1.0)
     assert s(100) == pytest.approx(0.1)
     assert O.make_schedule("inverse:10", 2.0)(10) == pytest.approx(1.0)
     assert isinstance(O.make_schedule("halve", 1.0), O.HalveOnRise)
-    for bad in ("cosine", "step", "step:x", "step:1.5", "constant:3", ""):
+    an = O.make_schedule("anneal:0.25:0.01", 1.0)
+    assert isinstance(an, O.Anneal) and (an.factor, an.min_improvement) == (0.25, 0.01)
+    assert O.make_schedule("anneal", 1.0).min_improvement == 0.003
+    for bad in ("anneal:0.5:0.1:3", "cosine", "step", "step:x", "step:1.5", "constant:3", ""):
         with pytest.raises(ValueError, match="schedule"):
             O.make_schedule(bad, 1.0)
     assert isinstance(O.as_schedule(0.2), O.Constant)

@@ -520,8 +520,10 @@ def _add_common(p, problem):
     g = p.add_argument_group("model and training (defaults: the paper's settings)")
     g.add_argument("--hidden", type=positive_int, default=None, help="hidden units")
     g.add_argument("--lr", type=positive_float, default=None, help="initial learning rate")
-    g.add_argument("--lr-schedule", choices=("halve", "constant"), default=None,
-                   help="halve the lr when the epoch error rises (default) or keep it constant")
+    g.add_argument("--lr-schedule", choices=("halve", "constant", "anneal"), default=None,
+                   help="halve the lr when the epoch error rises (default), keep it constant, "
+                        "or 'anneal' (Mikolov's RNNLM rule: halve every epoch once validation "
+                        "improves by less than 0.3%%, stop when that happens again)")
     g.add_argument("--monitor", choices=("valid", "train"), default=None,
                    help="epoch error that the lr halving watches: the training cost of the "
                         "epoch (default) or the validation metric")

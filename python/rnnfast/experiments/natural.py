@@ -160,10 +160,13 @@ class NaturalConfig:
         Train ``b`` and ``b_out``; False keeps both at zero (PTB).
     lr : float
         Initial learning rate.
-    lr_schedule : {"halve", "constant"}
-        Halve when the monitored epoch error rises, or keep it constant.
+    lr_schedule : {"halve", "constant", "anneal"}
+        Halve when the monitored epoch error rises; keep it constant; or "anneal", Mikolov's
+        RNNLM rule (:class:`rnnfast.nn.optim.Anneal`: constant until an epoch improves the
+        validation metric by less than 0.3%, then halved after every epoch, and the run
+        stops, "converged", when an epoch improves it by less than that again).
     monitor : {"valid", "train"}
-        Which epoch error the halving watches.
+        Which epoch error the halving watches ("anneal" always watches validation).
     clip : float or None
         Norm-clipping threshold (None: no clipping; the non-finite policy still applies).
     alpha : float
@@ -236,8 +239,9 @@ class NaturalConfig:
             raise ValueError(f"clip: expected a positive number or None, got {self.clip!r}")
         if not (math.isfinite(self.alpha) and self.alpha >= 0):
             raise ValueError(f"alpha: expected a number >= 0, got {self.alpha!r}")
-        if self.lr_schedule not in ("halve", "constant"):
-            raise ValueError(f"lr_schedule: expected 'halve' or 'constant', got {self.lr_schedule!r}")
+        if self.lr_schedule not in ("halve", "constant", "anneal"):
+            raise ValueError(f"lr_schedule: expected 'halve', 'constant' or 'anneal', "
+                             f"got {self.lr_schedule!r}")
         if self.monitor not in ("valid", "train"):
             raise ValueError(f"monitor: expected 'valid' or 'train', got {self.monitor!r}")
         if self.normalize not in ("step", "sequence", "sum"):
@@ -524,7 +528,8 @@ class RunOutcome:
     Attributes
     ----------
     stopped : str
-        "early_stop", "max_epochs", "budget" (or "done" when the checkpoint was finished).
+        "early_stop", "converged" (the "anneal" learning rate's end), "max_epochs",
+        "budget" (or "done" when the checkpoint was finished).
     epochs : int
         Completed epochs.
     updates : int
@@ -587,7 +592,8 @@ class NaturalRun:
             c.method, n_in=problem.n_in, n_out=problem.n_out, hidden=c.hidden, init=c.init,
             activation=c.activation, loss=problem.loss, at="all", normalize=c.normalize,
             dtype=c.dtype, init_rng=np.random.default_rng([c.seed, 0]), lr=c.lr,
-            lr_schedule="halve:0.5" if c.lr_schedule == "halve" else "constant",
+            lr_schedule={"halve": "halve:0.5", "anneal": "anneal:0.5:0.003"}.get(
+                c.lr_schedule, "constant"),
             clip=c.clip if c.uses_clipping else 0, strict_clip=True, nonfinite="shrink",
             alpha=EpochInverse(c.alpha) if c.uses_omega else 0,
             frozen=() if c.biases else BIASES, seed=c.seed, num_threads=num_threads)
@@ -795,6 +801,8 @@ class EpochValidation(Callback):
         self._clock()
         if self.config.patience and self.bad_validations >= self.config.patience:
             engine.stop("early_stop")
+        elif getattr(engine.lr, "finished", False):  # the "anneal" rule's end
+            engine.stop("converged")
 
     def on_fit_end(self, engine, result):
         if result.stopped in ("time", "max_updates"):
@@ -825,7 +833,8 @@ class EpochValidation(Callback):
         elif counts:
             self.bad_validations += 1
         lr_before = float(engine.lr(engine.update))
-        if self.config.monitor == "valid" or train_cost is None:
+        if self.config.monitor == "valid" or self.config.lr_schedule == "anneal" \
+                or train_cost is None:
             watched = value if math.isfinite(value) else float("inf")
         else:
             watched = train_cost
@@ -1092,7 +1101,7 @@ def run_table1(data_dir, out_dir, *, cells=None, budget_minutes=60.0, workers=2,
 
     def finished(slug):
         r = results.get(slug)
-        return r is not None and (r["stopped"] in ("early_stop", "max_epochs")
+        return r is not None and (r["stopped"] in ("early_stop", "converged", "max_epochs")
                                   or r["train_seconds"] >= budget - 1.0)
 
     pending = [c for c in todo if not finished(c[0])]

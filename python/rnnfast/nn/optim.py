@@ -27,6 +27,9 @@ validation results through :meth:`Schedule.observe`:
 - :class:`HalveOnRise` — ``value``, multiplied by ``factor`` (½) every time the
   observed validation error rises above the previous one (the paper's music
   runs).
+- :class:`Anneal` — Mikolov's RNNLM rule: ``value`` until an epoch improves the
+  validation error by less than 0.3%, then halved after every epoch; ``finished``
+  when an epoch improves it by less than that again.
 
 :func:`make_schedule` parses the command-line form of each.
 """
@@ -44,6 +47,7 @@ __all__ = [
     "StepDecay",
     "InverseTime",
     "HalveOnRise",
+    "Anneal",
     "EpochInverse",
     "make_schedule",
     "as_schedule",
@@ -253,6 +257,68 @@ class HalveOnRise(Schedule):
         return f"HalveOnRise({self.value}, factor={self.factor})"
 
 
+class Anneal(Schedule):
+    """Mikolov's RNNLM learning-rate rule: constant until an epoch improves the observed
+    validation error by less than a relative ``min_improvement``, then multiplied by
+    ``factor`` after every observation; ``finished`` once an epoch improves it by less than
+    that again while annealing (the toolkit then stops training).
+
+    Parameters
+    ----------
+    value : float
+        Initial value.
+    factor : float in (0, 1)
+        Multiplier per observation once annealing (½ halves).
+    min_improvement : float in [0, 1)
+        Relative improvement below which annealing starts (and later ends): metric m after
+        l counts as small when ``m · (1 + min_improvement) > l`` (the toolkit's 1.003 test).
+    """
+
+    def __init__(self, value, factor=0.5, min_improvement=0.003):
+        self.value = _positive("value", value, allow_zero=True)
+        f = float(factor)
+        if not 0.0 < f < 1.0:
+            raise ValueError(f"factor must be in (0, 1), got {factor}")
+        self.factor = f
+        mi = float(min_improvement)
+        if not 0.0 <= mi < 1.0:
+            raise ValueError(f"min_improvement must be in [0, 1), got {min_improvement}")
+        self.min_improvement = mi
+        self.last = None
+        self.current = self.value
+        self.annealing = False
+        self.finished = False
+
+    def __call__(self, t):
+        return self.current
+
+    def observe(self, metric):
+        metric = float(metric)
+        if self.last is not None:
+            # not (m·(1 + mi) <= l): a small improvement, a rise, or NaN
+            small = not (metric * (1.0 + self.min_improvement) <= self.last)
+            if small and self.annealing:
+                self.finished = True
+            self.annealing = self.annealing or small
+        if self.annealing:
+            self.current *= self.factor
+        self.last = metric
+
+    def state_dict(self):
+        return {"last": self.last, "current": self.current, "annealing": self.annealing,
+                "finished": self.finished}
+
+    def load_state_dict(self, state):
+        self.last = None if state["last"] is None else float(state["last"])
+        self.current = float(state["current"])
+        self.annealing = bool(state["annealing"])
+        self.finished = bool(state["finished"])
+
+    def __repr__(self):
+        return (f"Anneal({self.value}, factor={self.factor}, "
+                f"min_improvement={self.min_improvement})")
+
+
 class EpochInverse(Schedule):
     """Ω weight decaying per epoch: ``α_e = value / (2 e)`` in epoch ``e = 1, 2, ...``.
 
@@ -297,8 +363,8 @@ def make_schedule(spec, value):
     Parameters
     ----------
     spec : str
-        ``"constant"``, ``"step:STEP[:GAMMA]"``, ``"inverse[:T0]"`` or
-        ``"halve[:FACTOR]"``.
+        ``"constant"``, ``"step:STEP[:GAMMA]"``, ``"inverse[:T0]"``, ``"halve[:FACTOR]"``
+        or ``"anneal[:FACTOR[:MIN_IMPROVEMENT]]"``.
     value : float
         Initial value.
 
@@ -323,9 +389,11 @@ def make_schedule(spec, value):
         return InverseTime(value, *nums)
     if kind == "halve" and len(nums) <= 1:
         return HalveOnRise(value, *nums)
+    if kind == "anneal" and len(nums) <= 2:
+        return Anneal(value, *nums)
     raise ValueError(
         f"schedule {spec!r} is unknown; expected 'constant', 'step:STEP[:GAMMA]', "
-        "'inverse[:T0]' or 'halve[:FACTOR]'"
+        "'inverse[:T0]', 'halve[:FACTOR]' or 'anneal[:FACTOR[:MIN_IMPROVEMENT]]'"
     )
 
 
