@@ -12,11 +12,12 @@ export PYTHONPATH=/tmp/rf
 t built
 lscpu | grep -E "Model name|^CPU\(s\)"
 k=0
-for spec in "SGD 1" "SGD 2" "SGD 3" "SGD 4" "SGD-C 1" "SGD-C 2" "SGD-C 3" "SGD-C 4" "SGD-CR 1" "SGD-CR 2" "SGD-CR 3" "SGD-CR 4" "SGD-CR 1 valid" "SGD-CR 2 valid" "SGD-CR 3 valid" "SGD-CR 4 valid"; do
-  set -- $spec; m=$1; s=$2; mon=${3:-train}
+SPECS=${SPECS:-"SGD:1 SGD:2 SGD:3 SGD:4 SGD-C:1 SGD-C:2 SGD-C:3 SGD-C:4 SGD-CR:1 SGD-CR:2 SGD-CR:3 SGD-CR:4 SGD-CR:1:valid SGD-CR:2:valid SGD-CR:3:valid SGD-CR:4:valid"}
+for spec in $SPECS; do
+  IFS=: read m s mon <<< "$spec"; mon=${mon:-train}
   d=/tmp/runs/$m-s$s-$mon; mkdir -p $d
   taskset -c $k python3 -c "import sys; from rnnfast.cli import main; sys.exit(main())" reproduce music --dataset Piano-midi.de --data .devwork/data/music \
-    --method $m --seed $s --monitor $mon --threads 1 --budget ${BUDGET:-6} --out $d --no-progress --quiet > $d/stdout.txt 2>&1 &
+    --method $m --seed $s --monitor $mon --threads 1 --budget ${BUDGET:-6} ${EXTRA:-} --out $d --no-progress --quiet > $d/stdout.txt 2>&1 &
   k=$((k+1))
 done
 wait
@@ -36,5 +37,4 @@ json.dump(rows, open(os.environ["OUT"] + "/piano_seeds.json", "w"), indent=1, de
 for r in rows:
     print(r["run"], {k: r.get(k) for k in ("ours", "epochs", "stopped", "train_seconds")} if "error" not in r else r["error"][-300:])
 PY
-tar czf $OUT/piano_logs.tgz -C /tmp runs --exclude='*.npz'
 t done
