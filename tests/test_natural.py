@@ -2,6 +2,7 @@
 characters, on tiny data files written here (and light checks on ../shared/data)."""
 
 import argparse
+import io
 import json
 import os
 import pickle
@@ -412,6 +413,39 @@ def test_real_ptb_problem():
     value, count = problem.evaluate(model, "valid", limit=5000)
     assert count == (5000 - 1) // 32 * 32
     assert value == pytest.approx(np.log2(50), abs=0.05)  # untrained: uniform guess
+
+
+def test_table1_threads_auto_runs_music_in_parallel_then_ptb_on_all_cores(tmp_path,
+                                                                         monkeypatch):
+    import concurrent.futures as cf
+
+    from rnnfast.experiments import sweep
+    pools, calls = [], []
+
+    def executor(workers, num_threads):
+        pools.append((workers, num_threads))
+        return cf.ThreadPoolExecutor(max_workers=workers)
+
+    def cell(args):
+        slug, problem, what, method, data, out, budget, deadline, threads, ov = args
+        calls.append((slug, threads))
+        return {"slug": slug, "ours": {"train": 1.0, "valid": 1.0, "test": 1.0},
+                "stopped": "early_stop", "train_seconds": 1.0, "epochs": 1,
+                "dataset": what, "paper": None}
+
+    monkeypatch.setattr(sweep, "local_executor", executor)
+    monkeypatch.setattr(nat, "run_cell", cell)
+    out = tmp_path / "t1"
+    cells = ["PTB-ahead1-SGD-CR", "Nottingham-SGD", "PTB-ahead5-SGD-C", "Piano-midi.de-SGD-C"]
+    res = nat.run_table1(tmp_path, out, cells=cells, workers=2, stream=io.StringIO())
+    assert pools == [(2, 1), (1, 2)]  # music: 2 processes x 1 thread; PTB: 1 x 2 threads
+    assert sorted(calls[:2]) == [("Nottingham-SGD", 1), ("Piano-midi.de-SGD-C", 1)]
+    assert calls[2:] == [("PTB-ahead1-SGD-CR", 2), ("PTB-ahead5-SGD-C", 2)]
+    assert sorted(res) == sorted(cells)
+    pools.clear(), calls.clear()
+    nat.run_table1(tmp_path, tmp_path / "t2", cells=cells[:2], workers=2, num_threads=1,
+                   stream=io.StringIO())
+    assert pools == [(2, 1)] and sorted(calls) == [("Nottingham-SGD", 1), ("PTB-ahead1-SGD-CR", 1)]
 
 
 def test_format_table1_lists_every_cell_next_to_the_paper():
