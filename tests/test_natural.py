@@ -107,6 +107,7 @@ def test_paper_defaults():
     for method, lr in (("SGD-C", 0.01), ("SGD-CR", 0.05), ("SGD", 0.001)):
         p = nat.ptb_config(method)
         assert (p.hidden, p.biases, p.lr, p.normalize, p.seq_len) == (500, False, lr, "sequence", 200)
+        assert p.lr_schedule == "anneal" and nat.music_config("Nottingham").lr_schedule == "halve"
         assert p.clip == (None if method == "SGD" else 45.0)
     assert nat.ptb_config("cr", ahead=5).table_row == "PTB chars, 5 steps"
     with pytest.raises(ValueError, match="method"):

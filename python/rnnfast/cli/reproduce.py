@@ -521,9 +521,10 @@ def _add_common(p, problem):
     g.add_argument("--hidden", type=positive_int, default=None, help="hidden units")
     g.add_argument("--lr", type=positive_float, default=None, help="initial learning rate")
     g.add_argument("--lr-schedule", choices=("halve", "constant", "anneal"), default=None,
-                   help="halve the lr when the epoch error rises (default), keep it constant, "
-                        "or 'anneal' (Mikolov's RNNLM rule: halve every epoch once validation "
-                        "improves by less than 0.3%%, stop when that happens again)")
+                   help="halve the lr when the epoch error rises (music default), keep it "
+                        "constant, or 'anneal' (PTB default; Mikolov's RNNLM rule: halve every "
+                        "epoch once validation improves by less than 0.3%%, stop when that "
+                        "happens again)")
     g.add_argument("--monitor", choices=("valid", "train"), default=None,
                    help="epoch error that the lr halving watches: the training cost of the "
                         "epoch (default) or the validation metric")
