@@ -1081,8 +1081,9 @@ def run_table1(data_dir, out_dir, *, cells=None, budget_minutes=60.0, workers=2,
     each, then the PTB cells one at a time on ``workers`` threads each. Measured on 2 cores
     (float32 forward + BPTT with Ω, B = 1): PTB (T, I, H) = (200, 50, 500) takes 9.2 ms on one
     thread and 4.6 ms on two (its 1 MB W_rec streams from L3 at every step; the hidden split
-    halves each core's share), while a music network's W_rec (0.35–0.6 MB) stays in one
-    core's L2, so two music cells at once beat one on two threads. An int: every cell on
+    halves each core's share); a music network's W_rec (0.35–0.6 MB) fits one core's L2, and
+    two threads gave only 1.38× at the benchmark's music shape (B = 4; bench/peers.py), so
+    two music cells at once (2×) beat one on two threads. An int: every cell on
     that many threads, ``workers`` at a time.
 
     Returns
