@@ -1322,6 +1322,16 @@ def _ms(s: float) -> str:
     return f"{ms:.3g}"
 
 
+def _time_cell(r: dict, data: dict, ceiling: bool = False) -> str:
+    """A table cell: median ms (q1–q3), the % of the ceiling when asked, * when disturbed."""
+    c = f"{_ms(r['median_s'])} ({_ms(r['q1_s'])}–{_ms(r['q3_s'])})"
+    if ceiling:
+        c += f" {100 * r['frac_ceiling']:.0f}%"
+    if r.get("foreign_cpus", 0) > data["meta"]["max_foreign"]:
+        c += "*"
+    return c
+
+
 def format_tables(data: dict) -> str:
     """Markdown tables: one per (dtype, mode), plus the ceiling, thread scaling and memory."""
     res, peers, ref = data["results"], data["active_peers"], data["reference"]
@@ -1382,10 +1392,7 @@ def format_tables(data: dict) -> str:
                         if r is None:
                             cells.append("—")
                             continue
-                        c = (f"{_ms(r['median_s'])} ({_ms(r['q1_s'])}–{_ms(r['q3_s'])}) "
-                             f"{100 * r['frac_ceiling']:.0f}%")
-                        if r.get("foreign_cpus", 0) > data["meta"]["max_foreign"]:
-                            c += "*"
+                        c = _time_cell(r, data, ceiling=True)
                         rv = r.get("ratio_vs_" + str(ref))
                         if p != ref and rv is not None:
                             c += f" ×{rv:.1f}" if rv >= 1.95 else f" ×{rv:.2f}"
@@ -1499,9 +1506,7 @@ def _update_tables(data: dict, idx: dict, upd: list) -> list:
                     if r is None:
                         cells.append("—")
                         continue
-                    c = f"{_ms(r['median_s'])} ({_ms(r['q1_s'])}–{_ms(r['q3_s'])})"
-                    if r.get("foreign_cpus", 0) > data["meta"]["max_foreign"]:
-                        c += "*"
+                    c = _time_cell(r, data)
                     if p != "rnnfast" and base:
                         c += f" ×{r['median_s'] / base['median_s']:.1f}"
                     cells.append(c)

@@ -61,6 +61,14 @@ def _positive(name, v, allow_zero=False):
     return v
 
 
+def _factor(v):
+    """A multiplier in (0, 1) (the adaptive schedules' ``factor``)."""
+    f = float(v)
+    if not 0.0 < f < 1.0:
+        raise ValueError(f"factor must be in (0, 1), got {v}")
+    return f
+
+
 class SGD:
     """Minibatch SGD with optional classical or Nesterov momentum.
 
@@ -229,10 +237,7 @@ class HalveOnRise(Schedule):
 
     def __init__(self, value, factor=0.5, min_value=0.0):
         self.value = _positive("value", value, allow_zero=True)
-        f = float(factor)
-        if not 0.0 < f < 1.0:
-            raise ValueError(f"factor must be in (0, 1), got {factor}")
-        self.factor = f
+        self.factor = _factor(factor)
         self.min_value = _positive("min_value", min_value, allow_zero=True)
         self.last = None
         self.current = self.value
@@ -276,10 +281,7 @@ class Anneal(Schedule):
 
     def __init__(self, value, factor=0.5, min_improvement=0.003):
         self.value = _positive("value", value, allow_zero=True)
-        f = float(factor)
-        if not 0.0 < f < 1.0:
-            raise ValueError(f"factor must be in (0, 1), got {factor}")
-        self.factor = f
+        self.factor = _factor(factor)
         mi = float(min_improvement)
         if not 0.0 <= mi < 1.0:
             raise ValueError(f"min_improvement must be in [0, 1), got {min_improvement}")
