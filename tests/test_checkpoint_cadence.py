@@ -32,13 +32,13 @@ def _run(monkeypatch, tmp_path, updates, save_seconds, **kw):
     clock = FakeClock()
     monkeypatch.setattr(cbmod.time, "perf_counter", clock)
     saves = []
-    real_write = cbmod.write_history
+    real_write = cbmod.HistoryWriter.write
 
-    def slow_write(prefix, history, **kw):  # a save's duration, as the clock sees it
+    def slow_write(self, history, **kw):  # a save's duration, as the clock sees it
         saves.append(len(history))
         clock.now += save_seconds
-        real_write(prefix, history, **kw)
-    monkeypatch.setattr(cbmod, "write_history", slow_write)
+        real_write(self, history, **kw)
+    monkeypatch.setattr(cbmod.HistoryWriter, "write", slow_write)
     cp = Checkpoint(str(tmp_path / "c.npz"), history=str(tmp_path / "h"), **kw)
     task = tasks.TemporalOrder(10, 12)
     engine = build("SGD-C", task=task, hidden=4, lr=0.01, clip=1.0, seed=0)

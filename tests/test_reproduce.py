@@ -158,6 +158,19 @@ def test_json_safe_and_nan_results_are_stored_as_strict_json(tmp_path):
     assert store.load(key)["result"] == {"a": None, "b": 1.5, "c": 2, "d": ["inf"], "e": [1, 2]}
 
 
+def test_json_safe_arrays_match_the_element_by_element_rule():
+    from rnnfast.fileio import json_safe
+    f = np.array([1.5, np.nan, np.inf, -np.inf, 0.0], np.float32)
+    assert json_safe(f) == [1.5, None, "inf", "-inf", 0.0]
+    assert json_safe(f.astype(np.float64)) == json_safe(f.tolist())
+    assert json_safe(np.array([[1.0, np.nan]])) == [[1.0, None]]
+    assert json_safe(np.array([True, False])) == [True, False]
+    assert json_safe(np.arange(3, dtype=np.int8)) == [0, 1, 2]
+    assert all(type(v) is float for v in json_safe(np.ones(2, np.float32)))
+    with pytest.raises(TypeError, match="complex"):
+        json_safe(np.array([1j]))
+
+
 # --------------------------------------------------------------------------- runner
 def test_sweep_resumes_without_redoing_finished_runs(tmp_path):
     configs = [{"x": i} for i in range(5)] + [{"x": 0}]  # a duplicate is run once

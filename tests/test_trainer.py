@@ -22,6 +22,7 @@ from rnnfast.nn.model import RNNModel
 from rnnfast.train import (METHODS, Callback, Checkpoint, Engine, Every, Progress, Validation, build,
                            build_model, canonical_method)
 from rnnfast.train import checkpoint as ckpt
+from rnnfast.train import HistoryWriter, write_history
 
 
 class TinyOrder:
@@ -443,6 +444,39 @@ def test_history_files(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["h.csv", "h.json"]
 
 
+def _csv_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_history_writer_appends_only_new_rows(tmp_path):
+    task = TinyOrder()
+    run = make_run(make_model(), task)
+    run.run(6)
+    w = HistoryWriter(tmp_path / "inc")
+    w.write(run.history)
+    first = (tmp_path / "inc.csv").read_bytes()
+    run.run(15)
+    w.write(run.history)
+    write_history(tmp_path / "once", run.history)
+    # the appended file equals a one-shot write of the whole history, byte for byte
+    assert (tmp_path / "inc.csv").read_bytes() == (tmp_path / "once.csv").read_bytes()
+    assert (tmp_path / "inc.csv").read_bytes().startswith(first)
+    # a file changed behind the writer's back is rewritten, not appended to
+    with open(tmp_path / "inc.csv", "a") as f:
+        f.write("1,2,partial")
+    w.write(run.history)
+    assert (tmp_path / "inc.csv").read_bytes() == (tmp_path / "once.csv").read_bytes()
+    # so is one after reset() (a restored checkpoint may be behind the file)
+    w.reset()
+    with open(tmp_path / "inc.csv", "a") as f:
+        f.write("16,10,0.5,1.0,0,ok,nan,0.0,0.1,nan,0,0.0\n")
+    w.write(run.history)
+    assert (tmp_path / "inc.csv").read_bytes() == (tmp_path / "once.csv").read_bytes()
+    rows = _csv_rows(tmp_path / "inc.csv")
+    assert [int(r["update"]) for r in rows] == list(range(1, 16))
+
+
 @pytest.mark.parametrize("clip", [1.0, "auto"])
 def test_resume_is_bit_identical(tmp_path, clip):
     task = TinyOrder()
@@ -859,6 +893,10 @@ def test_cli_run_and_resume(tmp_path, capsys):
     for k in ha:
         if k != "seconds":
             assert ha[k] == hb[k], k
+    # the CSV of the resumed run (appended to across the two calls) holds the same rows
+    ca, cb = _csv_rows(a / "history.csv"), _csv_rows(b / "history.csv")
+    assert len(ca) == len(cb) == 25
+    assert all({**x, "seconds": 0} == {**y, "seconds": 0} for x, y in zip(ca, cb))
     ma = RNNModel.load(a / "model.npz")
     mb = RNNModel.load(b / "model.npz")
     for k in ma.params:

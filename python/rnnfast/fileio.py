@@ -172,6 +172,13 @@ def json_safe(x):
     if isinstance(x, np.floating):
         x = float(x)
     if isinstance(x, np.ndarray):
+        if x.dtype.kind in "biu":
+            return x.tolist()
+        if x.dtype.kind == "f" and x.ndim == 1:  # a column at once; non-finite entries one by one
+            out = x.tolist()
+            for i in np.flatnonzero(~np.isfinite(x)).tolist():
+                out[i] = json_safe(out[i])
+            return out
         return json_safe(x.tolist())
     if isinstance(x, float):
         if math.isnan(x):

@@ -452,7 +452,8 @@ def register_generalization(subparsers):
 # --------------------------------------------------------------------------- #
 
 
-def _clip_arg(s):
+def _threshold_arg(s):
+    """A fixed clipping threshold (Table 1 has no adaptive one); none/off: no clipping."""
     if s.lower() in ("none", "off"):
         return 0.0
     return positive_float(s)
@@ -528,7 +529,7 @@ def _add_common(p, problem):
     g.add_argument("--monitor", choices=("valid", "train"), default=None,
                    help="epoch error that the lr halving watches: the training cost of the "
                         "epoch (default) or the validation metric")
-    g.add_argument("--clip", type=_clip_arg, default=None, metavar="THRESHOLD",
+    g.add_argument("--clip", type=_threshold_arg, default=None, metavar="THRESHOLD",
                    help="norm-clipping threshold for SGD-C / SGD-CR ('none' disables)")
     g.add_argument("--alpha", type=nonneg_float, default=None,
                    help="Ω weight α0 of α_e = α0/(2e) for SGD-CR (default 1)")

@@ -42,6 +42,7 @@ def _method_arg(s):
 
 
 def _clip_arg(s):
+    """A clipper spec: a threshold, auto[:K] (adaptive), none/off."""
     if s in ("none", "off"):
         return "none"
     if s == "auto" or s.startswith("auto:"):

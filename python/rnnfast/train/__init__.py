@@ -10,10 +10,10 @@ from .callbacks import Callback, Checkpoint, Every, Progress, Validation
 from .checkpoint import load_checkpoint, save_checkpoint
 from .engine import BatchList, DataSource, Engine, TaskStream, TrainResult
 from .factory import build, build_model
-from .history import History, write_history
+from .history import History, HistoryWriter, write_history
 from .methods import METHODS, Method, canonical_method
 
 __all__ = ["Callback", "Checkpoint", "Every", "Progress", "Validation", "load_checkpoint",
            "save_checkpoint", "BatchList", "DataSource", "Engine", "TaskStream", "TrainResult",
-           "build", "build_model", "History", "write_history", "METHODS", "Method",
+           "build", "build_model", "History", "HistoryWriter", "write_history", "METHODS", "Method",
            "canonical_method"]

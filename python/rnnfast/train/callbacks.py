@@ -24,7 +24,7 @@ import numpy as np
 from ..nn import init as _init
 from ..nn.batch import as_batch
 from ..nn.model import RECURRENT
-from .history import write_history
+from .history import HistoryWriter
 
 __all__ = ["Callback", "Validation", "Checkpoint", "Progress", "Every", "history_summary"]
 
@@ -220,8 +220,9 @@ class Checkpoint(Callback):
         Save every this many updates.
     seconds : float or None
         Save when this many seconds have passed since the last save, and at least ten times
-        the last save's own duration: a save rewrites the whole history, which grows with the
-        run, so a time-based cadence keeps saving under ~10% of the run.
+        the last save's own duration: the checkpoint and the history's JSON file hold the
+        whole history, which grows with the run, so a time-based cadence keeps saving under
+        ~10% of the run (the CSV file only gets the new rows).
     at_epoch_end : bool
     history : str or None
         Prefix of the history files.
@@ -241,6 +242,7 @@ class Checkpoint(Callback):
         self.path, self.every, self.at_epoch_end = path, every, bool(at_epoch_end)
         self.seconds = None if seconds is None else float(seconds)
         self.history, self.config = history, config
+        self._writer = None if history is None else HistoryWriter(history)
         self._last_save = time.perf_counter()  # when the last save ended
         self._save_cost = 0.0                  # how long it took
 
@@ -248,9 +250,9 @@ class Checkpoint(Callback):
         t0 = time.perf_counter()
         if self.path is not None:
             engine.save_checkpoint(self.path, config=self.config)
-        if self.history is not None:
-            write_history(self.history, engine.history, validations=engine.validations,
-                          summary=history_summary(engine))
+        if self._writer is not None:
+            self._writer.write(engine.history, validations=engine.validations,
+                               summary=history_summary(engine))
         self._last_save = time.perf_counter()
         self._save_cost = self._last_save - t0
 
@@ -263,6 +265,8 @@ class Checkpoint(Callback):
     def restore(self, engine, callbacks):
         """Load ``path`` into ``engine`` and ``callbacks`` (see :meth:`Engine.load_checkpoint`)."""
         engine.load_checkpoint(self.path, callbacks=callbacks, config=self.config)
+        if self._writer is not None:
+            self._writer.reset()  # the files may hold rows past the checkpoint
 
     def on_fit_begin(self, engine):
         self._last_save = time.perf_counter()
