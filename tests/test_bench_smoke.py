@@ -98,3 +98,15 @@ def test_bad_size_is_rejected():
     proc = _run("--sizes", "P,3x4", "--no-memory")
     assert proc.returncode != 0
     assert "--sizes" in proc.stderr and "'3x4'" in proc.stderr
+
+
+def test_omega_cost_smoke_prints_one_row_per_thread_count():
+    script = SCRIPT.parent / "omega_cost.py"
+    proc = subprocess.run([sys.executable, str(script), "--smoke", "--threads", "1,2"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = [r for r in proc.stdout.splitlines() if r.startswith("| tiny")]
+    assert len(rows) == 2 and all("×" in r for r in rows)
+    bad = subprocess.run([sys.executable, str(script), "--sizes", "Q"], capture_output=True,
+                         text=True, timeout=60, check=False)
+    assert bad.returncode == 2 and "unknown size 'Q'" in bad.stderr

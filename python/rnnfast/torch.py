@@ -287,42 +287,79 @@ _rnn_layer_backward.register_autograd(_no_double_backward,
 
 # --------------------------------------------------------------------------------------------
 # Eager mode: the same functions through an autograd.Function (the custom operator's dispatch
-# costs ~0.2 ms per layer), which can also report Ω
+# costs ~0.2 ms per layer), one node for all the layers between two dropouts, which can also
+# report Ω
 # --------------------------------------------------------------------------------------------
 
-class _EagerLayer(torch.autograd.Function):
-    """rnnfast::rnn_layer for eager mode. With ``alpha`` not None, also Ω per direction:
-    α·∂Ω/∂W_rec is added to W_rec's gradient and (Ω, pairs, ∂Ω/∂W_rec) stored in
-    ``stats[name]`` for each recurrent weight's name."""
+def _layer_weights(w, layer: int, D: int, bias: bool) -> list:
+    """[W_in (H, I), W_rec (H, H), b (H,)] per direction of ``layer`` from the flat weights w
+    (torch.nn.RNN's order, of the layers given); b = b_ih + b_hh, or zeros without biases."""
+    per = 4 if bias else 2
+    out = []
+    for d in range(D):
+        k = (layer * D + d) * per
+        b = w[k + 2] + w[k + 3] if bias else w[k].new_zeros(w[k].shape[0])
+        out += [w[k], w[k + 1], b]
+    return out
+
+
+class _EagerStack(torch.autograd.Function):
+    """Layers of the stack run one after the other, as ONE autograd node: out (T, B, D·H) of
+    the last, h_n (n·D, B, H) of all, for u (T, B, I) and h0 (n·D, B, H); ``w`` holds the
+    layers' flat weights. The biases are summed inside (∂E/∂b goes to both). With ``alpha``
+    not None, also Ω per direction: α·∂Ω/∂W_rec is added to W_rec's gradient and (Ω, pairs,
+    ∂Ω/∂W_rec) stored in ``stats[name]`` for each recurrent weight's name."""
 
     @staticmethod
-    def forward(ctx, u, h0, lengths, activation, num_threads, alpha, bound, stats, names, *weights):
-        out, h_n = _layer_forward(u, h0, list(weights), lengths, activation, num_threads)
-        ctx.save_for_backward(u, h0, out, *weights)
-        ctx.args = (lengths, activation, num_threads, alpha, bound, stats, names)
+    def forward(ctx, u, h0, lengths, cfg, stats, *w):
+        n, D, bias, activation, num_threads, alpha, bound, names = cfg
+        layer_in, outs, h_n = u, [], []
+        for layer in range(n):
+            out, h_last = _layer_forward(layer_in, h0[layer * D:(layer + 1) * D],
+                                         _layer_weights(w, layer, D, bias), lengths, activation,
+                                         num_threads)
+            outs.append(out)
+            h_n.append(h_last)
+            layer_in = out
+        ctx.save_for_backward(u, h0, lengths, *outs, *w)
+        ctx.cfg, ctx.stats = cfg, stats
         ctx.set_materialize_grads(False)      # an unused output's gradient stays None
-        return out, h_n
+        return layer_in, h_n[0] if n == 1 else torch.cat(h_n)
 
     @staticmethod
     def backward(ctx, grad_out, grad_hn):
         if torch.is_grad_enabled():      # create_graph=True: a gradient of this gradient follows
             _no_double_backward(ctx)
-        u, h0, out, *weights = ctx.saved_tensors
-        lengths, activation, num_threads, alpha, bound, stats, names = ctx.args
-        need = ctx.needs_input_grad
+        n, D, bias, activation, num_threads, alpha, bound, names = ctx.cfg
+        u, h0, lengths, *rest = ctx.saved_tensors
+        outs, w = rest[:n], rest[n:]
+        need = ctx.needs_input_grad          # u, h0, lengths, cfg, stats, *w
         if grad_out is None and grad_hn is None:
-            return (None,) * (9 + len(weights))
-        res = _layer_backward(grad_out, grad_hn, u, h0, weights, lengths, out, activation,
-                              num_threads, need[0], omega=None if alpha is None else bound)
-        grads = res if alpha is None else res[0]
-        if alpha is not None:
-            for d, (name, (value, pairs, grad)) in enumerate(zip(names, res[1])):
-                stats[name] = (value, pairs, grad)
-                if alpha != 0.0:
-                    grads[3 + 3 * d] = grads[3 + 3 * d] + alpha * grad     # dW_rec of direction d
-        return (grads[0] if need[0] else None, grads[1] if need[1] else None,
-                None, None, None, None, None, None, None,
-                *[g if n else None for g, n in zip(grads[2:], need[9:])])
+            return (None,) * (5 + len(w))
+        per = 4 if bias else 2
+        gw, dh0, g = [None] * len(w), [None] * n, grad_out
+        for layer in reversed(range(n)):
+            rows = slice(layer * D, (layer + 1) * D)
+            res = _layer_backward(g, None if grad_hn is None else grad_hn[rows],
+                                  u if layer == 0 else outs[layer - 1], h0[rows],
+                                  _layer_weights(w, layer, D, bias), lengths, outs[layer],
+                                  activation, num_threads, layer > 0 or need[0],
+                                  omega=None if alpha is None else bound)
+            grads = res if alpha is None else res[0]
+            for d in range(D):
+                k = (layer * D + d) * per
+                gw[k], gw[k + 1] = grads[2 + 3 * d], grads[3 + 3 * d]
+                if bias:
+                    gw[k + 2], gw[k + 3] = grads[4 + 3 * d], grads[4 + 3 * d].clone()
+                if alpha is not None:
+                    value, pairs, grad = res[1][d]
+                    ctx.stats[names[layer * D + d]] = (value, pairs, grad)
+                    if alpha != 0.0:
+                        gw[k + 1] = gw[k + 1] + alpha * grad
+            dh0[layer] = grads[1]
+            g = grads[0]
+        return (g if need[0] else None, torch.cat(dh0) if need[1] else None, None, None, None,
+                *[x if ok else None for x, ok in zip(gw, need[5:])])
 
 
 def _capturing(tensors) -> bool:
@@ -590,35 +627,37 @@ class RNN(nn.RNN):
     def _stack(self, u: Tensor, hx: Tensor, w: list, lengths: Optional[Tensor],
                rows: Optional[Tensor]):
         """out (T, B, D·H), h_n (L·D, B, H) for u (T, B, I), hx (L·D, B, H), the flat weights
-        w, lengths (B,) or None; rows: the packed layout's rows (dropout is drawn on the packed data, as torch
-        does)."""
+        w, lengths (B,) or None; rows: the packed layout's rows (dropout is drawn on the packed
+        data, as torch does)."""
         D = 2 if self.bidirectional else 1
         T, B, _ = u.shape
-        act = self.nonlinearity
+        L, act, omega = self.num_layers, self.nonlinearity, self._omega
         threads = 0 if self.num_threads is None else int(self.num_threads)
-        omega = self._omega
-        per = 4 if self.bias else 2
+        per = (4 if self.bias else 2) * D             # flat weights per layer
+        capture = _capturing([u, hx] + w)
+        if capture and omega is not None:
+            raise RuntimeError("rnnfast.torch.RNN: omega (the Ω regularizer) works in eager "
+                               "mode only; set rnn.omega = None before capturing")
+        # Layers run in groups: one custom operator per layer under capture, else one eager
+        # node for all the layers between two dropouts (all of them without dropout).
+        dropout = self.dropout > 0 and self.training
+        group = 1 if capture or dropout else L
         layer_in, h_n = u, []
-        for layer in range(self.num_layers):
-            weights, names = [], []
-            for d in range(D):
-                k = (layer * D + d) * per
-                b = w[k + 2] + w[k + 3] if self.bias else w[k].new_zeros(self.hidden_size)
-                weights += [w[k], w[k + 1], b]
-                names.append(self._flat_weights_names[k + 1])
-            h0 = hx[layer * D:(layer + 1) * D]                          # (D, B, H)
-            if _capturing([layer_in, h0] + weights):
-                if omega is not None:
-                    raise RuntimeError("rnnfast.torch.RNN: omega (the Ω regularizer) works in "
-                                       "eager mode only; set rnn.omega = None before capturing")
-                out, h_last = torch.ops.rnnfast.rnn_layer(layer_in, h0, weights, lengths, act,
-                                                          threads)
+        for first in range(0, L, group):
+            stop = min(first + group, L)
+            h0, ws = hx[first * D:stop * D], w[first * per:stop * per]   # (n·D, B, H)
+            if capture:
+                out, h_last = torch.ops.rnnfast.rnn_layer(
+                    layer_in, h0, _layer_weights(ws, 0, D, self.bias), lengths, act, threads)
             else:
-                out, h_last = _EagerLayer.apply(layer_in, h0, lengths, act, threads, omega,
-                                                self.omega_bound, self._omega_stats, names,
-                                                *weights)
+                names = [self._flat_weights_names[k + 1] for k in range(first * per, stop * per,
+                                                                         per // D)]
+                out, h_last = _EagerStack.apply(
+                    layer_in, h0, lengths,
+                    (stop - first, D, self.bias, act, threads, omega, self.omega_bound, names),
+                    self._omega_stats, *ws)
             h_n.append(h_last)
-            if layer < self.num_layers - 1 and self.dropout > 0 and self.training:
+            if stop < L and dropout:
                 if rows is None:
                     out = nn.functional.dropout(out, self.dropout, True)
                 else:  # draw the mask on the packed data, as torch does
@@ -626,7 +665,7 @@ class RNN(nn.RNN):
                                                  self.dropout, True)
                     out = _pad(kept, rows, T, B)
             layer_in = out
-        return layer_in, torch.cat(h_n)
+        return layer_in, h_n[0] if len(h_n) == 1 else torch.cat(h_n)
 
 
 # torch.load(weights_only=True), the default, may rebuild a pickled module holding an RNN.
