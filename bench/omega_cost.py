@@ -1,13 +1,17 @@
 #!/usr/bin/env python
-"""What the Ω regularizer adds to BPTT: ``rnnfast.backward`` with ``omega=True`` against the
-same call without, at the paper's sizes, in one run.
+"""What the Ω regularizer adds to BPTT: ``rnnfast.backward`` with Ω against the same call
+without, at the paper's sizes, in one run.
 
-Both calls are the engine's (``input_grad=False``, one reused Workspace, the forward done once
-outside the timing). Ω adds, per step, the one-step product's norms and the symmetric
-Σ c·a_tᵀa_t product of its W_rec gradient (rnn.hpp), about T·B·H² more multiply-adds; the
-ratio says what that costs. Timing: the two calls alternate within each round (with a rotating
-order), ``--repeats`` calls each per round, medians over ``--rounds`` rounds; the spread is the
-lowest and highest round.
+Three calls (``input_grad=False``, one reused Workspace, the forward done once outside the
+timing):
+  plain      ``backward(fwd, dh)``
+  Ω fused    ``backward(..., omega=True, omega_alpha=α)``: the training engine's form; α·∂Ω/∂W_rec
+             is folded into the W_rec gradient's product (Σ a_tᵀ(h_{t-1} + α c v_t), one GEMM)
+  Ω + grad   ``backward(..., omega=True)``: ∂Ω/∂W_rec returned on its own (a symmetric
+             Σ c a_tᵀa_t product and one H³ product, rnn.hpp), for callers that want it
+Timing: the calls alternate within each round (the order reversed every round), the same
+number of calls each per round, medians over ``--rounds`` rounds; the spread is the lowest and
+highest round.
 
     python bench/omega_cost.py                          # P, S3, S4, S5; 1 and 2 threads
     python bench/omega_cost.py --sizes P --threads 2 --rounds 9
@@ -34,6 +38,7 @@ SIZES = {  # (T, B, I, H), as bench/peers.py
     "S5": (50, 16, 256, 2048),
 }
 GOALS = {"P": 1.2, "S3": 1.15, "S4": 1.15, "S5": 1.15}
+VARIANTS = {"plain": {}, "fused": {"omega": True, "omega_alpha": 2.0}, "grad": {"omega": True}}
 
 
 def case(T, B, I, H, dtype):
@@ -48,25 +53,34 @@ def case(T, B, I, H, dtype):
 
 
 def measure(fwd, dh, threads, rounds, repeats):
-    """{False: [ms per call per round], True: [...]} for plain and Ω backward."""
+    """{variant: [ms per call, one per round]}."""
     ws = rnnfast.Workspace()
-    times = {False: [], True: []}
+    times = {v: [] for v in VARIANTS}
 
-    def call(omega):
-        rnnfast.backward(fwd, dh, omega=omega, num_threads=threads, workspace=ws,
-                         input_grad=False)
+    def call(v):
+        rnnfast.backward(fwd, dh, num_threads=threads, workspace=ws, input_grad=False,
+                         **VARIANTS[v])
 
-    for omega in (False, True):   # warm-up: the workspace's memory, the threads
-        call(omega)
-    order = [False, True]
+    order = list(VARIANTS)
+    for v in order:   # warm-up: the workspace's memory, the threads
+        call(v)
     for _ in range(rounds):
         order.reverse()
-        for omega in order:
+        for v in order:
             t0 = time.perf_counter()
             for _ in range(repeats):
-                call(omega)
-            times[omega].append((time.perf_counter() - t0) / repeats * 1e3)
+                call(v)
+            times[v].append((time.perf_counter() - t0) / repeats * 1e3)
     return times
+
+
+def _cell(t, v):
+    return f"{statistics.median(t[v]):.3f} [{min(t[v]):.3f}, {max(t[v]):.3f}]"
+
+
+def _ratio(t, v):
+    r = sorted(a / b for a, b in zip(t[v], t["plain"]))
+    return statistics.median(t[v]) / statistics.median(t["plain"]), r[0], r[-1]
 
 
 def main(argv=None):
@@ -89,24 +103,23 @@ def main(argv=None):
     rounds = 2 if args.smoke else args.rounds
     print(f"rnnfast {rnnfast.__version__}, {args.dtype}, backward with and without Ω "
           f"(input_grad=False, one Workspace), {rounds} rounds; ms per call: median [lowest "
-          "round, highest round]")
+          "round, highest round]; ratios: of the medians [lowest, highest round]")
     print()
-    print("| size (T, B, I, H) | threads | plain ms | with Ω ms | Ω / plain | goal |")
-    print("|---|---|---|---|---|---|")
+    print("| size (T, B, I, H) | threads | plain ms | Ω fused ms | Ω fused / plain | goal | "
+          "Ω + grad ms | Ω + grad / plain |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, dims in sizes.items():
         fwd, dh = case(*dims, np.dtype(args.dtype))
         for n in threads:
             probe = measure(fwd, dh, n, 1, 1)
-            repeats = 1 if args.smoke else max(1, int(args.budget / (probe[True][0] / 1e3)))
+            repeats = 1 if args.smoke else max(1, int(args.budget / (probe["grad"][0] / 1e3)))
             t = measure(fwd, dh, n, rounds, repeats)
-            plain, om = statistics.median(t[False]), statistics.median(t[True])
-            ratios = sorted(o / p for o, p in zip(t[True], t[False]))
-            goal = GOALS.get(name)
-            verdict = "" if goal is None else (f"≤ {goal}× " + ("met" if om / plain <= goal
+            fused, grad, goal = _ratio(t, "fused"), _ratio(t, "grad"), GOALS.get(name)
+            verdict = "" if goal is None else (f"≤ {goal}× " + ("met" if fused[0] <= goal
                                                                  else "not met"))
-            print(f"| {name} {dims} | {n} | {plain:.3f} [{min(t[False]):.3f}, "
-                  f"{max(t[False]):.3f}] | {om:.3f} [{min(t[True]):.3f}, {max(t[True]):.3f}] | "
-                  f"{om / plain:.2f}× [{ratios[0]:.2f}, {ratios[-1]:.2f}] | {verdict} |",
+            print(f"| {name} {dims} | {n} | {_cell(t, 'plain')} | {_cell(t, 'fused')} | "
+                  f"{fused[0]:.2f}× [{fused[1]:.2f}, {fused[2]:.2f}] | {verdict} | "
+                  f"{_cell(t, 'grad')} | {grad[0]:.2f}× [{grad[1]:.2f}, {grad[2]:.2f}] |",
                   flush=True)
     return 0
 
