@@ -475,6 +475,11 @@ def test_history_writer_appends_only_new_rows(tmp_path):
     assert (tmp_path / "inc.csv").read_bytes() == (tmp_path / "once.csv").read_bytes()
     rows = _csv_rows(tmp_path / "inc.csv")
     assert [int(r["update"]) for r in rows] == list(range(1, 16))
+    # a cleared history that grew past the rows on disk is written anew, not appended
+    run.history.clear()
+    run.run(35)
+    w.write(run.history)
+    assert [int(r["update"]) for r in _csv_rows(tmp_path / "inc.csv")] == list(range(16, 36))
 
 
 @pytest.mark.parametrize("clip", [1.0, "auto"])

@@ -40,10 +40,12 @@ class History:
     """Column store of the per-update history (amortised O(1) appends)."""
 
     def __init__(self):
+        self.generation = 0  # counts clear() and load_arrays(): rows replaced, not appended
         self.clear()
 
     def clear(self):
         """Drop every row (long runs fold what they need and clear to bound memory)."""
+        self.generation += 1
         self._n = 0
         self._cols = {k: np.empty(1024, dt) for k, dt in COLUMNS.items()}
 
@@ -91,6 +93,7 @@ class History:
         for k in COLUMNS:
             cols[k][:n] = arrays[k]
         self._cols, self._n = cols, n
+        self.generation += 1
 
     def rows(self):
         """Rows as dicts of Python values (action by name, clipped/explosion as bool, NaN None)."""
@@ -130,8 +133,8 @@ class HistoryWriter:
 
     The JSON file is rewritten atomically. The CSV file is append-only within one writer: a
     write appends the rows added since the last one when the file is still the one it wrote
-    (same size), and rewrites it atomically otherwise (the first write, after
-    :meth:`reset`, or when the history shrank). A save of a long run thus costs the new rows,
+    (same size) and the history only grew since, and rewrites it atomically otherwise (the
+    first write, after :meth:`reset`, or after the history was cleared or reloaded). A save of a long run thus costs the new rows,
     not the whole history (300k rows took 23 s to format). A crash in the middle of an
     append can leave a partial last line; resuming from the checkpoint rewrites the file.
     """
@@ -143,7 +146,7 @@ class HistoryWriter:
     def reset(self):
         """Rewrite the CSV file at the next :meth:`write` (e.g. after restoring a checkpoint,
         whose history may be shorter than the file's)."""
-        self._rows, self._size = 0, None
+        self._rows, self._size, self._generation = 0, None, None
 
     def write(self, history, *, validations=(), summary=None):
         cols = {k: history.column(k) for k in COLUMNS}
@@ -156,7 +159,8 @@ class HistoryWriter:
             on_disk = os.path.getsize(path)
         except OSError:
             on_disk = None
-        if self._size is not None and on_disk == self._size and self._rows <= n:
+        if (self._size is not None and on_disk == self._size and self._rows <= n
+                and self._generation == history.generation):
             with open(path, "a", encoding="utf-8", newline="") as f:
                 f.write(_csv_text(history, self._rows))
                 f.flush()
@@ -164,6 +168,7 @@ class HistoryWriter:
         else:
             atomic_write_text(path, ",".join(COLUMNS) + "\n" + _csv_text(history))
         self._rows, self._size = n, os.path.getsize(path)
+        self._generation = history.generation
 
 
 def write_history(prefix, history, *, validations=(), summary=None):
