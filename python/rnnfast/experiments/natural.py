@@ -110,9 +110,10 @@ PAPER_TABLE1 = {
     "PTB chars, 1 step": {"SGD": (1.46, 1.50), "SGD-C": (1.34, 1.42), "SGD-CR": (1.36, 1.41)},
     "PTB chars, 5 steps": {"SGD": None, "SGD-C": (3.76, 3.89), "SGD-CR": (3.70, 3.74)},
 }
-#: How often a run saves its checkpoint and history when no update count is given (a save
-#: rewrites the whole per-update history: with one sequence per update, saving every 100
-#: updates took 2.3 s per save at 24k updates, 40% of a PTB run, and kept growing).
+#: How often a run saves its checkpoint and history when no update count is given (the
+#: checkpoint and history.json hold the whole per-update history: with one sequence per
+#: update, saving every 100 updates took 2.3 s per save at 24k updates, 40% of a PTB run, and
+#: kept growing; history.csv only gets the new rows).
 CHECKPOINT_SECONDS = 60.0
 
 #: Table 1's context columns (train / test; PTB: test only): RNN state of the art then,
