@@ -110,3 +110,15 @@ def test_omega_cost_smoke_prints_one_row_per_thread_count():
     bad = subprocess.run([sys.executable, str(script), "--sizes", "Q"], capture_output=True,
                          text=True, timeout=60, check=False)
     assert bad.returncode == 2 and "unknown size 'Q'" in bad.stderr
+
+
+def test_small_threads_smoke_prints_every_pattern():
+    script = SCRIPT.parent / "small_threads.py"
+    proc = subprocess.run([sys.executable, str(script), "--smoke"], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = [r for r in proc.stdout.splitlines() if r.startswith("| ") and "×" in r]
+    assert [r.split(" | ")[0][2:] for r in rows] == ["back-to-back", "after-blas", "after-gap"]
+    bad = subprocess.run([sys.executable, str(script), "--size", "1x2"], capture_output=True,
+                         text=True, timeout=60, check=False)
+    assert bad.returncode == 2 and "TxBxIxH" in bad.stderr
