@@ -99,10 +99,13 @@ SIZES = {
     "S5": (50, 16, 256, 2048),
     # The natural problems' minibatches (rnnfast.experiments.natural): PTB characters (one-hot
     # inputs, 500 sigmoid units, truncated BPTT of 200 steps, 8 streams) and the music data
-    # (88-key piano rolls, 300 sigmoid units; 400 for MuseData; 4 segments of 200 steps).
+    # (88-key piano rolls, 300 sigmoid units; 400 for MuseData; 4 segments of 200 steps)...
     "PTB": (200, 8, 50, 500),
     "MUS": (200, 4, 88, 300),
     "MUSE": (200, 4, 88, 400),
+    # ...and as Table 1 now trains them: one stream / one segment per update.
+    "PTB1": (200, 1, 50, 500),
+    "MUS1": (200, 1, 88, 300),
 }
 #: Sizes with a "update" row: one full SGD-CR training update (readout, loss, BPTT with Ω,
 #: α·∂Ω/∂W_rec, global-norm clipping, SGD step) — rnnfast's ``Engine.step`` against the same
@@ -113,6 +116,8 @@ UPDATE_TASKS = {
     "PTB": dict(activation="sigmoid", loss="softmax_ce", at="all", n_out=50, inputs="onehot"),
     "MUS": dict(activation="sigmoid", loss="sigmoid_bce", at="all", n_out=88, inputs="binary"),
     "MUSE": dict(activation="sigmoid", loss="sigmoid_bce", at="all", n_out=88, inputs="binary"),
+    "PTB1": dict(activation="sigmoid", loss="softmax_ce", at="all", n_out=50, inputs="onehot"),
+    "MUS1": dict(activation="sigmoid", loss="sigmoid_bce", at="all", n_out=88, inputs="binary"),
 }
 #: SGD-CR's settings in the update rows (rnnfast.train.build's defaults for the method).
 UPDATE_LR, UPDATE_CLIP, UPDATE_ALPHA = 0.01, 1.0, 4.0
