@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 import pytest
 
-from rnnfast.fileio import CheckpointError
+from rnnfast.fileio import CheckpointError, json_safe
 from rnnfast.nn import clipping as C
 from rnnfast.nn import optim as O
 from rnnfast.nn.batch import Batch
@@ -462,6 +462,13 @@ def test_history_writer_appends_only_new_rows(tmp_path):
     # the appended file equals a one-shot write of the whole history, byte for byte
     assert (tmp_path / "inc.csv").read_bytes() == (tmp_path / "once.csv").read_bytes()
     assert (tmp_path / "inc.csv").read_bytes().startswith(first)
+    # the JSON built from the kept column texts is the whole history's json.dumps
+    cols = {k: run.history[k].tolist() for k in run.history.columns}
+    cols["action"] = [("ok", "clipped", "skipped", "shrunk")[a] for a in cols["action"]]
+    expect = json.dumps(json_safe({"columns": cols, "validation": [], "summary": {}}),
+                        allow_nan=False) + "\n"
+    assert (tmp_path / "inc.json").read_text() == expect
+    assert (tmp_path / "once.json").read_text() == expect
     # a file changed behind the writer's back is rewritten, not appended to
     with open(tmp_path / "inc.csv", "a") as f:
         f.write("1,2,partial")
@@ -478,8 +485,11 @@ def test_history_writer_appends_only_new_rows(tmp_path):
     # a cleared history that grew past the rows on disk is written anew, not appended
     run.history.clear()
     run.run(35)
-    w.write(run.history)
+    w.write(run.history, validations=[{"update": 30, "error": float("nan")}], summary={"x": 1})
     assert [int(r["update"]) for r in _csv_rows(tmp_path / "inc.csv")] == list(range(16, 36))
+    doc = json.loads((tmp_path / "inc.json").read_text())
+    assert doc["columns"]["update"] == list(range(16, 36))
+    assert doc["validation"] == [{"update": 30, "error": None}] and doc["summary"] == {"x": 1}
 
 
 @pytest.mark.parametrize("clip", [1.0, "auto"])
