@@ -154,15 +154,15 @@ class HistoryWriter:
         n = len(history)
         if not (self._generation == history.generation and self._rows <= n):
             self.reset()  # rows replaced, not appended: everything anew
-        start = self._rows
+        start, texts = self._rows, dict(self._json)  # kept only once both files are written
         for k in COLUMNS:
             v = history.column(k)[start:]
             if k == "action":
                 v = [ACTIONS[a] for a in v.tolist()]
             text = json.dumps(json_safe(v), allow_nan=False)[1:-1]
             if text:
-                self._json[k] += (", " + text) if self._json[k] else text
-        columns = ", ".join(f"{json.dumps(k)}: [{self._json[k]}]" for k in COLUMNS)
+                texts[k] += (", " + text) if texts[k] else text
+        columns = ", ".join(f"{json.dumps(k)}: [{texts[k]}]" for k in COLUMNS)
         atomic_write_text(self.prefix + ".json",
                           f'{{"columns": {{{columns}}}, "validation": '
                           f"{json.dumps(json_safe(list(validations)), allow_nan=False)}, "
@@ -180,7 +180,7 @@ class HistoryWriter:
         else:
             atomic_write_text(path, ",".join(COLUMNS) + "\n" + _csv_text(history))
         self._rows, self._size = n, os.path.getsize(path)
-        self._generation = history.generation
+        self._generation, self._json = history.generation, texts
 
 
 def write_history(prefix, history, *, validations=(), summary=None):
