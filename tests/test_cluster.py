@@ -141,12 +141,16 @@ def dask_ex():
         lost.append(loss)
         print(f"LOST {loss.describe()}", flush=True)
 
+    environ = dict(os.environ)  # the nannies write their workers' settings (OMP_NUM_THREADS=1,
+    # MALLOC_TRIM_THRESHOLD_, ...) into this process's environment; later tests must not see them
     ex = cl.local_cluster_executor(2, threads_per_worker=1, on_lost=on_lost)
     ex.lost_seen = lost
     try:
         yield ex
     finally:
         ex.close()
+        os.environ.clear()
+        os.environ.update(environ)
 
 
 def _reset(ex):
