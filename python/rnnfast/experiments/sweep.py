@@ -194,6 +194,10 @@ def watch_parent(interval: float = 0.5) -> None:
     threading.Thread(target=watch, name="rnnfast-watch-parent", daemon=True).start()
 
 
+#: Seconds between two looks at pending signals while the sweep waits for its runs.
+_SIGNAL_POLL = 0.25
+
+
 def _worker_init(num_threads: Optional[int]) -> None:
     """Initializer of local pool workers: pin the OpenMP thread count early, leave Ctrl-C to
     the driver (it cancels the sweep and ends the workers), die with the driver."""
@@ -491,10 +495,18 @@ def run_sweep(configs: Iterable[Mapping], fn: Callable[[dict], dict], store: Res
         for k, c in todo:
             submit(k, c)
         report("start")
+        next_tick = time.monotonic() + tick
         while inflight:
-            done_set, _ = cf.wait(list(inflight), timeout=tick, return_when=cf.FIRST_COMPLETED)
+            # Short waits: Ctrl-C / SIGTERM may be delivered to one of the executor's threads,
+            # which does not interrupt this thread's wait; Python raises KeyboardInterrupt here
+            # only when this thread runs again (a clean-clone test run waited out a 60 s tick).
+            done_set, _ = cf.wait(list(inflight), timeout=max(0.0, min(_SIGNAL_POLL,
+                                                                       next_tick - time.monotonic())),
+                                  return_when=cf.FIRST_COMPLETED)
             if not done_set:
-                report("tick")
+                if time.monotonic() >= next_tick:
+                    report("tick")
+                    next_tick = time.monotonic() + tick
                 continue
             broken = False
             resubmit: List[tuple] = []
