@@ -39,11 +39,20 @@ def _alive(pid):
         return False
 
 
+def _default_sigint():
+    """In the child before exec: SIGINT at its default, as at a terminal (see _start)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(out):
+    # Ctrl-C as at a terminal: SIGINT at its default in the command even when this test runs
+    # in a background job (`cmd &` starts with SIGINT ignored, and an ignored signal stays
+    # ignored across exec: the command would never see it)
     proc = subprocess.Popen(
         [sys.executable, "-c", "import sys; from rnnfast.cli import main; sys.exit(main())"]
         + SWEEP + ["--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, start_new_session=True)
+        text=True, start_new_session=True,
+        preexec_fn=_default_sigint)
     deadline = time.monotonic() + 120
     runs = out / "runs"
     while time.monotonic() < deadline:
@@ -107,7 +116,8 @@ def test_interrupt_stops_table1_and_its_cells(tmp_path, sig, code):
         [sys.executable, "-c", "import sys; from rnnfast.cli import main; sys.exit(main())",
          "reproduce", "table1", "--data", DATA, "--cells", "Nottingham-SGD,Nottingham-SGD-C",
          "--budget", "5", "--out", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        preexec_fn=_default_sigint)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not list(out.glob("*/history.json")):
         assert proc.poll() is None, proc.communicate()[0]

@@ -497,9 +497,9 @@ def run_sweep(configs: Iterable[Mapping], fn: Callable[[dict], dict], store: Res
         report("start")
         next_tick = time.monotonic() + tick
         while inflight:
-            # Short waits: Ctrl-C / SIGTERM may be delivered to one of the executor's threads,
-            # which does not interrupt this thread's wait; Python raises KeyboardInterrupt here
-            # only when this thread runs again (a clean-clone test run waited out a 60 s tick).
+            # Short waits: a signal the kernel delivers to one of the executor's threads does
+            # not interrupt this thread's wait, and Python raises KeyboardInterrupt only here,
+            # when this thread runs again (else up to a whole 60 s tick later).
             done_set, _ = cf.wait(list(inflight), timeout=max(0.0, min(_SIGNAL_POLL,
                                                                        next_tick - time.monotonic())),
                                   return_when=cf.FIRST_COMPLETED)
