@@ -122,3 +122,11 @@ def test_small_threads_smoke_prints_every_pattern():
     bad = subprocess.run([sys.executable, str(script), "--size", "1x2"], capture_output=True,
                          text=True, timeout=60, check=False)
     assert bad.returncode == 2 and "TxBxIxH" in bad.stderr
+
+
+def test_history_save_smoke():
+    proc = subprocess.run([sys.executable, str(SCRIPT.parent / "history_save.py"), "--rows",
+                           "500", "--new", "20"], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "history of 500 rows" in proc.stdout and "after 20 new rows" in proc.stdout
