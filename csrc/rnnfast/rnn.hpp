@@ -436,6 +436,54 @@ inline void row_sqnorms(const S* p, const S* q, Index ld, Index rows, Index cols
   }
 }
 
+// One pass over the rows of δ (d) for Ω, instead of up to three: v = δ − dh (q; null: zeros)
+// stored in v when v is not null, vn2[r] += ‖v_r‖² when vn2 is not null, dn2[r] += ‖δ_r‖² when
+// dn2 is not null. The same packet operations in the same order as row_sqnorms and the
+// element-wise subtraction, so the results are bit-identical to the separate passes.
+template <typename S>
+inline void delta_pass(const S* d, const S* q, S* v, Index ld, Index rows, Index cols,
+                       double* vn2, double* dn2) {
+  using Packet = typename PanelShape<S>::Packet;
+  constexpr int PS = PanelShape<S>::PS;
+  using namespace Eigen::internal;
+  for (Index r = 0; r < rows; ++r) {
+    const S* dr = d + r * ld;
+    const S* qr = q ? q + r * ld : nullptr;
+    S* vr = v ? v + r * ld : nullptr;
+    Packet acc_v = pset1<Packet>(S(0)), acc_d = pset1<Packet>(S(0));
+    Index j = 0;
+    for (; j + PS <= cols; j += PS) {
+      const Packet x = ploadu<Packet>(dr + j);
+      const Packet y = qr ? psub(x, ploadu<Packet>(qr + j)) : x;
+      if (vr) pstoreu(vr + j, y);
+      acc_v = pmadd(y, y, acc_v);
+      acc_d = pmadd(x, x, acc_d);
+    }
+    double sum_v = double(predux(acc_v)), sum_d = double(predux(acc_d));
+    for (; j < cols; ++j) {
+      const S y = qr ? S(dr[j] - qr[j]) : dr[j];
+      if (vr) vr[j] = y;
+      sum_v += (double(dr[j]) - (qr ? double(qr[j]) : 0.0)) *
+               (double(dr[j]) - (qr ? double(qr[j]) : 0.0));
+      sum_d += double(dr[j]) * double(dr[j]);
+    }
+    if (vn2) {
+      if (std::is_same<S, float>::value && std::isinf(sum_v)) {
+        sum_v = 0.0;
+        row_sqnorms<S>(dr, qr, ld, 1, cols, &sum_v);
+      }
+      vn2[r] += sum_v;
+    }
+    if (dn2) {
+      if (std::is_same<S, float>::value && std::isinf(sum_d)) {
+        sum_d = 0.0;
+        row_sqnorms<S>(dr, nullptr, ld, 1, cols, &sum_d);
+      }
+      dn2[r] += sum_d;
+    }
+  }
+}
+
 // Y = C + X·M over the rows of all T steps (X, C, Y: (T·B, ·) row-major), this thread's share
 // of them. Ragged: only the valid rows [0, n[t]) of each step (never the padding), else one
 // packed_gemm_rows over a contiguous share.
@@ -638,6 +686,7 @@ bool error_sweep(const Inputs<S>& in, const States<const S>& st, const Upstream<
     // Without a direct gradient at t (a loss read at the last step only), the rows going on
     // have δ_t = v_{t+1}: Ω's ‖v‖² is the ‖δ‖² computed below, copied (one pass less).
     const bool v_is_delta = omega && !dht && t >= 0 && !w.omega_v;
+    Index dn2_done = 0;  // rows of this step whose ‖δ_t‖² is already in my_dn2
     if (ng > 0) {
       const S* a_next = g.dx + (t + 1) * BH + b0 * H;
       if (g.du && !w.split_input)
@@ -655,14 +704,14 @@ bool error_sweep(const Inputs<S>& in, const States<const S>& st, const Upstream<
         }
       } else {
         packed_gemm<S>(ng, a_next, H, w.Wr, p0, p1, dht, H, d, H);  // δ = dh + a[t+1] W_rec
-        if (omega && nc > 0 && !v_is_delta)  // Ω's ‖v‖² = ‖δ − dh‖², read back from δ
-          row_sqnorms(d + c0, dht ? dht + c0 : nullptr, H, ng, nc, my_vn2 + (t + 1) * B + b0);
-        if (w.fused && nc > 0) {  // v = δ − dh kept for the fused weight product
-          S* vt = w.v.data() + (t + 1) * BH + b0 * H;
-          if (dht)
-            view(vt + c0, ng, nc, H) = cview(d + c0, ng, nc, H) - cview(dht + c0, ng, nc, H);
-          else
-            view(vt + c0, ng, nc, H) = cview(d + c0, ng, nc, H);
+        // With Ω, one pass over these rows: ‖δ‖², Ω's ‖v‖² = ‖δ − dh‖² and, fused, v = δ − dh
+        // kept for the weight product (three passes cost Ω ~25% of the sweep at H = 50).
+        if (omega && nc > 0) {
+          delta_pass<S>(d + c0, dht ? dht + c0 : nullptr,
+                        w.fused ? w.v.data() + (t + 1) * BH + b0 * H + c0 : nullptr, H, ng, nc,
+                        v_is_delta ? nullptr : my_vn2 + (t + 1) * B + b0,
+                        t >= 0 ? my_dn2 + t * B + b0 : nullptr);
+          dn2_done = t >= 0 ? ng : 0;
         }
       }
     }
@@ -675,7 +724,9 @@ bool error_sweep(const Inputs<S>& in, const States<const S>& st, const Upstream<
       if (up.dh_last) view(dl, ne, nc, H) += cview(up.dh_last + m * H + c0, ne, nc, H);
     }
     if (nb > 0 && nc > 0 && t >= 0) {
-      if (my_dn2) row_sqnorms<S>(d + c0, nullptr, H, nb, nc, my_dn2 + t * B + b0);
+      if (my_dn2)  // the rows delta_pass did not cover
+        row_sqnorms<S>(d + dn2_done * H + c0, nullptr, H, nb - dn2_done, nc,
+                       my_dn2 + t * B + b0 + dn2_done);
       if (v_is_delta)
         for (Index r = 0; r < ng; ++r) my_vn2[(t + 1) * B + b0 + r] += my_dn2[t * B + b0 + r];
       times_derivative(act, d + c0, H, st.h + t * BH + b0 * H + c0, H, d + c0, H, nb, nc);
