@@ -1,6 +1,8 @@
-// Microbenchmarks of the C++ kernels: forward, backward, and the Ω-fused backward, at the
-// sizes (T, B, I, H) of kSizes below (P, S1–S5, and the natural problems' PTB and music
-// minibatches), and forward + backward of a ragged batch (variable lengths, BM_ragged).
+// Microbenchmarks of the C++ kernels: forward, backward, backward with Ω (∂Ω/∂W_rec returned
+// on its own: BM_backward<S, true>; folded into ∂E/∂W_rec as the training engine calls it:
+// BM_backward_fused), at the sizes (T, B, I, H) of kSizes below (P, S1–S5, the natural
+// problems' PTB and music minibatches, and their one-sequence updates PTB1 and MUS1), and
+// forward + backward of a ragged batch (variable lengths, BM_ragged).
 // Counters: GFLOP/s of the work each kernel does (forward 2·T·B·H·(H+I), backward twice that;
 // Ω adds the symmetric product T·B·H²; a ragged batch counts its Σ len_b valid steps only).
 // On 2 threads the backward of a batch split takes each thread's weight gradients in the
@@ -28,9 +30,10 @@ struct Size {
 };
 const Size kSizes[] = {{125, 20, 6, 50},    {100, 1, 8, 50},      {100, 32, 8, 100},
                        {200, 64, 64, 256},  {100, 32, 128, 1024}, {50, 16, 256, 2048},
-                       {200, 8, 50, 500},   {200, 4, 88, 300}};
-const char* kNames[] = {"P", "S1", "S2", "S3", "S4", "S5", "PTB", "MUS"};
-constexpr int kNumSizes = 8;
+                       {200, 8, 50, 500},   {200, 4, 88, 300},    {200, 1, 50, 500},
+                       {200, 1, 88, 300}};
+const char* kNames[] = {"P", "S1", "S2", "S3", "S4", "S5", "PTB", "MUS", "PTB1", "MUS1"};
+constexpr int kNumSizes = 10;
 
 template <typename S>
 struct Problem {
@@ -81,13 +84,16 @@ struct Problem {
     opt.threads = threads;
     rnnfast::forward<S>(inputs(), {h.data(), nullptr}, opt);
   }
-  void backward(int threads, bool omega) {
+  // fused: α·∂Ω/∂W_rec added to dW_rec in the weight product (Options::omega_alpha), no
+  // separate ∂Ω/∂W_rec.
+  void backward(int threads, bool omega, bool fused = false) {
     rnnfast::Options opt;
     opt.threads = threads;
     opt.omega = omega;
+    if (fused) opt.omega_alpha = 0.5;
     rnnfast::backward<S>(inputs(), {h.data(), nullptr}, {dh.data(), nullptr},
                          {dx.data(), dW_in.data(), dW_rec.data(), db.data(), dh0.data(),
-                          du.data(), omega ? og.data() : nullptr, nullptr},
+                          du.data(), omega && !fused ? og.data() : nullptr, nullptr},
                          opt);
   }
   double flops() const { return 2.0 * z.T * z.B * z.H * (z.H + z.I); }
@@ -110,6 +116,19 @@ void BM_backward(benchmark::State& st) {
   for (auto _ : st) p.backward(threads, Omega);
   const double extra = Omega ? double(p.z.T) * p.z.B * p.z.H * p.z.H : 0.0;
   st.counters["GFLOP/s"] = benchmark::Counter((2.0 * p.flops() + extra) * 1e-9,
+                                              benchmark::Counter::kIsIterationInvariantRate);
+  st.SetLabel(kNames[st.range(0)]);
+}
+
+// The backward with Ω folded into ∂E/∂W_rec (the training engine's call): the extra work is
+// the norms and the folded operand, not a second product, so it counts the plain FLOPs.
+template <typename S>
+void BM_backward_fused(benchmark::State& st) {
+  Problem<S> p(kSizes[st.range(0)]);
+  const int threads = int(st.range(1));
+  p.forward(threads);
+  for (auto _ : st) p.backward(threads, true, true);
+  st.counters["GFLOP/s"] = benchmark::Counter(2.0 * p.flops() * 1e-9,
                                               benchmark::Counter::kIsIterationInvariantRate);
   st.SetLabel(kNames[st.range(0)]);
 }
@@ -140,9 +159,11 @@ void sizes(benchmark::internal::Benchmark* b) {
 BENCHMARK(BM_forward<float>)->Apply(sizes);
 BENCHMARK(BM_backward<float, false>)->Apply(sizes);
 BENCHMARK(BM_backward<float, true>)->Apply(sizes);
+BENCHMARK(BM_backward_fused<float>)->Apply(sizes);
 BENCHMARK(BM_forward<double>)->Apply(sizes);
 BENCHMARK(BM_backward<double, false>)->Apply(sizes);
 BENCHMARK(BM_backward<double, true>)->Apply(sizes);
+BENCHMARK(BM_backward_fused<double>)->Apply(sizes);
 BENCHMARK(BM_ragged<float>)->Apply(sizes);
 
 }  // namespace
