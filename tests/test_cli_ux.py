@@ -114,6 +114,9 @@ def test_music_resume_remembers_data_and_refuses_other_options(tmp_path, capsys)
     _one_line_error(capsys, main(base + ["--resume", "--hidden", "5"]), "--hidden 5")
     assert main(base + ["--resume"]) == 0  # --data, --hidden, ... from the folder
     capsys.readouterr()
+    # not --quiet: the resume is logged (a crash once, hidden by --quiet in every other test)
+    assert main(["reproduce", "music", "--dataset", "JSB", "--out", str(out), "--resume"]) == 0
+    assert "resumed at epoch 2, batch 0, update " in capsys.readouterr().out
 
 
 def test_table1_remembers_its_options(tmp_path, capsys, monkeypatch):

@@ -648,7 +648,7 @@ def run_from_args(args):
     if (resuming or args.resume) and os.path.exists(ckpt):
         run.load_checkpoint(ckpt)
         if log:
-            log(f"resumed at epoch {run.epoch}, batch {run.batch_in_epoch}, update {run.updates}")
+            log(f"resumed at epoch {run.epoch}, batch {run.engine.batch_in_epoch}, update {run.updates}")
     atomic_write_json(os.path.join(out, "config.json"), cfg.to_dict())
     outcome = run.run(budget=None if args.budget is None else args.budget * 60.0)
     print(_nat.format_table(outcome.results))
