@@ -1,6 +1,6 @@
 // Microbenchmarks of the C++ kernels: forward, backward, backward with Ω (∂Ω/∂W_rec returned
 // on its own: BM_backward<S, true>; folded into ∂E/∂W_rec as the training engine calls it:
-// BM_backward_fused), at the sizes (T, B, I, H) of kSizes below (P, S1–S5, the natural
+// BM_backward<S, true, true>), at the sizes (T, B, I, H) of kSizes below (P, S1–S5, the natural
 // problems' PTB and music minibatches, and their one-sequence updates PTB1 and MUS1), and
 // forward + backward of a ragged batch (variable lengths, BM_ragged).
 // Counters: GFLOP/s of the work each kernel does (forward 2·T·B·H·(H+I), backward twice that;
@@ -108,27 +108,16 @@ void BM_forward(benchmark::State& st) {
   st.SetLabel(kNames[st.range(0)]);
 }
 
-template <typename S, bool Omega>
+// Fused: Ω folded into ∂E/∂W_rec (the engine's call); its extra work is the norms and the
+// folded operand, not a second product, so it counts the plain FLOPs.
+template <typename S, bool Omega, bool Fused = false>
 void BM_backward(benchmark::State& st) {
   Problem<S> p(kSizes[st.range(0)]);
   const int threads = int(st.range(1));
   p.forward(threads);
-  for (auto _ : st) p.backward(threads, Omega);
-  const double extra = Omega ? double(p.z.T) * p.z.B * p.z.H * p.z.H : 0.0;
+  for (auto _ : st) p.backward(threads, Omega, Fused);
+  const double extra = Omega && !Fused ? double(p.z.T) * p.z.B * p.z.H * p.z.H : 0.0;
   st.counters["GFLOP/s"] = benchmark::Counter((2.0 * p.flops() + extra) * 1e-9,
-                                              benchmark::Counter::kIsIterationInvariantRate);
-  st.SetLabel(kNames[st.range(0)]);
-}
-
-// The backward with Ω folded into ∂E/∂W_rec (the training engine's call): the extra work is
-// the norms and the folded operand, not a second product, so it counts the plain FLOPs.
-template <typename S>
-void BM_backward_fused(benchmark::State& st) {
-  Problem<S> p(kSizes[st.range(0)]);
-  const int threads = int(st.range(1));
-  p.forward(threads);
-  for (auto _ : st) p.backward(threads, true, true);
-  st.counters["GFLOP/s"] = benchmark::Counter(2.0 * p.flops() * 1e-9,
                                               benchmark::Counter::kIsIterationInvariantRate);
   st.SetLabel(kNames[st.range(0)]);
 }
@@ -159,11 +148,11 @@ void sizes(benchmark::internal::Benchmark* b) {
 BENCHMARK(BM_forward<float>)->Apply(sizes);
 BENCHMARK(BM_backward<float, false>)->Apply(sizes);
 BENCHMARK(BM_backward<float, true>)->Apply(sizes);
-BENCHMARK(BM_backward_fused<float>)->Apply(sizes);
+BENCHMARK(BM_backward<float, true, true>)->Apply(sizes);
 BENCHMARK(BM_forward<double>)->Apply(sizes);
 BENCHMARK(BM_backward<double, false>)->Apply(sizes);
 BENCHMARK(BM_backward<double, true>)->Apply(sizes);
-BENCHMARK(BM_backward_fused<double>)->Apply(sizes);
+BENCHMARK(BM_backward<double, true, true>)->Apply(sizes);
 BENCHMARK(BM_ragged<float>)->Apply(sizes);
 
 }  // namespace

@@ -461,10 +461,9 @@ inline void delta_pass(const S* d, const S* q, S* v, Index ld, Index rows, Index
     }
     double sum_v = double(predux(acc_v)), sum_d = double(predux(acc_d));
     for (; j < cols; ++j) {
-      const S y = qr ? S(dr[j] - qr[j]) : dr[j];
-      if (vr) vr[j] = y;
-      sum_v += (double(dr[j]) - (qr ? double(qr[j]) : 0.0)) *
-               (double(dr[j]) - (qr ? double(qr[j]) : 0.0));
+      if (vr) vr[j] = qr ? S(dr[j] - qr[j]) : dr[j];
+      const double e = double(dr[j]) - (qr ? double(qr[j]) : 0.0);  // as row_sqnorms' tail
+      sum_v += e * e;
       sum_d += double(dr[j]) * double(dr[j]);
     }
     if (vn2) {
