@@ -157,43 +157,48 @@ def _threads(num_threads: int) -> int:
 
 
 def _layer_forward(u, h0, weights, lengths, activation, num_threads):
-    """out (T, B, D·H), h_n (D, B, H) of one layer: u (T, B, I), h0 (D, B, H), weights
-    [W_in (H, I), W_rec (H, H), b (H,)] per direction; direction 1 reads each sequence
-    backwards. h_n[d] is direction d's state at each sequence's last step in its own order."""
+    """out (T, B, D·H), h_n (D, B, H), [ForwardResult per direction] of one layer: u (T, B, I),
+    h0 (D, B, H), weights [W_in (H, I), W_rec (H, H), b (H,)] per direction; direction 1 reads
+    each sequence backwards. h_n[d] is direction d's state at each sequence's last step in its
+    own order."""
     D = len(weights) // 3
     threads = _threads(num_threads)
 
     def run(d, n):
         u_d = u if d == 0 else _reverse(u, lengths)
         W_in, W_rec, b = weights[3 * d:3 * d + 3]
-        fwd = _kernel_forward(_np(u_d), _np(h0[d]), _np(W_in), _np(W_rec), _np(b), lengths,
-                              activation, n)
-        return fwd.h, fwd.h_last
+        return _kernel_forward(_np(u_d), _np(h0[d]), _np(W_in), _np(W_rec), _np(b), lengths,
+                               activation, n)
 
-    res = _per_direction(run, D, threads)
-    h_n = torch.from_numpy(np.stack([h_last for _, h_last in res]))
+    fwds = _per_direction(run, D, threads)
+    h_n = torch.from_numpy(np.stack([f.h_last for f in fwds]))
     if D == 1:
-        return torch.from_numpy(res[0][0]), h_n              # the kernel's array, no copy
-    out = torch.cat([torch.from_numpy(res[0][0]), _reverse(torch.from_numpy(res[1][0]), lengths)], 2)
-    return out, h_n
+        return torch.from_numpy(fwds[0].h), h_n, fwds        # the kernel's array, no copy
+    out = torch.cat([torch.from_numpy(fwds[0].h), _reverse(torch.from_numpy(fwds[1].h), lengths)], 2)
+    return out, h_n, fwds
 
 
 def _layer_backward(grad_out, grad_hn, u, h0, weights, lengths, out, activation, num_threads,
-                    input_grad, omega=None):
+                    input_grad, omega=None, fwds=None):
     """[du (T, B, I), dh0 (D, B, H), dW_in, dW_rec, db per direction] for the gradients of
     out, grad_out (T, B, D·H), and of h_n, grad_hn (D, B, H) (either may be None: the kernels
     take h_n's as their dh_last); du is empty when not ``input_grad``. With ``omega`` (the
-    bound), also a list of (Ω, pairs, ∂Ω/∂W_rec) per direction."""
-    D = len(weights) // 3
-    H = weights[1].shape[0]
+    bound), also a list of (Ω, pairs, ∂Ω/∂W_rec) per direction. ``fwds``: the layer's
+    ForwardResults from _layer_forward (eager mode), else they are rebuilt from the arrays
+    (then ``weights`` and ``out`` are not read)."""
+    D = len(fwds) if fwds is not None else len(weights) // 3
+    H = (fwds[0].h if fwds is not None else weights[1]).shape[-1]
     threads = _threads(num_threads)
 
     def run(d, n):
         rev = (lambda x: x) if d == 0 else (lambda x: _reverse(x, lengths))
-        W_in, W_rec, b = weights[3 * d:3 * d + 3]
-        h = _np(rev(out[:, :, d * H:(d + 1) * H]))           # the direction's states, its time order
-        fwd = _forward_result(h, _np(rev(u)), _np(W_in), _np(W_rec), _np(b), _np(h0[d]),
-                              lengths, activation, n)
+        if fwds is not None:
+            fwd = fwds[d]
+        else:
+            W_in, W_rec, b = weights[3 * d:3 * d + 3]
+            h = _np(rev(out[:, :, d * H:(d + 1) * H]))       # the direction's states, its time order
+            fwd = _forward_result(h, _np(rev(u)), _np(W_in), _np(W_rec), _np(b), _np(h0[d]),
+                                  lengths, activation, n)
         dh = None if grad_out is None else _np(rev(grad_out[:, :, d * H:(d + 1) * H]))
         return _kernel_backward(fwd, dh, None if grad_hn is None else _np(grad_hn[d]),
                                 input_grad, omega is not None,
@@ -225,7 +230,8 @@ def _rnn_layer(u: Tensor, h0: Tensor, weights: List[Tensor], lengths: Optional[T
                activation: str, num_threads: int) -> Tuple[Tensor, Tensor]:
     """out (T, B, D·H), h_n (D, B, H) = one RNN layer; see _layer_forward. num_threads ≤ 0:
     the default."""
-    return _layer_forward(u, h0, weights, lengths, activation, num_threads)
+    out, h_n, _ = _layer_forward(u, h0, weights, lengths, activation, num_threads)
+    return out, h_n
 
 
 @_rnn_layer.register_fake
@@ -313,16 +319,20 @@ class _EagerStack(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, h0, lengths, cfg, stats, *w):
         n, D, bias, activation, num_threads, alpha, bound, names = cfg
-        layer_in, outs, h_n = u, [], []
+        layer_in, outs, h_n, fwds = u, [], [], []
         for layer in range(n):
-            out, h_last = _layer_forward(layer_in, h0[layer * D:(layer + 1) * D],
-                                         _layer_weights(w, layer, D, bias), lengths, activation,
-                                         num_threads)
+            out, h_last, f = _layer_forward(layer_in, h0[layer * D:(layer + 1) * D],
+                                            _layer_weights(w, layer, D, bias), lengths,
+                                            activation, num_threads)
             outs.append(out)
             h_n.append(h_last)
+            fwds.append(f)
             layer_in = out
         ctx.save_for_backward(u, h0, lengths, *outs, *w)
-        ctx.cfg, ctx.stats = cfg, stats
+        # The kernels' ForwardResults (views of the saved tensors) spare the first backward
+        # rebuilding them; it drops them, so that the states are freed with the saved tensors
+        # (a second backward with retain_graph=True rebuilds them).
+        ctx.cfg, ctx.stats, ctx.fwds = cfg, stats, fwds
         ctx.set_materialize_grads(False)      # an unused output's gradient stays None
         return layer_in, h_n[0] if n == 1 else torch.cat(h_n)
 
@@ -331,7 +341,8 @@ class _EagerStack(torch.autograd.Function):
         if torch.is_grad_enabled():      # create_graph=True: a gradient of this gradient follows
             _no_double_backward(ctx)
         n, D, bias, activation, num_threads, alpha, bound, names = ctx.cfg
-        u, h0, lengths, *rest = ctx.saved_tensors
+        u, h0, lengths, *rest = ctx.saved_tensors   # (also checks for in-place changes)
+        fwds, ctx.fwds = ctx.fwds, None
         outs, w = rest[:n], rest[n:]
         need = ctx.needs_input_grad          # u, h0, lengths, cfg, stats, *w
         if grad_out is None and grad_hn is None:
@@ -342,9 +353,10 @@ class _EagerStack(torch.autograd.Function):
             rows = slice(layer * D, (layer + 1) * D)
             res = _layer_backward(g, None if grad_hn is None else grad_hn[rows],
                                   u if layer == 0 else outs[layer - 1], h0[rows],
-                                  _layer_weights(w, layer, D, bias), lengths, outs[layer],
-                                  activation, num_threads, layer > 0 or need[0],
-                                  omega=None if alpha is None else bound)
+                                  None if fwds else _layer_weights(w, layer, D, bias), lengths,
+                                  outs[layer], activation, num_threads, layer > 0 or need[0],
+                                  omega=None if alpha is None else bound,
+                                  fwds=fwds[layer] if fwds else None)
             grads = res if alpha is None else res[0]
             for d in range(D):
                 k = (layer * D + d) * per
