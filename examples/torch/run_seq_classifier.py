@@ -36,6 +36,9 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import _checkout  # noqa: E402  (this folder's helper)
+
 COMMIT = "3049c83260ba05700e2ab9b7ed13cdbe5ddba0fd"
 HERE = pathlib.Path(__file__).resolve().parent
 PATCH = HERE / "seq_classification.patch"
@@ -99,8 +102,7 @@ STUB = "def HTML(*a, **k):\n    return None\n\n\ndef display(*a, **k):\n    retu
 
 
 def git_show(checkout: str, path: str) -> bytes:
-    return subprocess.run(["git", "--git-dir", checkout, "show", f"{COMMIT}:{path}"],
-                          check=True, capture_output=True).stdout
+    return _checkout.git_show(checkout, COMMIT, path)
 
 
 def script(notebook: bytes) -> str:
@@ -153,6 +155,7 @@ def main(argv=None) -> int:
     ap.add_argument("--parallel", action="store_true",
                     help="run the two variants at the same time (same machine load for both)")
     args = ap.parse_args(argv)
+    _checkout.check_checkout(args.checkout, COMMIT, "https://github.com/Atcold/NYU-DLSP20")
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     variants = ("torch", "rnnfast")

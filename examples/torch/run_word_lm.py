@@ -34,6 +34,9 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import _checkout  # noqa: E402  (this folder's helper)
+
 COMMIT = "77f55b912142e11fcfdf5b530231fb9c52f181e8"
 HERE = pathlib.Path(__file__).resolve().parent
 PATCH = HERE / "word_language_model.patch"
@@ -46,8 +49,7 @@ TEST = re.compile(r"\| End of training \| test loss\s+([\d.]+)")
 
 
 def git_show(checkout: str, path: str) -> bytes:
-    return subprocess.run(["git", "--git-dir", checkout, "show", f"{COMMIT}:{path}"],
-                          check=True, capture_output=True).stdout
+    return _checkout.git_show(checkout, COMMIT, path)
 
 
 def prepare(checkout: str, work: pathlib.Path, swap: bool) -> None:
@@ -106,6 +108,7 @@ def main(argv=None) -> int:
     ap.add_argument("--parallel", action="store_true", help="both variants at the same time")
     ap.add_argument("--tag", default="", help="suffix of the output files' names")
     args = ap.parse_args(argv)
+    _checkout.check_checkout(args.checkout, COMMIT, "https://github.com/pytorch/examples")
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     variants = [args.only] if args.only else ["torch", "rnnfast"]

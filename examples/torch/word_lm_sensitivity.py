@@ -12,13 +12,15 @@ dynamics, not of a wrong gradient (the gradients agree to 1e-10 in tests/test_to
 import argparse
 import copy
 import pathlib
-import subprocess
 import sys
 import tempfile
 
 import torch
 
 import rnnfast.torch as rt
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import _checkout  # noqa: E402  (this folder's helper)
 
 COMMIT = "77f55b912142e11fcfdf5b530231fb9c52f181e8"
 
@@ -48,10 +50,9 @@ def main(argv=None):
     ap.add_argument("--checkout", required=True)
     ap.add_argument("--steps", type=int, default=30)
     args = ap.parse_args(argv)
+    _checkout.check_checkout(args.checkout, COMMIT, "https://github.com/pytorch/examples")
     with tempfile.TemporaryDirectory() as tmp:
-        src = subprocess.run(["git", "--git-dir", args.checkout, "show",
-                              f"{COMMIT}:word_language_model/model.py"],
-                             check=True, capture_output=True).stdout
+        src = _checkout.git_show(args.checkout, COMMIT, "word_language_model/model.py")
         pathlib.Path(tmp, "model.py").write_bytes(src)
         sys.path.insert(0, tmp)
         from model import RNNModel
