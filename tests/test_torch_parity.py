@@ -8,6 +8,7 @@ import io
 import itertools
 import pickle
 import random
+import re
 import subprocess
 import sys
 import warnings
@@ -455,6 +456,19 @@ def test_other_dtypes_run_torchs_implementation_with_one_warning(dtype):
         ours(x)                                                   # once only
     r_out, r_hn = ref(x)
     assert torch.equal(out, r_out) and torch.equal(hn, r_hn)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.float16, torch.float64])
+def test_input_of_another_dtype_than_the_weights_raises_torchs_error_without_warning(dtype):
+    ref, ours = twins(3, 4)                                       # float32 weights
+    x = torch.ones(5, 2, 3, dtype=dtype)
+    with pytest.raises(Exception) as want:
+        ref(x)
+    rt._warned.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                            # no fallback warning
+        with pytest.raises(type(want.value), match=re.escape(str(want.value)[:40])):
+            ours(x)
 
 
 def test_meta_tensors_run_torchs_implementation():

@@ -549,13 +549,15 @@ class RNN(nn.RNN):
         return [getattr(self, n) for n in self._flat_weights_names]
 
     def _torch_reason(self, input: Tensor, hx: Optional[Tensor], weights: list) -> Optional[str]:
-        """Why this call must run torch's implementation, or None."""
+        """Why this call must run torch's implementation, or None. The dtype is the
+        weights': an input or hx of another dtype is an error the checks in ``forward`` raise
+        as torch does (no fallback, no warning)."""
         for t in [input, hx] + weights:
             if t is None:
                 continue
             if t.device.type != "cpu":
                 return f"tensors on {t.device}"
-            if t.dtype not in _DTYPES:
+            if t.dtype not in _DTYPES and t is weights[0]:
                 return f"dtype {t.dtype}"
             if t.layout != torch.strided:
                 return f"layout {t.layout}"
