@@ -1,7 +1,8 @@
 // Microbenchmarks of the C++ kernels: forward, backward, backward with Ω (∂Ω/∂W_rec returned
 // on its own: BM_backward<S, true>; folded into ∂E/∂W_rec as the training engine calls it:
 // BM_backward<S, true, true>), at the sizes (T, B, I, H) of kSizes below (P, S1–S5, the natural
-// problems' PTB and music minibatches, and their one-sequence updates PTB1 and MUS1), and
+// problems' PTB and music minibatches, their one-sequence updates PTB1 and MUS1, and LM, one
+// layer of the PyTorch word language model's RNN, bench/torch_stack.py's LM2), and
 // forward + backward of a ragged batch (variable lengths, BM_ragged).
 // Counters: GFLOP/s of the work each kernel does (forward 2·T·B·H·(H+I), backward twice that;
 // Ω adds the symmetric product T·B·H²; a ragged batch counts its Σ len_b valid steps only).
@@ -31,9 +32,9 @@ struct Size {
 const Size kSizes[] = {{125, 20, 6, 50},    {100, 1, 8, 50},      {100, 32, 8, 100},
                        {200, 64, 64, 256},  {100, 32, 128, 1024}, {50, 16, 256, 2048},
                        {200, 8, 50, 500},   {200, 4, 88, 300},    {200, 1, 50, 500},
-                       {200, 1, 88, 300}};
-const char* kNames[] = {"P", "S1", "S2", "S3", "S4", "S5", "PTB", "MUS", "PTB1", "MUS1"};
-constexpr int kNumSizes = 10;
+                       {200, 1, 88, 300},   {35, 20, 200, 200}};
+const char* kNames[] = {"P", "S1", "S2", "S3", "S4", "S5", "PTB", "MUS", "PTB1", "MUS1", "LM"};
+constexpr int kNumSizes = 11;
 
 template <typename S>
 struct Problem {
