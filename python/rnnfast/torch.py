@@ -557,10 +557,10 @@ class RNN(nn.RNN):
                 continue
             if t.device.type != "cpu":
                 return f"tensors on {t.device}"
-            if t.dtype not in _DTYPES and t is weights[0]:
-                return f"dtype {t.dtype}"
             if t.layout != torch.strided:
                 return f"layout {t.layout}"
+        if weights[0].dtype not in _DTYPES:
+            return f"dtype {weights[0].dtype}"
         return None
 
     def forward(self, input, hx=None):

@@ -22,12 +22,16 @@ def main(run_dir: str, data_dir: str) -> None:
     cfg = recorded["config"]
     model = RNNModel.load(f"{run_dir}/model.npz")
     print(f"{run_dir}: recorded train / valid / test {recorded['ours']}")
+    problems = {}  # eval_batch -> problem: the data read once per protocol
     for split, eval_batch, limit, what in [
             ("test", 32, None, "test, 32 streams (the cell's protocol)"),
             ("test", 1, None, "test, one stream"),
             ("train", 32, 1_000_000, "train, first 1,000,000 characters (the cell's table)"),
             ("train", 32, None, "train, all of it")]:
-        problem = nat.load_problem(nat.NaturalConfig(**{**cfg, "eval_batch": eval_batch}), data_dir)
+        if eval_batch not in problems:
+            problems[eval_batch] = nat.load_problem(
+                nat.NaturalConfig(**{**cfg, "eval_batch": eval_batch}), data_dir)
+        problem = problems[eval_batch]
         t = time.perf_counter()
         value, n = problem.evaluate(model, split, num_threads=1, limit=limit)
         print(f"{what}: {value:.4f} bits/char over {n} characters "
