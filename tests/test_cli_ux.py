@@ -119,6 +119,26 @@ def test_music_resume_remembers_data_and_refuses_other_options(tmp_path, capsys)
     assert "resumed at epoch 2, batch 0, update " in capsys.readouterr().out
 
 
+def test_music_resume_with_a_higher_max_epochs_trains_on(tmp_path, capsys):
+    import pickle
+
+    piece = [[60 + t % 5, 67] for t in range(30)]
+    (tmp_path / "data" / "music").mkdir(parents=True)
+    with open(tmp_path / "data" / "music" / "JSB_Chorales.pickle", "wb") as f:
+        pickle.dump({"train": [piece] * 4, "valid": [piece], "test": [piece]}, f, protocol=2)
+    out = tmp_path / "m"
+    base = ["reproduce", "music", "--dataset", "JSB", "--out", str(out), "--quiet"]
+    assert main(base + ["--data", str(tmp_path / "data"), "--hidden", "4", "--max-epochs", "1",
+                        "--threads", "1"]) == 0
+    capsys.readouterr()
+    assert main(base + ["--resume", "--max-epochs", "3"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["epochs"] == 3 and results["stopped"] == "max_epochs"
+    assert results["config"]["max_epochs"] == 3
+    assert main(base + ["--resume"]) == 0  # the raised cap is remembered: nothing more to do
+    assert json.loads((out / "results.json").read_text())["epochs"] == 3
+
+
 def test_table1_remembers_its_options(tmp_path, capsys, monkeypatch):
     import rnnfast.experiments.natural as nat
 

@@ -279,6 +279,40 @@ def test_resume_refuses_other_settings(music_dir, tmp_path):
         b.load_checkpoint(str(out / "bad.npz"))
 
 
+def test_a_raised_epoch_cap_continues_a_run_that_stopped_at_its_cap(music_dir, tmp_path):
+    long = _run(_music_cfg(max_epochs=4), music_dir)
+    assert long.run(final=False).stopped == "max_epochs"
+    out = str(tmp_path / "cap")
+    assert _run(_music_cfg(max_epochs=2), music_dir, out=out).run(final=False).stopped == \
+        "max_epochs"
+    more = _run(_music_cfg(max_epochs=4), music_dir, out=out)
+    more.load_checkpoint()
+    assert more.tracker.finished is None and more.engine.epoch == 2
+    assert more.run(final=False).stopped == "max_epochs" and more.engine.epoch == 4
+    for k in long.model.params:  # the same as one run with the higher cap
+        np.testing.assert_array_equal(more.model.params[k], long.model.params[k])
+    assert [r["valid"] for r in more.tracker.records] == [r["valid"] for r in long.tracker.records]
+    again = _run(_music_cfg(max_epochs=4), music_dir, out=out)
+    again.load_checkpoint()  # at the cap already: stays finished, trains nothing
+    assert again.tracker.finished == "max_epochs"
+    assert again.run(final=False).updates == more.updates
+    with pytest.raises(CheckpointError, match="lr"):  # only the cap may change
+        _run(_music_cfg(max_epochs=6, lr=0.5), music_dir, out=out).load_checkpoint()
+
+
+def test_a_raised_epoch_cap_leaves_an_early_stopped_run_finished(music_dir, tmp_path,
+                                                                  monkeypatch):
+    out = str(tmp_path / "es")
+    run = _run(_music_cfg(max_epochs=10, patience=1, monitor="valid"), music_dir, out=out)
+    values = iter([5.0, 6.0])
+    monkeypatch.setattr(run.problem, "evaluate", lambda *a, **k: (next(values), 10))
+    assert run.run(final=False).stopped == "early_stop"
+    more = _run(_music_cfg(max_epochs=20, patience=1, monitor="valid"), music_dir, out=out)
+    more.load_checkpoint()
+    assert more.tracker.finished == "early_stop"
+    assert more.run(final=False).updates == run.updates
+
+
 def test_budget_stops_on_time_and_resumes(music_dir, tmp_path):
     cfg = _music_cfg(max_epochs=10_000, hidden=32, method="SGD-C")
     out = tmp_path / "b"

@@ -539,7 +539,9 @@ def _add_common(p, problem):
     g.add_argument("--seq-len", type=positive_int, default=None, help="segment length (200)")
     g.add_argument("--batch-size", type=positive_int, default=None,
                    help="segments (music) or parallel streams (PTB) per update")
-    g.add_argument("--max-epochs", type=positive_int, default=None)
+    g.add_argument("--max-epochs", type=positive_int, default=None,
+                   help="stop after this many epochs; raised with --resume, a run that stopped "
+                        "at its cap goes on")
     g.add_argument("--patience", type=nonneg_int, default=None,
                    help="stop after this many validations without improvement (0: never)")
     g.add_argument("--valid-every", type=nonneg_int, default=None,
@@ -594,7 +596,7 @@ def config_from_args(args):
 
 
 _NATURAL_CHANGEABLE = ("budget", "threads", "data", "log_every", "checkpoint_every",
-                       "train_eval_limit")
+                       "train_eval_limit", "max_epochs")
 
 
 def _natural_config(args):

@@ -630,14 +630,19 @@ class NaturalRun:
 
     def load_checkpoint(self, path=None):
         """Restore a state written by a run with the same config (validated before anything
-        changes).
+        changes), except ``max_epochs``: a run that stopped at its epoch cap goes on when the
+        cap is now higher.
 
         Raises
         ------
         FileNotFoundError, CheckpointError
         """
         path = path if path is not None else self._path("checkpoint.npz")
-        self.engine.load_checkpoint(path, callbacks=self.callbacks, config=self.config.to_dict())
+        self.engine.load_checkpoint(path, callbacks=self.callbacks, config=self.config.to_dict(),
+                                    changeable=("max_epochs",))
+        t = self.tracker
+        if t.finished == "max_epochs" and self.engine.epoch < self.config.max_epochs:
+            t.finished = None
 
     def run(self, *, budget=None, max_updates=None, final=True, validate_on_stop=True):
         """Train until early stopping, ``max_epochs`` or ``budget`` seconds; then (if

@@ -455,11 +455,12 @@ class Engine:
                 state["callbacks"][cb.name] = cb_state
         _ckpt.save_checkpoint(path, state)
 
-    def load_checkpoint(self, path, *, callbacks=(), config=None):
+    def load_checkpoint(self, path, *, callbacks=(), config=None, changeable=()):
         """Restore a state written by :meth:`save_checkpoint`.
 
         The whole file is validated first — its format and version, the configuration and
-        settings (they must equal this engine's and ``config``), and every component's state,
+        settings (they must equal this engine's and ``config``, except the ``config`` keys
+        named in ``changeable``: how long a run goes, say), and every component's state,
         loaded into copies — and only then committed to the live objects: a bad checkpoint
         leaves them untouched.
 
@@ -470,8 +471,12 @@ class Engine:
         src = repr(os.fspath(path))
         state = _ckpt.load_checkpoint(path)
         try:
-            if json_safe(config) != state.get("config"):
-                diff = _diff(state.get("config"), json_safe(config))
+            saved, now = state.get("config"), json_safe(config)
+            if changeable and isinstance(saved, dict) and isinstance(now, dict):
+                saved = {k: v for k, v in saved.items() if k not in changeable}
+                now = {k: v for k, v in now.items() if k not in changeable}
+            if now != saved:
+                diff = _diff(saved, now)
                 raise CheckpointError(f"{src}: the run's settings differ from the checkpoint's "
                                       f"(checkpoint, now): {diff}")
             e = state["engine"]
