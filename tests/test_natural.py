@@ -279,6 +279,21 @@ def test_resume_refuses_other_settings(music_dir, tmp_path):
         b.load_checkpoint(str(out / "bad.npz"))
 
 
+def test_init_scale_sets_the_initial_weights_std(ptb_dir):
+    default = _run(_ptb_cfg(), ptb_dir)
+    same = _run(_ptb_cfg(init_scale=0.01), ptb_dir)  # the sigmoid scheme's own std
+    wide = _run(_ptb_cfg(init_scale=0.3, hidden=200), ptb_dir)
+    for k in ("W_in", "W_rec", "W_out"):
+        np.testing.assert_array_equal(same.model.params[k], default.model.params[k])
+        assert 0.27 < wide.model.params[k].std() < 0.33
+    assert "init_scale" not in _ptb_cfg().to_dict()  # configs written before the field match
+    assert _ptb_cfg(init_scale=0.3).to_dict()["init_scale"] == 0.3
+    assert nat.NaturalConfig.from_dict(_ptb_cfg(init_scale=0.3).to_dict()).init_scale == 0.3
+    for bad in (0, -1.0, float("nan"), "0.1", True):
+        with pytest.raises(ValueError, match="init_scale"):
+            _ptb_cfg(init_scale=bad)
+
+
 def test_a_raised_epoch_cap_continues_a_run_that_stopped_at_its_cap(music_dir, tmp_path):
     long = _run(_music_cfg(max_epochs=4), music_dir)
     assert long.run(final=False).stopped == "max_epochs"
@@ -414,6 +429,11 @@ def test_register_functions_hook_into_a_parser():
     p = parser.parse_args(["ptb", "--data", "x", "--ahead", "5", "--method", "SGD+C"])
     cfg = rcli.config_from_args(p)
     assert (cfg.ahead, cfg.lr, cfg.clip, cfg.biases) == (5, 0.01, 45.0, False)
+    assert cfg.init_scale is None
+    p = parser.parse_args(["ptb", "--data", "x", "--init-scale", "0.1"])
+    assert rcli.config_from_args(p).init_scale == 0.1
+    with pytest.raises(SystemExit):
+        parser.parse_args(["ptb", "--data", "x", "--init-scale", "0"])
     with pytest.raises(SystemExit):
         parser.parse_args(["music", "--dataset", "Bach", "--data", "x"])
     with pytest.raises(SystemExit):

@@ -520,6 +520,9 @@ def _add_common(p, problem):
                         "with --resume")
     g = p.add_argument_group("model and training (defaults: the paper's settings)")
     g.add_argument("--hidden", type=positive_int, default=None, help="hidden units")
+    g.add_argument("--init-scale", type=positive_float, default=None, metavar="STD",
+                   help="standard deviation of the initial weights (default: the sigmoid "
+                        "scheme's 0.01)")
     g.add_argument("--lr", type=positive_float, default=None, help="initial learning rate")
     g.add_argument("--lr-schedule", choices=("halve", "constant", "anneal"), default=None,
                    help="halve the lr when the epoch error rises (music default), keep it "
@@ -569,7 +572,7 @@ def _add_common(p, problem):
     add_fresh_argument(r)
 
 
-_OVERRIDES = ("hidden", "lr", "lr_schedule", "monitor", "alpha", "normalize", "seq_len",
+_OVERRIDES = ("hidden", "init_scale", "lr", "lr_schedule", "monitor", "alpha", "normalize", "seq_len",
               "batch_size", "max_epochs", "patience", "valid_every", "eval_batch", "dtype", "seed")
 
 
@@ -638,7 +641,8 @@ def run_from_args(args):
     problem = _nat.load_problem(cfg, args.data)
     resuming = claim(args, out, command, **opts)
     if log:
-        log(f"{cfg.table_row}, {cfg.method}: H={cfg.hidden} {cfg.activation}, lr {cfg.lr} "
+        init = "" if cfg.init_scale is None else f" (init std {cfg.init_scale})"
+        log(f"{cfg.table_row}, {cfg.method}: H={cfg.hidden} {cfg.activation}{init}, lr {cfg.lr} "
             f"({cfg.lr_schedule}), clip {cfg.clip if cfg.uses_clipping else 'off'}, "
             f"alpha0 {cfg.alpha if cfg.uses_omega else 'off'}, batch {cfg.batch_size}x{cfg.seq_len}, "
             f"{cfg.normalize} cost, {cfg.dtype}; data loaded in {time.perf_counter() - t0:.1f}s; "

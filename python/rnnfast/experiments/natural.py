@@ -157,6 +157,8 @@ class NaturalConfig:
         Hidden non-linearity ("sigmoid" in the paper).
     init : str
         Initialisation scheme (:mod:`rnnfast.nn.init`).
+    init_scale : float or None
+        Standard deviation of the initial weights (None: the scheme's, 0.01 for "sigmoid").
     biases : bool
         Train ``b`` and ``b_out``; False keeps both at zero (PTB).
     lr : float
@@ -199,6 +201,7 @@ class NaturalConfig:
     hidden: int
     activation: str = "sigmoid"
     init: str = "sigmoid"
+    init_scale: Optional[float] = None
     biases: bool = True
     lr: float = 1.0
     lr_schedule: str = "halve"
@@ -255,6 +258,11 @@ class NaturalConfig:
             raise ValueError(f"activation: unknown {self.activation!r}")
         if self.init not in _init.INIT_SCHEMES:
             raise ValueError(f"init: expected one of {_init.INIT_SCHEMES}, got {self.init!r}")
+        if self.init_scale is not None and not (
+                isinstance(self.init_scale, (int, float)) and not isinstance(self.init_scale, bool)
+                and math.isfinite(self.init_scale) and self.init_scale > 0):
+            raise ValueError(f"init_scale: expected a positive number or None, "
+                             f"got {self.init_scale!r}")
 
     @property
     def uses_clipping(self):
@@ -272,7 +280,10 @@ class NaturalConfig:
         return "PTB chars, 1 step" if self.ahead == 1 else f"PTB chars, {self.ahead} steps"
 
     def to_dict(self):
-        return asdict(self)
+        d = asdict(self)
+        if d["init_scale"] is None:  # unset: the dict of a run from before the field existed
+            del d["init_scale"]
+        return d
 
     @classmethod
     def from_dict(cls, d):
@@ -598,6 +609,7 @@ class NaturalRun:
         c = config
         self.engine = build(
             c.method, n_in=problem.n_in, n_out=problem.n_out, hidden=c.hidden, init=c.init,
+            init_kwargs=None if c.init_scale is None else {"scale": c.init_scale},
             activation=c.activation, loss=problem.loss, at="all", normalize=c.normalize,
             dtype=c.dtype, init_rng=np.random.default_rng([c.seed, 0]), lr=c.lr,
             lr_schedule={"halve": "halve:0.5", "anneal": "anneal:0.5:0.003"}.get(
