@@ -503,6 +503,41 @@ def test_table1_threads_auto_runs_music_in_parallel_then_ptb_on_all_cores(tmp_pa
     assert pools == [(2, 1)] and sorted(calls) == [("Nottingham-SGD", 1), ("PTB-ahead1-SGD-CR", 1)]
 
 
+def test_table1_refuses_a_cell_run_with_other_settings(tmp_path, monkeypatch):
+    import concurrent.futures as cf
+
+    from rnnfast.experiments import sweep
+
+    calls = []
+
+    def cell(args):
+        calls.append(args[0])
+        return {"slug": args[0], "ours": {"train": 1.0, "valid": 1.0, "test": 1.0},
+                "stopped": "early_stop", "train_seconds": 1.0, "epochs": 1,
+                "dataset": args[2], "paper": None}
+
+    monkeypatch.setattr(sweep, "local_executor", lambda w, t: cf.ThreadPoolExecutor(w))
+    monkeypatch.setattr(nat, "run_cell", cell)
+    slug = "PTB-ahead1-SGD-CR"
+    (tmp_path / slug).mkdir()
+    done = {"slug": slug, "ours": {"train": 1.0, "valid": 1.0, "test": 1.0},
+            "stopped": "converged", "train_seconds": 1.0, "epochs": 1, "dataset": "PTB",
+            "paper": None, "config": nat.ptb_config("SGD-CR").to_dict()}
+    (tmp_path / slug / "results.json").write_text(json.dumps(done))
+    nat.run_table1(tmp_path, tmp_path, cells=[slug], workers=1, stream=io.StringIO())
+    assert calls == []  # finished with the table's settings: nothing to run
+    with pytest.raises(ValueError, match=f"{slug} was run with other settings.*init_scale"):
+        nat.run_table1(tmp_path, tmp_path, cells=[slug], workers=1, stream=io.StringIO(),
+                       overrides={"init_scale": 0.3})
+    done["config"]["lr"] = 0.5
+    (tmp_path / slug / "results.json").write_text(json.dumps(done))
+    with pytest.raises(ValueError, match="'lr': \\(0.5, 0.05\\)"):
+        nat.run_table1(tmp_path, tmp_path, cells=[slug], workers=1, stream=io.StringIO())
+    nat.run_table1(tmp_path, tmp_path, cells=["Nottingham-SGD"], workers=1,
+                   stream=io.StringIO())  # another cell's settings do not matter
+    assert calls == ["Nottingham-SGD"]
+
+
 def test_format_table1_lists_every_cell_next_to_the_paper():
     res = {"Nottingham-SGD-CR": {"dataset": "Nottingham", "ours": {"train": 3.1, "valid": 3.3,
                                                                    "test": 3.35},

@@ -1121,11 +1121,20 @@ def run_table1(data_dir, out_dir, *, cells=None, budget_minutes=60.0, workers=2,
     todo = sorted((c for c in TABLE1_CELLS if cells is None or c[0] in cells),
                   key=lambda c: order.get(c[0], len(order)))
     results = {}
-    for slug, *_ in TABLE1_CELLS:
+    for slug, problem, what, method in TABLE1_CELLS:
         path = os.path.join(out_dir, slug, "results.json")
         if os.path.exists(path):
             with open(path, encoding="utf-8") as f:
                 results[slug] = json.load(f)
+            # a cell run with other settings is not this table's: say so, never mix them
+            want = cell_config(problem, what, method, **dict(overrides or {})).to_dict()
+            had = results[slug].get("config")
+            if any(c[0] == slug for c in todo) and had != want:
+                diff = {k: (had.get(k) if isinstance(had, dict) else None, want.get(k))
+                        for k in sorted(set(want) | set(had or {}))
+                        if not isinstance(had, dict) or had.get(k) != want.get(k)}
+                raise ValueError(f"{path}: cell {slug} was run with other settings "
+                                 f"(then, now): {diff}; use another output folder")
     budget = 60.0 * float(budget_minutes)
     deadline = None if time_limit is None else time.time() + float(time_limit)
 
