@@ -336,6 +336,33 @@ def test_time_limit_stops_the_loop():
     assert res.seconds >= 0.3
 
 
+def test_fit_keeps_numpys_blas_on_one_thread_and_restores_it():
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    seen = []
+
+    class Watch(Callback):
+        name = "watch"
+
+        def on_update_end(self, engine, batch, row):
+            seen.append(blas_threads())
+            if engine.update == 2:
+                raise KeyboardInterrupt  # Ctrl-C: the limit is lifted on the way out too
+
+    eng = Engine(make_model(), O.SGD(0.05), C.GradientClipper(1.0), 0.05, seed=0, batch_size=5)
+    with threadpool_limits(2, user_api="blas"):
+        before = blas_threads()
+        if not before or max(before) < 2:
+            pytest.skip("NumPy's BLAS has no threads to limit here")
+        with pytest.raises(KeyboardInterrupt):
+            eng.fit(TinyOrder(), max_updates=5, callbacks=[Watch()])
+        assert seen and all(t == [1] * len(before) for t in seen)
+        assert blas_threads() == before
+
+
 def test_max_epochs_over_a_list():
     task = TinyRegress()
     rng = np.random.default_rng(2)

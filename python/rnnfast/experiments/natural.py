@@ -74,7 +74,6 @@ final train/valid/test table next to the paper's Table 1).
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 import os
@@ -83,6 +82,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Optional
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from ..data import metrics as _metrics
 from ..data.music import MusicBatches, load_music, music_path
@@ -682,10 +682,8 @@ class NaturalRun:
         t.validate_on_stop = validate_on_stop
         stopped = t.finished
         if stopped is None:
-            with _blas_single_thread():
-                res = self.engine.fit(self.problem, max_updates=max_updates, time_limit=budget,
-                                      max_epochs=self.config.max_epochs,
-                                      callbacks=self.callbacks)
+            res = self.engine.fit(self.problem, max_updates=max_updates, time_limit=budget,
+                                  max_epochs=self.config.max_epochs, callbacks=self.callbacks)
             stopped = _STOP_NAMES.get(res.stopped, res.stopped)
         self._save_model()
         results = None
@@ -712,7 +710,7 @@ class NaturalRun:
         model = RNNModel(**self.model.config(), params=params)
         ours = {}
         counts = {}
-        with _blas_single_thread():
+        with threadpool_limits(1, user_api="blas"):  # as in training (Engine.fit)
             for split in ("train", "valid", "test"):
                 limit = self.train_eval_limit if split == "train" else None
                 ours[split], counts[split] = self.problem.evaluate(model, split, self.num_threads,
@@ -938,22 +936,6 @@ def _format_record(rec):
             f"  alpha {g(rec['alpha'], '.3g')}  norm {g(rec['mean_norm'], '.3g')}"
             f"  clipped {g(rec['clipped_fraction'], '.2f')}  rho {rec['rho']:.3f}"
             f"  [{rec['train_seconds']:.0f}s]")
-
-
-@contextlib.contextmanager
-def _blas_single_thread():
-    """Run NumPy's BLAS single-threaded (when threadpoolctl is installed).
-
-    The C++ kernels are already parallel; OpenBLAS's own threads on top of them make
-    the readout's ``dzᵀ·h`` product up to 25x slower on a busy 2-core machine.
-    """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - optional
-        yield
-        return
-    with threadpool_limits(1, user_api="blas"):
-        yield
 
 
 # ======================================================================= tables
