@@ -106,7 +106,8 @@ def test_paper_defaults():
     assert nat.music_config("JSB", "SGD").clip is None
     for method, lr in (("SGD-C", 0.01), ("SGD-CR", 0.05), ("SGD", 0.001)):
         p = nat.ptb_config(method)
-        assert (p.hidden, p.biases, p.lr, p.normalize, p.seq_len) == (500, False, lr, "sequence", 200)
+        assert (p.hidden, p.biases, p.lr, p.normalize, p.seq_len, p.init_scale) == \
+            (500, False, lr, "sequence", 200, 0.3)
         assert p.lr_schedule == "anneal" and nat.music_config("Nottingham").lr_schedule == "halve"
         assert p.clip == (None if method == "SGD" else 45.0)
     assert nat.ptb_config("cr", ahead=5).table_row == "PTB chars, 5 steps"
@@ -279,16 +280,16 @@ def test_resume_refuses_other_settings(music_dir, tmp_path):
         b.load_checkpoint(str(out / "bad.npz"))
 
 
-def test_init_scale_sets_the_initial_weights_std(ptb_dir):
-    default = _run(_ptb_cfg(), ptb_dir)
-    same = _run(_ptb_cfg(init_scale=0.01), ptb_dir)  # the sigmoid scheme's own std
-    wide = _run(_ptb_cfg(init_scale=0.3, hidden=200), ptb_dir)
+def test_init_scale_sets_the_initial_weights_std(music_dir, ptb_dir):
+    default = _run(_music_cfg(), music_dir)  # music keeps the sigmoid scheme's N(0, 0.01²)
+    same = _run(_music_cfg(init_scale=0.01), music_dir)
+    ptb = _run(_ptb_cfg(hidden=200), ptb_dir)  # PTB's default: N(0, 0.3²)
     for k in ("W_in", "W_rec", "W_out"):
         np.testing.assert_array_equal(same.model.params[k], default.model.params[k])
-        assert 0.27 < wide.model.params[k].std() < 0.33
-    assert "init_scale" not in _ptb_cfg().to_dict()  # configs written before the field match
-    assert _ptb_cfg(init_scale=0.3).to_dict()["init_scale"] == 0.3
-    assert nat.NaturalConfig.from_dict(_ptb_cfg(init_scale=0.3).to_dict()).init_scale == 0.3
+        assert 0.27 < ptb.model.params[k].std() < 0.33
+    assert "init_scale" not in _music_cfg().to_dict()  # configs written before the field match
+    assert _ptb_cfg().to_dict()["init_scale"] == 0.3
+    assert nat.NaturalConfig.from_dict(_ptb_cfg().to_dict()).init_scale == 0.3
     for bad in (0, -1.0, float("nan"), "0.1", True):
         with pytest.raises(ValueError, match="init_scale"):
             _ptb_cfg(init_scale=bad)
@@ -429,7 +430,7 @@ def test_register_functions_hook_into_a_parser():
     p = parser.parse_args(["ptb", "--data", "x", "--ahead", "5", "--method", "SGD+C"])
     cfg = rcli.config_from_args(p)
     assert (cfg.ahead, cfg.lr, cfg.clip, cfg.biases) == (5, 0.01, 45.0, False)
-    assert cfg.init_scale is None
+    assert cfg.init_scale == 0.3
     p = parser.parse_args(["ptb", "--data", "x", "--init-scale", "0.1"])
     assert rcli.config_from_args(p).init_scale == 0.1
     with pytest.raises(SystemExit):
@@ -528,7 +529,7 @@ def test_table1_refuses_a_cell_run_with_other_settings(tmp_path, monkeypatch):
     assert calls == []  # finished with the table's settings: nothing to run
     with pytest.raises(ValueError, match=f"{slug} was run with other settings.*init_scale"):
         nat.run_table1(tmp_path, tmp_path, cells=[slug], workers=1, stream=io.StringIO(),
-                       overrides={"init_scale": 0.3})
+                       overrides={"init_scale": 0.2})
     done["config"]["lr"] = 0.5
     (tmp_path / slug / "results.json").write_text(json.dumps(done))
     with pytest.raises(ValueError, match="'lr': \\(0.5, 0.05\\)"):
@@ -548,3 +549,16 @@ def test_format_table1_lists_every_cell_next_to_the_paper():
     assert "| Nottingham | SGD-CR | 3.10 / 3.30 / **3.35** | 2.95 / 3.36 | 7 | budget | 30 min |" in md
     assert "| PTB chars, 5 steps | SGD-CR | not run yet | 3.70 / 3.74 | | | |" in md
     assert "| MuseData | SGD | not run yet | 8.25 / 7.11 | | | |" in md
+    # a cell run with other settings than today's defaults is marked and its settings listed
+    old = nat.ptb_config("SGD-C").to_dict()
+    del old["init_scale"]  # the default before PTB's N(0, 0.3²)
+    res["PTB-ahead1-SGD-C"] = {"dataset": "PTB chars, 1 step", "ours": {"train": 1.5, "valid": 1.6,
+                                                                      "test": 1.54},
+                               "paper": (1.34, 1.42), "epochs": 25, "stopped": "converged",
+                               "train_seconds": 60.0 * 84, "config": old}
+    res["Nottingham-SGD-CR"]["config"] = nat.music_config("Nottingham", "SGD-CR").to_dict()
+    md = nat.format_table1(res).splitlines()
+    assert "| PTB chars, 1 step | SGD-C † | 1.50 / 1.60 / **1.54** | 1.34 / 1.42 | 25 | " \
+           "converged | 84 min |" in md
+    assert "| Nottingham | SGD-CR | 3.10 / 3.30 / **3.35** | 2.95 / 3.36 | 7 | budget | 30 min |" in md
+    assert md[-1] == "† PTB-ahead1-SGD-C: init_scale unset (now 0.3)"
