@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from rnnfast.data import MusicBatches, bits_per_char, music_nll
+from rnnfast.errors import UserError
 from rnnfast.fileio import CheckpointError
 from rnnfast.nn.model import RNNModel
 from rnnfast.cli import reproduce as rcli
@@ -527,12 +528,12 @@ def test_table1_refuses_a_cell_run_with_other_settings(tmp_path, monkeypatch):
     (tmp_path / slug / "results.json").write_text(json.dumps(done))
     nat.run_table1(tmp_path, tmp_path, cells=[slug], workers=1, stream=io.StringIO())
     assert calls == []  # finished with the table's settings: nothing to run
-    with pytest.raises(ValueError, match=f"{slug} was run with other settings.*init_scale"):
+    with pytest.raises(UserError, match=f"{slug} was run with other settings.*init_scale"):
         nat.run_table1(tmp_path, tmp_path, cells=[slug], workers=1, stream=io.StringIO(),
                        overrides={"init_scale": 0.2})
     done["config"]["lr"] = 0.5
     (tmp_path / slug / "results.json").write_text(json.dumps(done))
-    with pytest.raises(ValueError, match="'lr': \\(0.5, 0.05\\)"):
+    with pytest.raises(UserError, match="'lr': \\(0.5, 0.05\\)"):
         nat.run_table1(tmp_path, tmp_path, cells=[slug], workers=1, stream=io.StringIO())
     nat.run_table1(tmp_path, tmp_path, cells=["Nottingham-SGD"], workers=1,
                    stream=io.StringIO())  # another cell's settings do not matter

@@ -85,6 +85,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from ..data import metrics as _metrics
+from ..errors import UserError
 from ..data.music import MusicBatches, load_music, music_path
 from ..data.ptb import CharStream, load_ptb_chars
 from ..fileio import atomic_write_json, atomic_write_text
@@ -1138,7 +1139,7 @@ def run_table1(data_dir, out_dir, *, cells=None, budget_minutes=60.0, workers=2,
             want = cell_config(problem, what, method, **dict(overrides or {})).to_dict()
             diff = _config_diff(results[slug].get("config"), want)
             if diff and any(c[0] == slug for c in todo):
-                raise ValueError(f"{path}: cell {slug} was run with other settings "
+                raise UserError(f"{path}: cell {slug} was run with other settings "
                                  f"(then, now): {diff}; use another output folder")
     budget = 60.0 * float(budget_minutes)
     deadline = None if time_limit is None else time.time() + float(time_limit)
