@@ -521,8 +521,8 @@ def _add_common(p, problem):
     g = p.add_argument_group("model and training (defaults: the paper's settings)")
     g.add_argument("--hidden", type=positive_int, default=None, help="hidden units")
     g.add_argument("--init-scale", type=positive_float, default=None, metavar="STD",
-                   help="standard deviation of the initial weights (default: the sigmoid "
-                        "scheme's 0.01)")
+                   help="standard deviation of the initial weights (default: music 0.01, "
+                        "PTB 0.3)")
     g.add_argument("--lr", type=positive_float, default=None, help="initial learning rate")
     g.add_argument("--lr-schedule", choices=("halve", "constant", "anneal"), default=None,
                    help="halve the lr when the epoch error rises (music default), keep it "
@@ -572,8 +572,9 @@ def _add_common(p, problem):
     add_fresh_argument(r)
 
 
-_OVERRIDES = ("hidden", "init_scale", "lr", "lr_schedule", "monitor", "alpha", "normalize", "seq_len",
-              "batch_size", "max_epochs", "patience", "valid_every", "eval_batch", "dtype", "seed")
+_OVERRIDES = ("hidden", "init_scale", "lr", "lr_schedule", "monitor", "alpha", "normalize",
+              "seq_len", "batch_size", "max_epochs", "patience", "valid_every", "eval_batch",
+              "dtype", "seed")
 
 
 def _overrides(args):

@@ -85,9 +85,9 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from ..data import metrics as _metrics
-from ..errors import UserError
 from ..data.music import MusicBatches, load_music, music_path
 from ..data.ptb import CharStream, load_ptb_chars
+from ..errors import UserError
 from ..fileio import atomic_write_json, atomic_write_text
 from ..nn import init as _init
 from ..nn.model import BIASES, RECURRENT, RNNModel
@@ -282,7 +282,7 @@ class NaturalConfig:
 
     def to_dict(self):
         d = asdict(self)
-        if d["init_scale"] is None:  # unset: the dict of a run from before the field existed
+        if d["init_scale"] is None:  # left out when unset: configs from before it still match
             del d["init_scale"]
         return d
 
