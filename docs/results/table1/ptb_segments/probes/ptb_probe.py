@@ -5,23 +5,19 @@ every ``valid_every`` updates (the probes of ../README.md).
     python ptb_probe.py bias '{"biases": true}' 50176 ~/.local/share/rnnfast probes
 
 OVERRIDES_JSON: NaturalConfig fields over the paper's SGD-CR settings (``method`` and
-``ahead`` too), plus ``init_scale``: redraw the initial weights with this standard deviation
-instead of the scheme's (same seed; :func:`rnnfast.nn.init.initialize`'s ``scale``). Writes OUT_DIR/NAME.log (the config, then one line per validation) and
+``ahead`` too; the probes here ran when PTB's initial weights were N(0, 0.01²): pass
+``"init_scale": 0.01`` to repeat them with today's defaults). Writes OUT_DIR/NAME.log (the config, then one line per validation) and
 OUT_DIR/NAME/ (checkpoint: rerunning resumes).
 """
 import json
 import os
 import sys
 
-import numpy as np
-
 from rnnfast.experiments.natural import NaturalRun, load_problem, ptb_config
-from rnnfast.nn import init as _init
 
 name, over, updates, data, out_dir = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), \
     sys.argv[4], sys.argv[5]
 method = over.pop("method", "SGD-CR")
-init_scale = over.pop("init_scale", None)
 cfg = ptb_config(method, over.pop("ahead", 1), valid_every=over.pop("valid_every", 6272),
                  patience=0, **over)
 problem = load_problem(cfg, data)
@@ -31,18 +27,12 @@ with open(os.path.join(out_dir, f"{name}.log"), "a") as log:
         log.write(line + "\n")
         log.flush()
 
-    say(f"{name}: {json.dumps(cfg.to_dict())}" + (f" init_scale {init_scale}" if init_scale else ""))
+    say(f"{name}: {json.dumps(cfg.to_dict())}")
     run = NaturalRun(cfg, problem, out=os.path.join(out_dir, name), num_threads=1,
                      progress=False, log=say)
     try:
         run.load_checkpoint()
     except FileNotFoundError:
-        if init_scale is not None:  # a fresh run: redraw in place (the engine holds these arrays)
-            m = run.model
-            new = _init.initialize(cfg.init, m.n_in, m.n_hidden, m.n_out,
-                                   np.random.default_rng([cfg.seed, 0]), dtype=m.dtype,
-                                   scale=init_scale)
-            for k, a in new.items():
-                m.params[k][...] = a
+        pass
     run.run(max_updates=updates, final=False)
     say("done")
