@@ -330,6 +330,34 @@ def test_a_raised_epoch_cap_leaves_an_early_stopped_run_finished(music_dir, tmp_
     assert more.run(final=False).updates == run.updates
 
 
+def test_a_ptb_run_from_before_init_scale_resumes_with_its_own_init(ptb_dir, tmp_path, capsys):
+    import dataclasses
+
+    from rnnfast.cli import main
+
+    opts = ["reproduce", "ptb", "--data", ptb_dir, "--hidden", "4", "--seq-len", "10",
+            "--threads", "1", "--quiet"]
+    new = tmp_path / "new"
+    assert main(opts + ["--out", str(new), "--max-epochs", "1"]) == 0
+    # the same run as the version before --init-scale wrote it: weights from N(0, 0.01²), no
+    # init_scale in its config, checkpoint or options
+    old = tmp_path / "old"
+    cfg = dataclasses.replace(nat.ptb_config("SGD-CR", 1, hidden=4, seq_len=10, max_epochs=1),
+                              init_scale=None)
+    _run(cfg, ptb_dir, out=str(old)).run()
+    stored = json.loads((new / "options.json").read_text())
+    del stored["options"]["init_scale"]
+    stored["options"]["out"] = str(old)
+    (old / "options.json").write_text(json.dumps(stored))
+    capsys.readouterr()
+    for _ in range(2):  # and again: the resumed folder still says so
+        assert main(opts + ["--out", str(old), "--resume", "--max-epochs", "2"]) == 0
+        res = json.loads((old / "results.json").read_text())
+        assert res["epochs"] == 2 and "init_scale" not in res["config"]
+    assert json.loads((old / "options.json").read_text())["options"]["init_scale"] is None
+    assert json.loads((new / "options.json").read_text())["options"]["init_scale"] == 0.3
+
+
 def test_budget_stops_on_time_and_resumes(music_dir, tmp_path):
     cfg = _music_cfg(max_epochs=10_000, hidden=32, method="SGD-C")
     out = tmp_path / "b"

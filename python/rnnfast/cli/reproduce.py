@@ -17,7 +17,9 @@ ptb and table1: rnnfast data download.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
+import json
 import os
 import sys
 import time
@@ -610,6 +612,16 @@ def _natural_config(args):
         raise UserError(f"rnnfast reproduce {args.problem}: {e}") from None
 
 
+def _predates_init_scale(out):
+    """True for a run folder written before ``--init-scale`` existed (its options lack it or
+    hold null): such a run keeps ``init_scale`` unset when resumed."""
+    try:
+        with open(os.path.join(out, OPTIONS_FILE), encoding="utf-8") as f:
+            return json.load(f)["options"].get("init_scale") is None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False  # no folder yet (or unreadable: claim() has said so)
+
+
 def run_from_args(args):
     """Run (or resume) the experiment described by parsed arguments; print the table.
 
@@ -630,7 +642,13 @@ def run_from_args(args):
     opts = dict(transient=("quiet", "progress"), changeable=_NATURAL_CHANGEABLE,
                 needs_resume=True)
     claim(args, out, command, write=False, **opts)  # remembered options first
+    old_init = (not args.fresh and "init_scale" not in getattr(args, "given", set())
+                and _predates_init_scale(out))
+    if old_init:
+        args.init_scale = None
     cfg = _natural_config(args)
+    if old_init:  # its weights came from the scheme's own std; today's PTB default is not its
+        cfg = dataclasses.replace(cfg, init_scale=None)
     _check_data(args.data, [("music", cfg.dataset) if cfg.problem == "music" else ("ptb", "")],
                 command)
     ckpt = os.path.join(out, "checkpoint.npz")
