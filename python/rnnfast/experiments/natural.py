@@ -93,6 +93,7 @@ from ..nn import init as _init
 from ..nn.model import BIASES, RECURRENT, RNNModel
 from ..nn.optim import EpochInverse
 from ..train import Callback, Checkpoint, DataSource, Progress, build
+from ..train.engine import settings_diff
 from ..train.methods import METHODS as _METHOD_TABLE, canonical_method
 
 __all__ = [
@@ -1054,13 +1055,6 @@ def run_cell(args):
     return res
 
 
-def _config_diff(had, want):
-    """{setting: (had, want)} where two config dicts differ (``had`` may be missing: None)."""
-    had = had if isinstance(had, dict) else {}
-    return {k: (had.get(k), want.get(k)) for k in sorted(set(want) | set(had))
-            if had.get(k) != want.get(k)}
-
-
 def _unset(v):
     return "unset" if v is None else v
 
@@ -1075,7 +1069,7 @@ def format_table1(results) -> str:
     for slug, problem, what, method in TABLE1_CELLS:
         r = results.get(slug)
         if r is not None and isinstance(r.get("config"), dict):
-            diff = _config_diff(r["config"], cell_config(problem, what, method).to_dict())
+            diff = settings_diff(r["config"], cell_config(problem, what, method).to_dict())
             if diff:
                 method = method + " †"
                 notes.append(f"† {slug}: " + ", ".join(
@@ -1137,7 +1131,7 @@ def run_table1(data_dir, out_dir, *, cells=None, budget_minutes=60.0, workers=2,
                 results[slug] = json.load(f)
             # a cell run with other settings is not this table's: say so, never mix them
             want = cell_config(problem, what, method, **dict(overrides or {})).to_dict()
-            diff = _config_diff(results[slug].get("config"), want)
+            diff = settings_diff(results[slug].get("config"), want)
             if diff and any(c[0] == slug for c in todo):
                 raise UserError(f"{path}: cell {slug} was run with other settings "
                                  f"(then, now): {diff}; use another output folder")

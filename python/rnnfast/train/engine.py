@@ -483,13 +483,13 @@ class Engine:
                 saved = {k: v for k, v in saved.items() if k not in changeable}
                 now = {k: v for k, v in now.items() if k not in changeable}
             if now != saved:
-                diff = _diff(saved, now)
+                diff = settings_diff(saved, now)
                 raise CheckpointError(f"{src}: the run's settings differ from the checkpoint's "
                                       f"(checkpoint, now): {diff}")
             e = state["engine"]
             if e["signature"] != self.signature():
                 raise CheckpointError(f"{src}: training settings differ from the checkpoint's "
-                                      f"(checkpoint, now): {_diff(e['signature'], self.signature())}")
+                                      f"(checkpoint, now): {settings_diff(e['signature'], self.signature())}")
             counters = {k: e[k] for k in ("update", "epoch", "batch_in_epoch")}
             for k, v in counters.items():
                 if isinstance(v, bool) or not isinstance(v, int) or v < 0:
@@ -554,7 +554,8 @@ class Engine:
         self.best_error = best_error
 
 
-def _diff(old, new):
+def settings_diff(old, new):
+    """{key: (old, new)} where two settings dicts differ; (old, new) when either is not a dict."""
     if isinstance(old, dict) and isinstance(new, dict):
         return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
                 if old.get(k) != new.get(k)}
