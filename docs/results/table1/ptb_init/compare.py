@@ -1,7 +1,7 @@
-"""Validation bits/char and the epoch's training cost per epoch of the PTB SGD-CR cells (1 and
-5 steps ahead) with the initial weights drawn from N(0, 0.01²) (the earlier default) and
-N(0, 0.3²) (the default now), from each run's epochs.json; writes compare.png next to this
-script.
+"""Validation bits/char and the epoch's training cost per epoch of the PTB cells rerun with the
+initial weights drawn from N(0, 0.3²) (the default now) next to the same cells with
+N(0, 0.01²) (the earlier default), from each run's epochs.json: one panel per cell whose
+s = 0.01 run is kept here (init0.01-<cell>); writes compare.png next to this script.
 
     python compare.py
 """
@@ -14,9 +14,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 here = os.path.dirname(os.path.abspath(__file__))
-panels = [("1 step ahead", "PTB-ahead1-SGD-CR", 1.41, (1.35, 2.3)),
-          ("5 steps ahead", "PTB-ahead5-SGD-CR", 3.74, (3.6, 4.3))]
-fig, axes = plt.subplots(1, 2, figsize=(11, 4.0))
+# (title, cell, the paper's test number, y range), in Table 1's order
+panels = [("1 step ahead, SGD-C", "PTB-ahead1-SGD-C", 1.42, (1.35, 2.3)),
+          ("1 step ahead, SGD-CR", "PTB-ahead1-SGD-CR", 1.41, (1.35, 2.3)),
+          ("5 steps ahead, SGD-C", "PTB-ahead5-SGD-C", 3.89, (3.6, 4.3)),
+          ("5 steps ahead, SGD-CR", "PTB-ahead5-SGD-CR", 3.74, (3.6, 4.3))]
+panels = [p for p in panels if os.path.isdir(os.path.join(here, f"init0.01-{p[1]}"))]
+fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.0), squeeze=False)
+axes = axes[0]
 for ax, (title, cell, paper, ylim) in zip(axes, panels):
     runs = {"init N(0, 0.01²)": os.path.join(here, f"init0.01-{cell}", "epochs.json"),
             "init N(0, 0.3²)": os.path.join(here, "..", "cells", cell, "epochs.json")}
@@ -28,11 +33,11 @@ for ax, (title, cell, paper, ylim) in zip(axes, panels):
                         label=f"{label}: validation")
         ax.plot(epochs, [r["train_cost"] for r in rows], ls="--", color=line.get_color(),
                 label=f"{label}: epoch's training cost")
-    ax.axhline(paper, color="k", lw=0.8, ls=":", label=f"paper's test, SGD-CR ({paper})")
+    ax.axhline(paper, color="k", lw=0.8, ls=":", label=f"paper's test ({paper})")
     ax.set_xlabel("epoch")
     ax.set_ylabel("bits per character")
     ax.set_ylim(*ylim)
-    ax.set_title(f"PTB characters, {title}, SGD-CR")
+    ax.set_title(f"PTB characters, {title}")
     ax.legend(fontsize=7)
 fig.tight_layout()
 fig.savefig(os.path.join(here, "compare.png"), dpi=110)
