@@ -20,8 +20,10 @@ panels = [("1 step ahead, SGD-C", "PTB-ahead1-SGD-C", 1.42, (1.35, 2.3)),
           ("5 steps ahead, SGD-C", "PTB-ahead5-SGD-C", 3.89, (3.6, 4.3)),
           ("5 steps ahead, SGD-CR", "PTB-ahead5-SGD-CR", 3.74, (3.6, 4.3))]
 panels = [p for p in panels if os.path.isdir(os.path.join(here, f"init0.01-{p[1]}"))]
-fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.0), squeeze=False)
-axes = axes[0]
+cols = min(2, len(panels))
+rows = (len(panels) + cols - 1) // cols
+fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4.0 * rows), squeeze=False)
+axes = axes.ravel()
 for ax, (title, cell, paper, ylim) in zip(axes, panels):
     runs = {"init N(0, 0.01²)": os.path.join(here, f"init0.01-{cell}", "epochs.json"),
             "init N(0, 0.3²)": os.path.join(here, "..", "cells", cell, "epochs.json")}
