@@ -11,6 +11,7 @@ import time
 import numpy as np
 import pytest
 
+import rnnfast
 from rnnfast.data import MusicBatches, bits_per_char, music_nll
 from rnnfast.errors import UserError
 from rnnfast.fileio import CheckpointError
@@ -223,6 +224,9 @@ def test_music_end_to_end_writes_table(music_dir, tmp_path):
     assert "3.36" in table and "| ours |" in table
     saved = json.loads((out / "results.json").read_text())
     assert saved["ours"]["test"] == pytest.approx(r["ours"]["test"])
+    # what it ran on: the build's SIMD tile and NumPy's BLAS set the last bits of the numbers
+    assert saved["machine"]["tile_float32"] == rnnfast.build_info()["tile_float32"]
+    assert saved["machine"]["cpus"] == os.cpu_count() and saved["machine"]["numpy_blas"]
     for name in ("checkpoint.npz", "history.json", "history.csv", "model.npz"):
         assert (out / name).exists()
     m = RNNModel.load(out / "model.npz")

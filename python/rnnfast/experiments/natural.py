@@ -82,8 +82,9 @@ from dataclasses import asdict, dataclass, fields
 from typing import Optional
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import threadpool_info, threadpool_limits
 
+from .. import _core
 from ..data import metrics as _metrics
 from ..data.music import MusicBatches, load_music, music_path
 from ..data.ptb import CharStream, load_ptb_chars
@@ -742,6 +743,7 @@ class NaturalRun:
             "train_seconds": t.train_seconds,
             "eval_seconds": time.perf_counter() - t0,
             "config": c.to_dict(),
+            "machine": machine(self.num_threads),
         }
 
     def _write_results(self, results):
@@ -1000,6 +1002,24 @@ def readme_rows(results_list):
                      f"{o['test']:.2f} | {_fmt(p[0] if p else None)} / {_fmt(p[1] if p else None)} | "
                      f"{r['train_seconds'] / 60:.0f} min |")
     return "\n".join(lines) + "\n"
+
+
+def machine(num_threads=None):
+    """What a run ran on, for its results: the CPU, the SIMD width the kernels were built for
+    and NumPy's BLAS kernel (the last bits of every number depend on both), and the threads."""
+    cpu = None
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f
+                        if line.startswith("model name")), None)
+    except OSError:  # not Linux
+        pass
+    info = _core.build_info()
+    blas = [f"{i.get('internal_api')} {i.get('architecture')}" for i in threadpool_info()
+            if i.get("user_api") == "blas"]
+    return {"cpu": cpu, "cpus": os.cpu_count(), "instruction_sets": info["instruction_sets"],
+            "tile_float32": info["tile_float32"], "numpy_blas": blas,
+            "threads": num_threads}
 
 
 # ======================================================================= Table 1
