@@ -594,4 +594,4 @@ def test_format_table1_lists_every_cell_next_to_the_paper():
     assert "| PTB chars, 1 step | SGD-C † | 1.50 / 1.60 / **1.54** | 1.34 / 1.42 | 25 | " \
            "converged | 84 min |" in md
     assert "| Nottingham | SGD-CR | 3.10 / 3.30 / **3.35** | 2.95 / 3.36 | 7 | budget | 30 min |" in md
-    assert md[-1] == "† PTB-ahead1-SGD-C: init_scale unset (now 0.3)"
+    assert md[-1] == "† PTB-ahead1-SGD-C: init_scale unset (default 0.3)"

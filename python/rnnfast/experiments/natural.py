@@ -1093,7 +1093,7 @@ def format_table1(results) -> str:
             if diff:
                 method = method + " †"
                 notes.append(f"† {slug}: " + ", ".join(
-                    f"{k} {_unset(a)} (now {_unset(b)})" for k, (a, b) in diff.items()))
+                    f"{k} {_unset(a)} (default {_unset(b)})" for k, (a, b) in diff.items()))
         if r is None:
             row = cell_config(problem, what, method).table_row
             p = PAPER_TABLE1[row][method]

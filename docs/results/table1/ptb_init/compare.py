@@ -15,12 +15,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 here = os.path.dirname(os.path.abspath(__file__))
 # (title, cell, the paper's test number, y range), in Table 1's order
-panels = [("1 step ahead, SGD-C", "PTB-ahead1-SGD-C", 1.42, (1.35, 2.3)),
+panels = [("1 step ahead, SGD", "PTB-ahead1-SGD", 1.50, (1.35, 3.0)),
+          ("1 step ahead, SGD-C", "PTB-ahead1-SGD-C", 1.42, (1.35, 2.3)),
           ("1 step ahead, SGD-CR", "PTB-ahead1-SGD-CR", 1.41, (1.35, 2.3)),
           ("5 steps ahead, SGD-C", "PTB-ahead5-SGD-C", 3.89, (3.6, 4.3)),
           ("5 steps ahead, SGD-CR", "PTB-ahead5-SGD-CR", 3.74, (3.6, 4.3))]
 panels = [p for p in panels if os.path.isdir(os.path.join(here, f"init0.01-{p[1]}"))]
-cols = min(2, len(panels))
+cols = min(3, len(panels))
 rows = (len(panels) + cols - 1) // cols
 fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4.0 * rows), squeeze=False)
 axes = axes.ravel()
@@ -41,5 +42,7 @@ for ax, (title, cell, paper, ylim) in zip(axes, panels):
     ax.set_ylim(*ylim)
     ax.set_title(f"PTB characters, {title}")
     ax.legend(fontsize=7)
+for ax in axes[len(panels):]:
+    ax.set_visible(False)
 fig.tight_layout()
 fig.savefig(os.path.join(here, "compare.png"), dpi=110)

@@ -24,7 +24,9 @@ with open(os.path.join(out, "log.txt"), "a") as f:
         f.write(line + "\n")
         f.flush()
 
-    run = NaturalRun(cfg, problem, out=out, num_threads=threads, progress=False, log=log)
+    # the train column on the first million characters, as every PTB cell
+    run = NaturalRun(cfg, problem, out=out, num_threads=threads, progress=False, log=log,
+                     train_eval_limit=1_000_000)
     run.load_checkpoint()
     run.config = dataclasses.replace(cfg, max_epochs=max_epochs)
     run.tracker.finished = None          # the cell's recorded end ("max_epochs")
