@@ -89,8 +89,12 @@ struct PanelShape {
   static constexpr int NR = NP * PS;                                        // panel width (columns)
   static constexpr int MR = RNNFAST_TILE_MR;                                // rows per tile
   // Packets per panel row of a "single-row" matrix (see PackedMatrix): the accumulators and
-  // the loads of one row tile fill the vector registers (7 on AVX2: 7 + 7 + 1 broadcast).
-  static constexpr int NPW = (RNNFAST_VECTOR_REGISTERS - 1) / 2;
+  // the loads of one row tile fill the vector registers (7 on AVX2: 7 + 7 + 1 broadcast), at
+  // most 8 (enough to cover the FMA latency). On AVX-512 the 15 that would fit ran no faster
+  // at one thread and split H among two threads in coarser panels (240 columns: H = 300 is
+  // 240 + 60), measured on a 2-core EPYC at (T, B, I, H) = (200, 1, 88, 300): 0.86 ms
+  // forward on two threads against 0.68 with 8.
+  static constexpr int NPW = std::min(8, (RNNFAST_VECTOR_REGISTERS - 1) / 2);
 };
 
 // M (K, N) packed in panels: panel p holds columns [p·NR, p·NR + NR), row k of the panel at
@@ -276,17 +280,20 @@ EIGEN_DONT_INLINE void tile(const Operand<S>& o1, const Operand<S>& o2, const S*
     const Operand<S>& o = seg ? o2 : o1;
     const Index xr = o.xr, xk = o.xk;
     // acc_u += X[:, k] · panel[k, :], fully unrolled over the tile so that the accumulators
-    // live in registers.
+    // live in registers. (A loop unrolled only in part indexes acc_u at run time, which puts
+    // the accumulators in memory: with 8-fold unrolling, single-row tiles of 10-15 packets
+    // ran 2x slower, e.g. the forward at (200, 1, 50, 500) on one thread 5.6 ms against 2.8.)
+    static_assert(MROWS <= 16 && NP <= 16, "tile: the unroll pragmas below must cover the tile");
     auto step = [&](Index k, Packet(&acc_u)[MROWS][NP]) __attribute__((always_inline)) {
       const S* w = o.panel + k * NR;
       Packet w_[NP];
-#pragma GCC unroll 8
+#pragma GCC unroll 16
       for (int q = 0; q < NP; ++q) w_[q] = pload<Packet>(w + q * PS);
       const S* xk_ = o.X + k * xk;
 #pragma GCC unroll 16
       for (int i = 0; i < MROWS; ++i) {
         const Packet xi = pset1<Packet>(xk_[i * xr]);
-#pragma GCC unroll 8
+#pragma GCC unroll 16
         for (int q = 0; q < NP; ++q) acc_u[i][q] = pmadd(xi, w_[q], acc_u[i][q]);
       }
     };
