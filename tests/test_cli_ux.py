@@ -139,6 +139,31 @@ def test_music_resume_with_a_higher_max_epochs_trains_on(tmp_path, capsys):
     assert json.loads((out / "results.json").read_text())["epochs"] == 3
 
 
+def test_table1_max_epochs_continues_a_cell_that_stopped_at_its_cap(tmp_path, capsys):
+    import pickle
+
+    piece = [[60 + t % 5, 67] for t in range(30)]
+    (tmp_path / "data" / "music").mkdir(parents=True)
+    with open(tmp_path / "data" / "music" / "Nottingham.pickle", "wb") as f:
+        pickle.dump({"train": [piece] * 2, "valid": [piece], "test": [piece]}, f, protocol=2)
+    out = tmp_path / "t1"
+    base = ["reproduce", "table1", "--out", str(out), "--cells", "Nottingham-SGD",
+            "--workers", "1"]
+    assert main(base + ["--data", str(tmp_path / "data"), "--max-epochs", "1"]) == 0
+    cell = out / "Nottingham-SGD" / "results.json"
+    first = json.loads(cell.read_text())
+    assert first["stopped"] == "max_epochs" and first["epochs"] == 1
+    assert main(base) == 0  # the cap is remembered: nothing more to do
+    assert json.loads(cell.read_text())["epochs"] == 1
+    assert main(base + ["--max-epochs", "3"]) == 0  # resumes from the cell's checkpoint
+    again = json.loads(cell.read_text())
+    assert again["epochs"] == 3 and again["config"]["max_epochs"] == 3
+    assert again["updates"] == 3 * first["updates"]
+    md = (out / "table1.md").read_text()
+    assert "| Nottingham | SGD † |" in md and "† Nottingham-SGD: max_epochs 3 (default 200)" in md
+    capsys.readouterr()
+
+
 def test_table1_remembers_its_options(tmp_path, capsys, monkeypatch):
     import rnnfast.experiments.natural as nat
 

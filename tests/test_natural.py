@@ -572,6 +572,44 @@ def test_table1_refuses_a_cell_run_with_other_settings(tmp_path, monkeypatch):
     assert calls == ["Nottingham-SGD"]
 
 
+def test_table1_reruns_a_capped_cell_only_when_its_cap_is_raised(tmp_path, monkeypatch):
+    import concurrent.futures as cf
+
+    from rnnfast.experiments import sweep
+
+    calls = []
+
+    def cell(args):
+        calls.append((args[0], args[-1]))
+        return {"slug": args[0], "ours": {"train": 1.0, "valid": 1.0, "test": 1.0},
+                "stopped": "converged", "train_seconds": 2.0, "epochs": 31,
+                "dataset": args[2], "paper": None}
+
+    monkeypatch.setattr(sweep, "local_executor", lambda w, t: cf.ThreadPoolExecutor(w))
+    monkeypatch.setattr(nat, "run_cell", cell)
+    slug = "PTB-ahead1-SGD"
+    (tmp_path / slug).mkdir()
+    capped = {"slug": slug, "ours": {"train": 1.0, "valid": 1.0, "test": 1.0},
+              "stopped": "max_epochs", "train_seconds": 1.0, "epochs": 30, "dataset": "PTB",
+              "paper": None, "config": nat.ptb_config("SGD").to_dict()}
+    (tmp_path / slug / "results.json").write_text(json.dumps(capped))
+    for ov in ({}, {"max_epochs": 30}, {"max_epochs": 20}):
+        nat.run_table1(tmp_path, tmp_path, cells=[slug], workers=1, stream=io.StringIO(),
+                       overrides=ov)
+    assert calls == []  # at or past its cap: done
+    nat.run_table1(tmp_path, tmp_path, cells=[slug], workers=1, stream=io.StringIO(),
+                   overrides={"max_epochs": 40})
+    assert calls == [(slug, {"max_epochs": 40})]
+    with pytest.raises(UserError, match="'lr'"):  # other settings are still refused
+        nat.run_table1(tmp_path, tmp_path, cells=[slug], workers=1, stream=io.StringIO(),
+                       overrides={"max_epochs": 50, "lr": 0.1})
+    capped["train_seconds"] = 3600.0  # budget spent: not rerun even with a higher cap
+    (tmp_path / slug / "results.json").write_text(json.dumps(capped))
+    nat.run_table1(tmp_path, tmp_path, cells=[slug], workers=1, stream=io.StringIO(),
+                   overrides={"max_epochs": 40}, budget_minutes=60)
+    assert len(calls) == 1
+
+
 def test_format_table1_lists_every_cell_next_to_the_paper():
     res = {"Nottingham-SGD-CR": {"dataset": "Nottingham", "ours": {"train": 3.1, "valid": 3.3,
                                                                    "test": 3.35},

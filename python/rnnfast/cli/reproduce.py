@@ -742,13 +742,17 @@ def register_table1(subparsers):
     p.add_argument("--time-limit", type=positive_float, default=None, metavar="MINUTES",
                    help="stop this call after this many minutes (cells cut short resume on "
                         "the next call)")
+    p.add_argument("--max-epochs", type=positive_int, default=None,
+                   help="epoch cap of the cells run (default the paper's settings: 200 music, "
+                        "30 PTB); a cell that stopped at its cap goes on to a higher one; "
+                        "table1.md marks a cell run with another cap")
     add_fresh_argument(p)
     p.set_defaults(func=run_table1_command)
     return p
 
 
 #: what a later call may change: the budget adds time to every cell over all calls
-_TABLE1_CHANGEABLE = ("budget", "workers", "threads", "time_limit", "data")
+_TABLE1_CHANGEABLE = ("budget", "workers", "threads", "time_limit", "data", "max_epochs")
 
 
 def run_table1_command(args):
@@ -770,8 +774,10 @@ def run_table1_command(args):
     claim(args, args.out, "rnnfast reproduce table1", transient=("cells",),
           changeable=_TABLE1_CHANGEABLE)
     limit = None if args.time_limit is None else 60.0 * args.time_limit
+    overrides = {} if args.max_epochs is None else {"max_epochs": args.max_epochs}
     results = _nat.run_table1(args.data, args.out, cells=cells, budget_minutes=args.budget,
-                              workers=args.workers, num_threads=args.threads, time_limit=limit)
+                              workers=args.workers, num_threads=args.threads, time_limit=limit,
+                              overrides=overrides)
     print(_nat.format_table1(results))
     try:
         from ..plots import plot_learning_curves

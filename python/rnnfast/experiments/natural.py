@@ -1127,6 +1127,11 @@ def run_table1(data_dir, out_dir, *, cells=None, budget_minutes=60.0, workers=2,
     two music cells at once (2×) beat one on two threads. An int: every cell on
     that many threads, ``workers`` at a time.
 
+    ``overrides``: settings that replace the paper's in every cell run (a finished cell run
+    with other settings raises :class:`UserError`), except that ``max_epochs`` may differ
+    from a finished cell's: one that stopped at its epoch cap resumes from its checkpoint up
+    to the new one (format_table1 marks it †).
+
     Returns
     -------
     dict slug -> results of the cells that have results
@@ -1150,8 +1155,11 @@ def run_table1(data_dir, out_dir, *, cells=None, budget_minutes=60.0, workers=2,
             with open(path, encoding="utf-8") as f:
                 results[slug] = json.load(f)
             # a cell run with other settings is not this table's: say so, never mix them
+            # (but its epoch cap may change: a cell that stopped at it goes on to a higher one)
             want = cell_config(problem, what, method, **dict(overrides or {})).to_dict()
             diff = settings_diff(results[slug].get("config"), want)
+            if isinstance(diff, dict):
+                diff.pop("max_epochs", None)
             if diff and any(c[0] == slug for c in todo):
                 raise UserError(f"{path}: cell {slug} was run with other settings "
                                  f"(then, now): {diff}; use another output folder")
@@ -1162,10 +1170,15 @@ def run_table1(data_dir, out_dir, *, cells=None, budget_minutes=60.0, workers=2,
         atomic_write_json(os.path.join(out_dir, "table1.json"), results)
         atomic_write_text(os.path.join(out_dir, "table1.md"), format_table1(results) + "\n")
 
+    caps = {c[0]: cell_config(*c[1:], **dict(overrides or {})).max_epochs for c in todo}
+
     def finished(slug):
         r = results.get(slug)
-        return r is not None and (r["stopped"] in ("early_stop", "converged", "max_epochs")
-                                  or r["train_seconds"] >= budget - 1.0)
+        if r is None:
+            return False
+        if r["stopped"] == "max_epochs":  # done, unless its cap is now higher
+            return r["epochs"] >= caps[slug] or r["train_seconds"] >= budget - 1.0
+        return r["stopped"] in ("early_stop", "converged") or r["train_seconds"] >= budget - 1.0
 
     pending = [c for c in todo if not finished(c[0])]
     workers = int(workers)
