@@ -128,3 +128,18 @@ def test_history_save_smoke():
                           check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "history of 500 rows" in proc.stdout and "after 20 new rows" in proc.stdout
+
+
+def test_ab_compares_two_interpreters_round_by_round():
+    script = SCRIPT.parent / "ab.py"
+    proc = subprocess.run([sys.executable, str(script), sys.executable, sys.executable,
+                           "--shape", "3,2,1,5", "--rounds", "2", "--seconds", "0.05"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = [r for r in proc.stdout.splitlines() if r.startswith("| 1 |") or r.startswith("| 2 |")]
+    assert [r.split(" | ")[1] for r in rows] == ["A", "B", "A", "B"]
+    assert "B / A: forward" in proc.stdout
+    bad = subprocess.run([sys.executable, str(script), sys.executable, sys.executable,
+                          "--shape", "3,2,5"], capture_output=True, text=True, timeout=60,
+                         check=False)
+    assert bad.returncode == 2 and "expected T,B,I,H" in bad.stderr

@@ -238,6 +238,26 @@ def test_matches_torch_autograd_for_other_activations(activation):
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("B", [1, 20])
+@pytest.mark.parametrize("H", [26, 50, 56, 58, 100, 136])
+@pytest.mark.parametrize("dtype,rtol", [(np.float32, 2e-5), (np.float64, 1e-10)])
+def test_last_panels_of_every_width(dtype, rtol, H, B, schedule):
+    # The last column panel of a packed matrix is narrower than the others: as many packets
+    # as its columns need, or half a packet on 512-bit builds (H mod 48 ≤ 8 in float32, mod
+    # 24 ≤ 4 in float64; single-row panels of 128 / 64 columns at B = 1). These H give last
+    # panels of 2, 4, 8 and 10 columns on every build.
+    p, dh = make((5, B, 3, H), dtype=dtype, seed=H + B)
+    fwd, g = run(p, dh, "tanh", num_threads=2, _schedule=schedule)
+    p64 = {k: (None if v is None else v.astype(np.float64)) for k, v in p.items()}
+    h, _ = ref.forward(p64["u"], p64["W_in"], p64["W_rec"], p64["b"], p64["h0"], "tanh")
+    r = ref.backward(p64["u"], p64["W_in"], p64["W_rec"], p64["b"], p64["h0"], "tanh",
+                     dh.astype(np.float64))
+    assert_close(fwd.h, h, rtol, what="h")
+    for k in ("W_in", "W_rec", "b", "h0", "u", "omega_grad"):
+        assert_close(getattr(g, k), r[k], 10 * rtol, what=k)
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
 def test_threads_give_the_same_result(schedule):
     p, dh = make((9, 13, 5, 60), seed=4)
     f1, g1 = run(p, dh, "tanh", num_threads=1)

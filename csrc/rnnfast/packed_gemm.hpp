@@ -95,12 +95,21 @@ struct PanelShape {
   // 240 + 60), measured on a 2-core EPYC at (T, B, I, H) = (200, 1, 88, 300): 0.86 ms
   // forward on two threads against 0.68 with 8.
   static constexpr int NPW = std::min(8, (RNNFAST_VECTOR_REGISTERS - 1) / 2);
+  // A last panel of at most PS/2 columns is packed half a packet wide and multiplied with
+  // half packets, where a 512-bit packet's half costs half its FMA cycles: Zen 4 runs one
+  // 512-bit FMA as two 256-bit ones. Measured on a 2-core Zen 4 EPYC: see docs/kernels.md.
+  // (Elsewhere a half packet costs what a full one does: same speed, nothing gained.)
+  using HalfPacket = typename Eigen::internal::unpacket_traits<Packet>::half;
+  static constexpr bool kHalfTail =
+      PS * sizeof(S) == 64 && Eigen::internal::unpacket_traits<HalfPacket>::size * 2 == PS;
 };
 
 // M (K, N) packed in panels: panel p holds columns [p·NR, p·NR + NR), row k of the panel at
 // data[p·K·NR + k·w] with w = width(p) = NR, except for the last panel, which is only as many
 // packets wide as its columns need (H = 50, NR = 16: 3 panels of 16 and one of 8 columns, so
-// the tiles of the last panel do half the work of a full one); columns past N are zero.
+// the tiles of the last panel do half the work of a full one), or half a packet wide when
+// that covers it on a 512-bit build (PanelShape::kHalfTail; H = 50, NR = 48: one panel of
+// 48 columns and one of 8); columns past N are zero.
 // A `single_row` matrix is for products with one row (a batch of one sequence per thread):
 // its panels are NPW packets wide instead of NP (H = 50: one panel of 7 packets instead of 4
 // panels), so one row tile keeps NPW accumulators busy instead of NP and the whole row of the
@@ -120,6 +129,7 @@ class PackedMatrix {
         nr_(np_ * PS), K_(K), N_(N),
         panels_((N + nr_ - 1) / nr_),
         last_packets_(int((N - (panels_ - 1) * nr_ + PS - 1) / PS)),
+        half_last_(PanelShape<S>::kHalfTail && N - (panels_ - 1) * nr_ <= PS / 2),
         owned_(storage ? Buffer<S>() : Buffer<S>(elements(K, N, single_row))),
         data_(storage ? storage : owned_.data()) {}
 
@@ -142,8 +152,11 @@ class PackedMatrix {
   Index panels() const { return panels_; }
   Index panel_width() const { return nr_; }  // columns of a full panel
   const S* panel(Index p) const { return data_ + p * K_ * nr_; }
+  // Full packets per row of panel p (1 for a half-packet panel: see half()).
   int packets(Index p) const { return p + 1 < panels_ ? np_ : last_packets_; }
-  Index width(Index p) const { return packets(p) * PS; }
+  // Whether panel p is half a packet wide (the last one, under PanelShape::kHalfTail).
+  bool half(Index p) const { return half_last_ && p + 1 == panels_; }
+  Index width(Index p) const { return half(p) ? PS / 2 : packets(p) * PS; }
 
   // Packs rows [0, k_rows) of panels [p0, p1) of the matrix with element (k, j) =
   // src[k·rs + j·cs] (src[idx[k]·rs + j·cs] with a row index `idx`, cs = 1 only: the valid
@@ -217,6 +230,7 @@ class PackedMatrix {
   Index nr_;  // columns per full panel
   Index K_, N_, panels_;
   int last_packets_;
+  bool half_last_;  // the last panel is half a packet wide
   Buffer<S> owned_;  // empty over caller-owned storage
   S* data_;
 };
@@ -245,13 +259,12 @@ struct Operand {
 // store. C may be null (zero),
 // equal Y, or have row stride 0 (one row broadcast, e.g. a bias).
 // Kept out of line: inlined into larger loops, GCC was seen to spill the accumulators.
-template <typename S, int MROWS, int NP>
+// Packet: the build's packet, or its half for a half-packet panel (PanelShape::kHalfTail).
+template <typename S, int MROWS, int NP, typename Packet = typename PanelShape<S>::Packet>
 EIGEN_DONT_INLINE void tile(const Operand<S>& o1, const Operand<S>& o2, const S* C, Index ldc,
                             S* Y, Index ldy, Index ncols) {
-  using Sh = PanelShape<S>;
-  using Packet = typename Sh::Packet;
   using namespace Eigen::internal;
-  constexpr int PS = Sh::PS, NR = NP * PS;  // this panel's width
+  constexpr int PS = unpacket_traits<Packet>::size, NR = NP * PS;  // this panel's width
 
   // Prefetch the output rows (and C's, when it is another array) now, so that their cache
   // misses overlap the k loop instead of stalling the stores at its end.
@@ -347,6 +360,17 @@ inline void tile_rows(int m, int np, const Operand<S>& o1, const Operand<S>& o2,
   }
 }
 
+// tile<S, m, 1, half packet> for a run-time m ≤ MROWS: a half-packet panel.
+template <typename S, int MROWS>
+inline void tile_rows_half(int m, const Operand<S>& o1, const Operand<S>& o2, const S* C,
+                           Index ldc, S* Y, Index ldy, Index ncols) {
+  if constexpr (PanelShape<S>::kHalfTail) {
+    using Half = typename PanelShape<S>::HalfPacket;
+    if (m == MROWS) return tile<S, MROWS, 1, Half>(o1, o2, C, ldc, Y, ldy, ncols);
+    if constexpr (MROWS > 1) tile_rows_half<S, MROWS - 1>(m, o1, o2, C, ldc, Y, ldy, ncols);
+  }
+}
+
 }  // namespace detail
 
 // Y[r, j] = C[r, j] + Σ_k X[r, k] · M[k, j] (+ Σ_k X2[r, k] · M2[k, j]) for r < rows and j in
@@ -394,7 +418,10 @@ void packed_gemm(Index rows, const S* X, Index ldx, const PackedMatrix<S>& M, In
                                   X2 ? M2->panel(p) : nullptr,
                                   X2 ? M2->panel(pn) + c0 * LS : nullptr, c1 - c0};
       const S* Ct = C ? C + r * ldc + j0 : nullptr;
-      if (single_row)  // one row against panels up to NPW packets wide
+      if (M.half(p))
+        detail::tile_rows_half<S, PanelShape<S>::MR>(m, o1, o2, Ct, ldc, Y + r * ldy + j0, ldy,
+                                                     ncols);
+      else if (single_row)  // one row against panels up to NPW packets wide
         detail::tile_rows<S, 1, PanelShape<S>::NPW>(1, M.packets(p), o1, o2, Ct, ldc,
                                                     Y + r * ldy + j0, ldy, ncols);
       else
@@ -570,8 +597,11 @@ void gemm_tn(GemmTnWork<S>& ws, Index R, Index N, const S* A, Index lda, const S
                        : detail::Operand<S>{kc, Ap + (ip - ic0) * ABLOCK, 1, MR,
                                             Bp.panel(p)};
           const detail::Operand<S> none{0, nullptr, 0, 0, nullptr};
-          detail::tile_rows<S, MR>(m, Bp.packets(p), o1, none, (r0 || accumulate) ? y : nullptr,
-                                   ld, y, ld, ncols);
+          S* const c = (r0 || accumulate) ? y : nullptr;
+          if (Bp.half(p))
+            detail::tile_rows_half<S, MR>(m, o1, none, c, ld, y, ld, ncols);
+          else
+            detail::tile_rows<S, MR>(m, Bp.packets(p), o1, none, c, ld, y, ld, ncols);
         }
       }
     }
