@@ -396,6 +396,7 @@ py::dict build_info() {
                       std::to_string(rnnfast::PanelShape<float>::NR);
   d["tile_float64"] = std::to_string(rnnfast::PanelShape<double>::MR) + "x" +
                       std::to_string(rnnfast::PanelShape<double>::NR);
+  d["l2_cache_bytes"] = rnnfast::l2_cache_bytes();  // one core's, as the thread plan sees it
   return d;
 }
 
@@ -461,4 +462,16 @@ PYBIND11_MODULE(_core, m) {
         "Whether this process is a fork() child of one that ran a team of several threads");
   pthread_atfork(nullptr, nullptr, &child_after_fork);
   m.def("build_info", &build_info);
+  m.def(
+      "plan",
+      [](Index T, Index B, Index I, Index H, int itemsize, int num_threads) {
+        rnnfast::Options opt;
+        opt.threads = clamp_threads(num_threads);
+        const rnnfast::Plan p = rnnfast::make_plan({T, B, I, H}, opt, std::size_t(itemsize));
+        static const char* names[] = {"auto", "serial", "batch", "hidden"};
+        return py::make_tuple(p.threads, names[int(p.schedule)]);
+      },
+      py::arg("T"), py::arg("B"), py::arg("I"), py::arg("H"), py::arg("itemsize"),
+      py::arg("num_threads"),
+      "(threads, split) a call of this shape would run with: 'serial', 'batch' or 'hidden'");
 }

@@ -143,3 +143,14 @@ def test_ab_compares_two_interpreters_round_by_round():
                           "--shape", "3,2,5"], capture_output=True, text=True, timeout=60,
                          check=False)
     assert bad.returncode == 2 and "expected T,B,I,H" in bad.stderr
+
+
+def test_thread_plan_prints_one_row_per_shape():
+    script = SCRIPT.parent / "thread_plan.py"
+    proc = subprocess.run([sys.executable, str(script), "--B", "2,4", "--H", "8", "--T", "3",
+                           "--I", "2", "--rounds", "3"], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = [r for r in proc.stdout.splitlines() if r.startswith("| 2 |") or r.startswith("| 4 |")]
+    assert len(rows) == 2 and all(r.rstrip(" |").split("| ")[-1] in ("serial", "batch", "hidden")
+                                  for r in rows)
