@@ -95,21 +95,41 @@ struct PanelShape {
   // 240 + 60), measured on a 2-core EPYC at (T, B, I, H) = (200, 1, 88, 300): 0.86 ms
   // forward on two threads against 0.68 with 8.
   static constexpr int NPW = std::min(8, (RNNFAST_VECTOR_REGISTERS - 1) / 2);
-  // A last panel of at most PS/2 columns is packed half a packet wide and multiplied with
-  // half packets, where a 512-bit packet's half costs half its FMA cycles: Zen 4 runs one
-  // 512-bit FMA as two 256-bit ones. Measured on a 2-core Zen 4 EPYC: see docs/kernels.md.
-  // (Elsewhere a half packet costs what a full one does: same speed, nothing gained.)
+  // The last ≤ PS/2 columns of a matrix are multiplied with a half packet, where a 512-bit
+  // packet's half costs half its FMA cycles: Zen 4 runs one 512-bit FMA as two 256-bit ones.
+  // Measured on a 2-core Zen 4 EPYC: see docs/kernels.md. (Elsewhere a half packet costs what
+  // a full one does: same speed, nothing gained.)
   using HalfPacket = typename Eigen::internal::unpacket_traits<Packet>::half;
   static constexpr bool kHalfTail =
       PS * sizeof(S) == 64 && Eigen::internal::unpacket_traits<HalfPacket>::size * 2 == PS;
+  // Rows of a tile with np full packets (and a half packet) per row: its accumulators, one
+  // panel row and a broadcast fit the vector registers.
+  static constexpr int max_rows(int np, bool half) {
+    const int w = np + (half ? 1 : 0);
+    return std::max(1, std::min(MR, (RNNFAST_VECTOR_REGISTERS - 1 - w) / w));
+  }
 };
 
+#if defined(EIGEN_VECTORIZE_AVX512)
+// The lower half of a 512-bit packet (no instruction): a broadcast shared by a tile's full
+// packets and its half packet.
+inline Eigen::internal::Packet8f lower_half(const Eigen::internal::Packet16f& p) {
+  return _mm512_castps512_ps256(p);
+}
+inline Eigen::internal::Packet4d lower_half(const Eigen::internal::Packet8d& p) {
+  return _mm512_castpd512_pd256(p);
+}
+#endif
+
 // M (K, N) packed in panels: panel p holds columns [p·NR, p·NR + NR), row k of the panel at
-// data[p·K·NR + k·w] with w = width(p) = NR, except for the last panel, which is only as many
-// packets wide as its columns need (H = 50, NR = 16: 3 panels of 16 and one of 8 columns, so
-// the tiles of the last panel do half the work of a full one), or half a packet wide when
-// that covers it on a 512-bit build (PanelShape::kHalfTail; H = 50, NR = 48: one panel of
-// 48 columns and one of 8); columns past N are zero.
+// data[p·K·NR + k·w] with w = stride(p) = NR, except for the last panel, which is only as
+// many packets wide as its columns need (H = 50, NR = 16: 3 panels of 16 and one of 8
+// columns, so the tiles of the last panel do half the work of a full one); columns past N
+// are zero. On a 512-bit build (PanelShape::kHalfTail) its last ≤ PS/2 columns are a half
+// packet (the row padded to a whole packet, so that every load is aligned), and a last panel
+// of only such columns joins the panel before it when `merge` (H = 50, NR = 48: one panel
+// of 3 packets and a half, 56 columns, whose tiles share each broadcast of X among all of
+// them; an unmerged half panel of its own was as slow per tile as a full one).
 // A `single_row` matrix is for products with one row (a batch of one sequence per thread):
 // its panels are NPW packets wide instead of NP (H = 50: one panel of 7 packets instead of 4
 // panels), so one row tile keeps NPW accumulators busy instead of NP and the whole row of the
@@ -124,16 +144,29 @@ class PackedMatrix {
   PackedMatrix(Index K, Index N, bool single_row = false) : PackedMatrix(K, N, single_row, nullptr) {}
   // Over caller-owned `storage` of at least elements(K, N, single_row) elements (scratch
   // allocated before a parallel region), or its own storage when `storage` is null.
-  PackedMatrix(Index K, Index N, bool single_row, S* storage)
+  // `merge`: a last panel of only a half packet joins the panel before it (see above).
+  PackedMatrix(Index K, Index N, bool single_row, S* storage, bool merge = true)
       : single_row_(single_row), np_(single_row ? PanelShape<S>::NPW : PanelShape<S>::NP),
-        nr_(np_ * PS), K_(K), N_(N),
-        panels_((N + nr_ - 1) / nr_),
-        last_packets_(int((N - (panels_ - 1) * nr_ + PS - 1) / PS)),
-        half_last_(PanelShape<S>::kHalfTail && N - (panels_ - 1) * nr_ <= PS / 2),
+        nr_(np_ * PS), K_(K), N_(N), panels_((N + nr_ - 1) / nr_),
         owned_(storage ? Buffer<S>() : Buffer<S>(elements(K, N, single_row))),
-        data_(storage ? storage : owned_.data()) {}
+        data_(storage ? storage : owned_.data()) {
+    if (panels_ == 0) return;
+    const Index rem = N - (panels_ - 1) * nr_;  // columns of the last panel, 1..nr_
+    const Index full = rem / PS, part = rem % PS;
+    if (!PanelShape<S>::kHalfTail || part == 0 || part > PS / 2) {
+      last_packets_ = int((rem + PS - 1) / PS);
+    } else if (full == 0 && panels_ > 1 && merge) {
+      --panels_;
+      last_packets_ = np_;
+      last_half_ = true;
+    } else {
+      last_packets_ = int(full);
+      last_half_ = true;
+    }
+  }
 
-  // Elements of the packed (K, N) matrix (full panels, padding included).
+  // Elements of the packed (K, N) matrix (full panels, padding included): an upper bound of
+  // every layout above (a merged last panel, NR + PS wide, replaces two of NR).
   static std::size_t elements(Index K, Index N, bool single_row = false) {
     const Index nr = (single_row ? PanelShape<S>::NPW : PanelShape<S>::NP) * PS;
     return static_cast<std::size_t>((N + nr - 1) / nr * K * nr);
@@ -152,11 +185,16 @@ class PackedMatrix {
   Index panels() const { return panels_; }
   Index panel_width() const { return nr_; }  // columns of a full panel
   const S* panel(Index p) const { return data_ + p * K_ * nr_; }
-  // Full packets per row of panel p (1 for a half-packet panel: see half()).
+  // Full packets per row of panel p (see half()).
   int packets(Index p) const { return p + 1 < panels_ ? np_ : last_packets_; }
-  // Whether panel p is half a packet wide (the last one, under PanelShape::kHalfTail).
-  bool half(Index p) const { return half_last_ && p + 1 == panels_; }
-  Index width(Index p) const { return half(p) ? PS / 2 : packets(p) * PS; }
+  // Whether panel p ends with a half packet (the last one, under PanelShape::kHalfTail).
+  bool half(Index p) const { return last_half_ && p + 1 == panels_; }
+  // Columns of panel p (padding included), and elements between two of its k-rows.
+  Index width(Index p) const { return packets(p) * PS + (half(p) ? PS / 2 : 0); }
+  Index stride(Index p) const { return (packets(p) + (half(p) ? 1 : 0)) * PS; }
+  // First column of panel p, and one past the last of its columns that exist (≤ N).
+  Index col_begin(Index p) const { return std::min<Index>(p * nr_, N_); }
+  Index col_end(Index p) const { return std::min<Index>(p * nr_ + width(p), N_); }
 
   // Packs rows [0, k_rows) of panels [p0, p1) of the matrix with element (k, j) =
   // src[k·rs + j·cs] (src[idx[k]·rs + j·cs] with a row index `idx`, cs = 1 only: the valid
@@ -193,8 +231,8 @@ class PackedMatrix {
       const S* r1 = X1 + kr * ld1;
       const S* r2 = X2 + kr * ld2;
       for (Index p = 0; p < panels_; ++p) {
-        const Index j0 = p * nr_, w = width(p);
-        if (j0 + w <= n1) {
+        const Index j0 = p * nr_, w = stride(p);
+        if (j0 + width(p) <= n1) {
           pack_row(r1, 1, p, k);
         } else if (j0 >= n1) {
           pack_row(r2, 1, p, k, n1);
@@ -212,10 +250,11 @@ class PackedMatrix {
  private:
   // Row k of panel p from `row`: element j of the matrix row (j ≥ c0) at row[(j − c0)·cs].
   void pack_row(const S* row, Index cs, Index p, Index k, Index c0 = 0) {
-    S* dst = data_ + p * K_ * nr_ + k * width(p);
-    const Index j0 = p * nr_, jn = std::min<Index>(nr_, N_ - j0), w = width(p);
+    const Index w = stride(p);
+    S* dst = data_ + p * K_ * nr_ + k * w;
+    const Index j0 = p * nr_, jn = std::min<Index>(width(p), N_ - j0);
     row += (j0 - c0) * cs;
-    if (cs == 1 && jn == nr_) {  // a full row of the panel: whole packets
+    if (cs == 1 && jn == nr_ && w == nr_) {  // a full row of the panel: whole packets
       for (int q = 0; q < np_; ++q)
         Eigen::internal::pstore(dst + q * PS, Eigen::internal::ploadu<Packet>(row + q * PS));
       return;
@@ -229,8 +268,8 @@ class PackedMatrix {
   int np_;    // packets per full panel row
   Index nr_;  // columns per full panel
   Index K_, N_, panels_;
-  int last_packets_;
-  bool half_last_;  // the last panel is half a packet wide
+  int last_packets_ = 0;     // full packets per row of the last panel
+  bool last_half_ = false;   // the last panel ends with a half packet
   Buffer<S> owned_;  // empty over caller-owned storage
   S* data_;
 };
@@ -253,28 +292,34 @@ struct Operand {
   Index pf_lines = 0;
 };
 
-// One register tile: Y = C + X1·panel1 + X2·panel2 for MROWS rows and panels NP packets
-// wide, on columns [0, ncols) of the panels (ncols < NP·PS only for the last panel). Two
-// operands let the forward step add u_t W_inᵀ and h_{t-1} W_recᵀ in registers with a single
-// store. C may be null (zero),
+// One register tile: Y = C + X1·panel1 + X2·panel2 for MROWS rows and panels of NP packets
+// and, with HALF, a half packet per row (PanelShape::kHalfTail), on columns [0, ncols) of the
+// panels (fewer than the panel's only for the last one). Two operands let the forward step
+// add u_t W_inᵀ and h_{t-1} W_recᵀ in registers with a single store. C may be null (zero),
 // equal Y, or have row stride 0 (one row broadcast, e.g. a bias).
 // Kept out of line: inlined into larger loops, GCC was seen to spill the accumulators.
-// Packet: the build's packet, or its half for a half-packet panel (PanelShape::kHalfTail).
-template <typename S, int MROWS, int NP, typename Packet = typename PanelShape<S>::Packet>
+template <typename S, int MROWS, int NP, bool HALF>
 EIGEN_DONT_INLINE void tile(const Operand<S>& o1, const Operand<S>& o2, const S* C, Index ldc,
                             S* Y, Index ldy, Index ncols) {
+  using Sh = PanelShape<S>;
+  using Packet = typename Sh::Packet;
+  using Half = typename Sh::HalfPacket;
   using namespace Eigen::internal;
-  constexpr int PS = unpacket_traits<Packet>::size, NR = NP * PS;  // this panel's width
+  constexpr int PS = Sh::PS, HS = PS / 2;
+  constexpr int NF = NP > 0 ? NP : 1;                // extent of the full-packet arrays
+  constexpr int STRIDE = (NP + (HALF ? 1 : 0)) * PS;  // elements between two k-rows
+  constexpr int NCOLS = NP * PS + (HALF ? HS : 0);    // this panel's columns
+  constexpr int NACC = MROWS * (NP + (HALF ? 1 : 0));
 
   // Prefetch the output rows (and C's, when it is another array) now, so that their cache
   // misses overlap the k loop instead of stalling the stores at its end.
   constexpr int LS = int(kCacheLine / sizeof(S));  // elements per cache line
   for (int i = 0; i < MROWS; ++i) {
-    for (int j = 0; j < NR; j += LS) __builtin_prefetch(Y + i * ldy + j, 1);
-    __builtin_prefetch(Y + i * ldy + NR - 1, 1);
+    for (int j = 0; j < NCOLS; j += LS) __builtin_prefetch(Y + i * ldy + j, 1);
+    __builtin_prefetch(Y + i * ldy + NCOLS - 1, 1);
     if (C && C != Y && ldc) {
-      for (int j = 0; j < NR; j += LS) __builtin_prefetch(C + i * ldc + j);
-      __builtin_prefetch(C + i * ldc + NR - 1);
+      for (int j = 0; j < NCOLS; j += LS) __builtin_prefetch(C + i * ldc + j);
+      __builtin_prefetch(C + i * ldc + NCOLS - 1);
     }
   }
   // A short tile has too few accumulators to cover the FMA latency (about 4 cycles × 2 FMAs
@@ -282,12 +327,16 @@ EIGEN_DONT_INLINE void tile(const Operand<S>& o1, const Operand<S>& o2, const S*
   // (B = 1 at H = 50: the forward step ~3× faster).
   // (Capped so that the accumulators, one panel row and the broadcast fit the registers: the
   // wide tiles of single-row matrices keep one sum.)
-  constexpr int KU = std::max(1, std::min((8 + MROWS * NP - 1) / (MROWS * NP),
-                                          (RNNFAST_VECTOR_REGISTERS - 1 - NP) / (MROWS * NP)));
-  Packet acc[KU][MROWS][NP];
+  constexpr int KU = std::max(
+      1, std::min((8 + NACC - 1) / NACC,
+                  (RNNFAST_VECTOR_REGISTERS - 1 - NP - (HALF ? 1 : 0)) / NACC));
+  Packet acc[KU][MROWS][NF];
+  Half hacc[KU][MROWS];
   for (int u = 0; u < KU; ++u)
-    for (int i = 0; i < MROWS; ++i)
-      for (int q = 0; q < NP; ++q) acc[u][i][q] = pset1<Packet>(S(0));
+    for (int i = 0; i < MROWS; ++i) {
+      for (int q = 0; q < NF; ++q) acc[u][i][q] = pset1<Packet>(S(0));
+      hacc[u][i] = pset1<Half>(S(0));
+    }
 
   for (int seg = 0; seg < 2; ++seg) {
     const Operand<S>& o = seg ? o2 : o1;
@@ -297,17 +346,25 @@ EIGEN_DONT_INLINE void tile(const Operand<S>& o1, const Operand<S>& o2, const S*
     // the accumulators in memory: with 8-fold unrolling, single-row tiles of 10-15 packets
     // ran 2x slower, e.g. the forward at (200, 1, 50, 500) on one thread 5.6 ms against 2.8.)
     static_assert(MROWS <= 16 && NP <= 16, "tile: the unroll pragmas below must cover the tile");
-    auto step = [&](Index k, Packet(&acc_u)[MROWS][NP]) __attribute__((always_inline)) {
-      const S* w = o.panel + k * NR;
-      Packet w_[NP];
+    auto step = [&](Index k, Packet(&acc_u)[MROWS][NF], Half(&hacc_u)[MROWS])
+                    __attribute__((always_inline)) {
+      const S* w = o.panel + k * STRIDE;
+      Packet w_[NF];
 #pragma GCC unroll 16
       for (int q = 0; q < NP; ++q) w_[q] = pload<Packet>(w + q * PS);
+      Half wh{};
+      if constexpr (HALF) wh = pload<Half>(w + NP * PS);
       const S* xk_ = o.X + k * xk;
 #pragma GCC unroll 16
       for (int i = 0; i < MROWS; ++i) {
-        const Packet xi = pset1<Packet>(xk_[i * xr]);
+        if constexpr (NP > 0) {
+          const Packet xi = pset1<Packet>(xk_[i * xr]);
 #pragma GCC unroll 16
-        for (int q = 0; q < NP; ++q) acc_u[i][q] = pmadd(xi, w_[q], acc_u[i][q]);
+          for (int q = 0; q < NP; ++q) acc_u[i][q] = pmadd(xi, w_[q], acc_u[i][q]);
+          if constexpr (HALF) hacc_u[i] = pmadd(lower_half(xi), wh, hacc_u[i]);
+        } else {
+          hacc_u[i] = pmadd(pset1<Half>(xk_[i * xr]), wh, hacc_u[i]);
+        }
       }
     };
     const char* pf = reinterpret_cast<const char*>(o.pf);
@@ -323,51 +380,76 @@ EIGEN_DONT_INLINE void tile(const Operand<S>& o1, const Operand<S>& o2, const S*
         pf_count = pf_every;
       }
 #pragma GCC unroll 8
-      for (int u = 0; u < KU; ++u) step(k + u, acc[u]);
+      for (int u = 0; u < KU; ++u) step(k + u, acc[u], hacc[u]);
     }
-    for (; k < o.K; ++k) step(k, acc[0]);  // KU > 1: the last K mod KU
+    for (; k < o.K; ++k) step(k, acc[0], hacc[0]);  // KU > 1: the last K mod KU
   }
   for (int u = 1; u < KU; ++u)
-    for (int i = 0; i < MROWS; ++i)
+    for (int i = 0; i < MROWS; ++i) {
       for (int q = 0; q < NP; ++q) acc[0][i][q] = padd(acc[0][i][q], acc[u][i][q]);
+      if constexpr (HALF) hacc[0][i] = padd(hacc[0][i], hacc[u][i]);
+    }
 
-  if (ncols == NR) {
-    for (int i = 0; i < MROWS; ++i)
+  if (ncols == NCOLS) {
+    for (int i = 0; i < MROWS; ++i) {
       for (int q = 0; q < NP; ++q) {
         Packet r = acc[0][i][q];
         if (C) r = padd(r, ploadu<Packet>(C + i * ldc + q * PS));
         pstoreu(Y + i * ldy + q * PS, r);
       }
+      if constexpr (HALF) {
+        Half r = hacc[0][i];
+        if (C) r = padd(r, ploadu<Half>(C + i * ldc + NP * PS));
+        pstoreu(Y + i * ldy + NP * PS, r);
+      }
+    }
   } else {
-    alignas(64) S buf[NR];
+    alignas(64) S buf[STRIDE];
     for (int i = 0; i < MROWS; ++i) {
       for (int q = 0; q < NP; ++q) pstore(buf + q * PS, acc[0][i][q]);
+      if constexpr (HALF) pstore(buf + NP * PS, hacc[0][i]);
       for (Index j = 0; j < ncols; ++j) Y[i * ldy + j] = (C ? C[i * ldc + j] : S(0)) + buf[j];
     }
   }
 }
 
-// tile<S, m, np> for a run-time m ≤ MROWS and np ≤ NP packets.
-template <typename S, int MROWS, int NP = PanelShape<S>::NP>
-inline void tile_rows(int m, int np, const Operand<S>& o1, const Operand<S>& o2, const S* C,
-                      Index ldc, S* Y, Index ldy, Index ncols) {
-  if constexpr (NP > 1) {
-    if (np < NP) return tile_rows<S, MROWS, NP - 1>(m, np, o1, o2, C, ldc, Y, ldy, ncols);
-  }
-  if constexpr (MROWS >= 1) {
-    if (m == MROWS) return tile<S, MROWS, NP>(o1, o2, C, ldc, Y, ldy, ncols);
-    if constexpr (MROWS > 1) tile_rows<S, MROWS - 1, NP>(m, np, o1, o2, C, ldc, Y, ldy, ncols);
-  }
+// The operand for rows [r, …) of o's rows (without its prefetch share).
+template <typename S>
+inline Operand<S> rows_from(const Operand<S>& o, Index r) {
+  Operand<S> s = o;
+  if (s.X) s.X += r * s.xr;
+  s.pf_lines = 0;
+  return s;
 }
 
-// tile<S, m, 1, half packet> for a run-time m ≤ MROWS: a half-packet panel.
-template <typename S, int MROWS>
-inline void tile_rows_half(int m, const Operand<S>& o1, const Operand<S>& o2, const S* C,
-                           Index ldc, S* Y, Index ldy, Index ncols) {
-  if constexpr (PanelShape<S>::kHalfTail) {
-    using Half = typename PanelShape<S>::HalfPacket;
-    if (m == MROWS) return tile<S, MROWS, 1, Half>(o1, o2, C, ldc, Y, ldy, ncols);
-    if constexpr (MROWS > 1) tile_rows_half<S, MROWS - 1>(m, o1, o2, C, ldc, Y, ldy, ncols);
+// tile<S, m, np, half> for a run-time m ≤ MROWS and np ≤ NP packets (np = 0 only with half).
+// A tile whose accumulators would not fit the registers (PanelShape::max_rows) runs as two.
+template <typename S, int MROWS, int NP = PanelShape<S>::NP>
+inline void tile_rows(int m, int np, bool half, const Operand<S>& o1, const Operand<S>& o2,
+                      const S* C, Index ldc, S* Y, Index ldy, Index ncols) {
+  if constexpr (NP > 0) {
+    if (np < NP) return tile_rows<S, MROWS, NP - 1>(m, np, half, o1, o2, C, ldc, Y, ldy, ncols);
+  }
+  if constexpr (MROWS >= 1) {
+    if (m == MROWS) {
+      if constexpr (PanelShape<S>::kHalfTail) {
+        if (half) {
+          if constexpr (MROWS <= PanelShape<S>::max_rows(NP, true)) {
+            return tile<S, MROWS, NP, true>(o1, o2, C, ldc, Y, ldy, ncols);
+          } else {
+            constexpr int M1 = PanelShape<S>::max_rows(NP, true);
+            tile_rows<S, M1, NP>(M1, np, true, o1, o2, C, ldc, Y, ldy, ncols);
+            return tile_rows<S, MROWS - M1, NP>(MROWS - M1, np, true, rows_from(o1, M1),
+                                                rows_from(o2, M1), C ? C + M1 * ldc : nullptr,
+                                                ldc, Y + M1 * ldy, ldy, ncols);
+          }
+        }
+      }
+      if constexpr (NP > 0) return tile<S, MROWS, NP, false>(o1, o2, C, ldc, Y, ldy, ncols);
+      return;  // (np = 0 without a half packet: no columns)
+    }
+    if constexpr (MROWS > 1)
+      tile_rows<S, MROWS - 1, NP>(m, np, half, o1, o2, C, ldc, Y, ldy, ncols);
   }
 }
 
@@ -383,13 +465,18 @@ void packed_gemm(Index rows, const S* X, Index ldx, const PackedMatrix<S>& M, In
                  const S* C, Index ldc, S* Y, Index ldy, const S* X2 = nullptr, Index ldx2 = 0,
                  const PackedMatrix<S>* M2 = nullptr) {
   const bool single_row = M.single_row();
-  const Index MR = single_row ? 1 : PanelShape<S>::MR, NR = M.panel_width();
-  const Index N = M.cols();
+  const Index MR = single_row ? 1 : PanelShape<S>::MR;
   // Rows in tiles of near-equal height (20 rows: 5+5+5+5, not 6+6+6+2): a short tile has
-  // too few independent accumulators to hide the FMA latency.
-  const Index ntiles = (rows + MR - 1) / MR;
-  // Tile heights: the last `taller` tiles have base + 1 rows, the others base.
-  const Index base = ntiles ? rows / ntiles : 0, taller = ntiles ? rows % ntiles : 0;
+  // too few independent accumulators to hide the FMA latency. Tiles of at most `mr` rows:
+  // `ntiles`, the last `taller` of them base + 1 rows high, the others base.
+  struct Tiling {
+    Index ntiles, base, taller;
+  };
+  auto tiling = [rows](Index mr) {
+    const Index n = (rows + mr - 1) / mr;
+    return n ? Tiling{n, rows / n, rows % n} : Tiling{0, 0, 0};
+  };
+  const Tiling full = tiling(MR);
   // Packed matrices that stream from memory: each tile prefetches a share of the lines
   // of the next panel (measured at H = 2048, B = 16: the forward from ~50% to ~70% of the
   // ceiling).
@@ -399,9 +486,14 @@ void packed_gemm(Index rows, const S* X, Index ldx, const PackedMatrix<S>& M, In
   };
   const Index lines1 = lines(&M), lines2 = X2 ? lines(M2) : 0;
   for (Index p = p0; p < p1; ++p) {
-    const Index j0 = p * NR, ncols = std::min<Index>(NR, N - j0);
+    const Index j0 = M.col_begin(p), ncols = M.col_end(p) - j0;
     const Index pn = p + 1 < p1 ? p + 1 : p0;  // the next panel (the last one: the first,
                                               // which the next call, i.e. step, needs first)
+    const int np = M.packets(p);
+    const bool half = M.half(p);
+    // (A panel with a half packet may take fewer rows per tile: PanelShape::max_rows.)
+    const Index mr = half ? std::min<Index>(MR, PanelShape<S>::max_rows(np, true)) : MR;
+    const auto [ntiles, base, taller] = mr == MR ? full : tiling(mr);
     for (Index t = 0, r = 0; t < ntiles; ++t) {
       const int m = int(base + (t >= ntiles - taller));
       // This tile's share of the next panel's lines, for each operand (no divisions when
@@ -418,15 +510,12 @@ void packed_gemm(Index rows, const S* X, Index ldx, const PackedMatrix<S>& M, In
                                   X2 ? M2->panel(p) : nullptr,
                                   X2 ? M2->panel(pn) + c0 * LS : nullptr, c1 - c0};
       const S* Ct = C ? C + r * ldc + j0 : nullptr;
-      if (M.half(p))
-        detail::tile_rows_half<S, PanelShape<S>::MR>(m, o1, o2, Ct, ldc, Y + r * ldy + j0, ldy,
-                                                     ncols);
-      else if (single_row)  // one row against panels up to NPW packets wide
-        detail::tile_rows<S, 1, PanelShape<S>::NPW>(1, M.packets(p), o1, o2, Ct, ldc,
+      if (single_row)  // one row against panels up to NPW packets wide
+        detail::tile_rows<S, 1, PanelShape<S>::NPW>(1, np, half, o1, o2, Ct, ldc,
                                                     Y + r * ldy + j0, ldy, ncols);
       else
-        detail::tile_rows<S, PanelShape<S>::MR>(m, M.packets(p), o1, o2, Ct, ldc,
-                                                Y + r * ldy + j0, ldy, ncols);
+        detail::tile_rows<S, PanelShape<S>::MR>(m, np, half, o1, o2, Ct, ldc, Y + r * ldy + j0,
+                                                ldy, ncols);
       r += m;
     }
   }
@@ -521,7 +610,9 @@ void gemm_tn(GemmTnWork<S>& ws, Index R, Index N, const S* A, Index lda, const S
   const Index ipanels = (mi + MR - 1) / MR;
   const Index NT = N + more.n;  // columns of [Bm | Bm2]
   assert(mi <= ws.rows && NT <= ws.cols);
-  PackedMatrix<S> Bp(KC, NT, false, ws.bp.data());
+  // (Its last half packet stays a panel of its own: a merged one would need tiles shorter
+  // than the MR-row slivers of A.)
+  PackedMatrix<S> Bp(KC, NT, false, ws.bp.data(), /*merge=*/false);
   // The panel holding columns of both Bm and Bm2 writes to St (mi, NR) first, copied out to Y
   // and Y2 at the end; the panels after it write to Y2.
   const Index pboth = more.n > 0 && N % NR ? N / NR : -1;
@@ -597,11 +688,8 @@ void gemm_tn(GemmTnWork<S>& ws, Index R, Index N, const S* A, Index lda, const S
                        : detail::Operand<S>{kc, Ap + (ip - ic0) * ABLOCK, 1, MR,
                                             Bp.panel(p)};
           const detail::Operand<S> none{0, nullptr, 0, 0, nullptr};
-          S* const c = (r0 || accumulate) ? y : nullptr;
-          if (Bp.half(p))
-            detail::tile_rows_half<S, MR>(m, o1, none, c, ld, y, ld, ncols);
-          else
-            detail::tile_rows<S, MR>(m, Bp.packets(p), o1, none, c, ld, y, ld, ncols);
+          detail::tile_rows<S, MR>(m, Bp.packets(p), Bp.half(p), o1, none,
+                                   (r0 || accumulate) ? y : nullptr, ld, y, ld, ncols);
         }
       }
     }

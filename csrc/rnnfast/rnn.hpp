@@ -322,8 +322,10 @@ inline StepShare step_share(const Plan& plan, Index B, Index H, Index panels, In
     share_rows(B, st.len, tid, nt, s.b0, s.b1);
   } else {
     share(panels, tid, nt, s.p0, s.p1);
-    s.c0 = std::min<Index>(s.p0 * panel_width, H);
-    s.c1 = std::min<Index>(s.p1 * panel_width, H);
+    // (the last panel may be wider than the others: PackedMatrix's merged half packet)
+    auto col = [&](Index p) { return p >= panels ? H : std::min<Index>(p * panel_width, H); };
+    s.c0 = col(s.p0);
+    s.c1 = col(s.p1);
   }
   return s;
 }
