@@ -13,6 +13,7 @@ change installed and one without).
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -67,6 +68,9 @@ def main(argv=None):
     ap.add_argument("--omega", action="store_true", help="backward with Ω")
     args = ap.parse_args(argv)
     T, B, I, H = args.shape
+    for py in (args.python_a, args.python_b):
+        if shutil.which(py) is None:
+            ap.error(f"{py}: not an executable interpreter")
     flops = 2.0 * T * B * H * (H + I)  # forward; the backward does twice this
     res = {"A": [], "B": []}
     print(f"shape (T, B, I, H) = ({T}, {B}, {I}, {H}) {args.dtype}, {args.threads} thread(s)"
@@ -74,10 +78,14 @@ def main(argv=None):
     print("| round | build | forward | backward | together |\n|---|---|---|---|---|")
     for r in range(args.rounds):
         for name, py in (("A", args.python_a), ("B", args.python_b)):
-            out = subprocess.run([py, "-c", CHILD, ",".join(map(str, args.shape)), args.dtype, str(args.threads),
-                                  str(args.seconds), "1" if args.omega else "0"],
-                                 check=True, capture_output=True, text=True).stdout
-            m = json.loads(out.strip().splitlines()[-1])
+            proc = subprocess.run([py, "-c", CHILD, ",".join(map(str, args.shape)), args.dtype,
+                                   str(args.threads), str(args.seconds),
+                                   "1" if args.omega else "0"], capture_output=True, text=True)
+            if proc.returncode != 0:  # e.g. no rnnfast in that interpreter
+                tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+                print(f"ab.py: build {name} ({py}) failed: {tail}", file=sys.stderr)
+                return 1
+            m = json.loads(proc.stdout.strip().splitlines()[-1])
             res[name].append(m)
             print(f"| {r + 1} | {name} | {m['forward'] * 1e3:.3f} | {m['backward'] * 1e3:.3f} | "
                   f"{(m['forward'] + m['backward']) * 1e3:.3f} |", flush=True)

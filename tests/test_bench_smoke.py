@@ -143,6 +143,10 @@ def test_ab_compares_two_interpreters_round_by_round():
                           "--shape", "3,2,5"], capture_output=True, text=True, timeout=60,
                          check=False)
     assert bad.returncode == 2 and "expected T,B,I,H" in bad.stderr
+    bad = subprocess.run([sys.executable, str(script), "/nonexistent/python", sys.executable,
+                          "--shape", "3,2,1,5"], capture_output=True, text=True, timeout=60,
+                         check=False)
+    assert bad.returncode == 2 and "not an executable interpreter" in bad.stderr
 
 
 def test_thread_plan_prints_one_row_per_shape():
