@@ -119,13 +119,19 @@ def test_music_resume_remembers_data_and_refuses_other_options(tmp_path, capsys)
     assert "resumed at epoch 2, batch 0, update " in capsys.readouterr().out
 
 
-def test_music_resume_with_a_higher_max_epochs_trains_on(tmp_path, capsys):
+def _tiny_music(data, file, n_train):
+    """A music data set of ``n_train`` identical 30-step pieces (one for valid and test)."""
     import pickle
 
     piece = [[60 + t % 5, 67] for t in range(30)]
-    (tmp_path / "data" / "music").mkdir(parents=True)
-    with open(tmp_path / "data" / "music" / "JSB_Chorales.pickle", "wb") as f:
-        pickle.dump({"train": [piece] * 4, "valid": [piece], "test": [piece]}, f, protocol=2)
+    (data / "music").mkdir(parents=True)
+    with open(data / "music" / file, "wb") as f:
+        pickle.dump({"train": [piece] * n_train, "valid": [piece], "test": [piece]}, f,
+                    protocol=2)
+
+
+def test_music_resume_with_a_higher_max_epochs_trains_on(tmp_path, capsys):
+    _tiny_music(tmp_path / "data", "JSB_Chorales.pickle", 4)
     out = tmp_path / "m"
     base = ["reproduce", "music", "--dataset", "JSB", "--out", str(out), "--quiet"]
     assert main(base + ["--data", str(tmp_path / "data"), "--hidden", "4", "--max-epochs", "1",
@@ -140,12 +146,7 @@ def test_music_resume_with_a_higher_max_epochs_trains_on(tmp_path, capsys):
 
 
 def test_table1_max_epochs_continues_a_cell_that_stopped_at_its_cap(tmp_path, capsys):
-    import pickle
-
-    piece = [[60 + t % 5, 67] for t in range(30)]
-    (tmp_path / "data" / "music").mkdir(parents=True)
-    with open(tmp_path / "data" / "music" / "Nottingham.pickle", "wb") as f:
-        pickle.dump({"train": [piece] * 2, "valid": [piece], "test": [piece]}, f, protocol=2)
+    _tiny_music(tmp_path / "data", "Nottingham.pickle", 2)
     out = tmp_path / "t1"
     base = ["reproduce", "table1", "--out", str(out), "--cells", "Nottingham-SGD",
             "--workers", "1"]

@@ -537,27 +537,38 @@ def test_table1_threads_auto_runs_music_in_parallel_then_ptb_on_all_cores(tmp_pa
     assert pools == [(2, 1)] and sorted(calls) == [("Nottingham-SGD", 1), ("PTB-ahead1-SGD-CR", 1)]
 
 
-def test_table1_refuses_a_cell_run_with_other_settings(tmp_path, monkeypatch):
+def _fake_cells(monkeypatch, calls, record=lambda args: args[0]):
+    """run_table1 on threads with a stand-in for run_cell that appends record(args) to
+    ``calls`` and returns a finished cell."""
     import concurrent.futures as cf
 
     from rnnfast.experiments import sweep
 
-    calls = []
-
     def cell(args):
-        calls.append(args[0])
+        calls.append(record(args))
         return {"slug": args[0], "ours": {"train": 1.0, "valid": 1.0, "test": 1.0},
                 "stopped": "early_stop", "train_seconds": 1.0, "epochs": 1,
                 "dataset": args[2], "paper": None}
 
     monkeypatch.setattr(sweep, "local_executor", lambda w, t: cf.ThreadPoolExecutor(w))
     monkeypatch.setattr(nat, "run_cell", cell)
+
+
+def _finished_cell(out, slug, config, stopped, epochs):
+    """Write ``out/slug/results.json`` of a finished cell; returns its dict."""
+    r = {"slug": slug, "ours": {"train": 1.0, "valid": 1.0, "test": 1.0}, "stopped": stopped,
+         "train_seconds": 1.0, "epochs": epochs, "dataset": "PTB", "paper": None,
+         "config": config}
+    (out / slug).mkdir(exist_ok=True)
+    (out / slug / "results.json").write_text(json.dumps(r))
+    return r
+
+
+def test_table1_refuses_a_cell_run_with_other_settings(tmp_path, monkeypatch):
+    calls = []
+    _fake_cells(monkeypatch, calls)
     slug = "PTB-ahead1-SGD-CR"
-    (tmp_path / slug).mkdir()
-    done = {"slug": slug, "ours": {"train": 1.0, "valid": 1.0, "test": 1.0},
-            "stopped": "converged", "train_seconds": 1.0, "epochs": 1, "dataset": "PTB",
-            "paper": None, "config": nat.ptb_config("SGD-CR").to_dict()}
-    (tmp_path / slug / "results.json").write_text(json.dumps(done))
+    done = _finished_cell(tmp_path, slug, nat.ptb_config("SGD-CR").to_dict(), "converged", 1)
     nat.run_table1(tmp_path, tmp_path, cells=[slug], workers=1, stream=io.StringIO())
     assert calls == []  # finished with the table's settings: nothing to run
     with pytest.raises(UserError, match=f"{slug} was run with other settings.*init_scale"):
@@ -573,26 +584,10 @@ def test_table1_refuses_a_cell_run_with_other_settings(tmp_path, monkeypatch):
 
 
 def test_table1_reruns_a_capped_cell_only_when_its_cap_is_raised(tmp_path, monkeypatch):
-    import concurrent.futures as cf
-
-    from rnnfast.experiments import sweep
-
     calls = []
-
-    def cell(args):
-        calls.append((args[0], args[-1]))
-        return {"slug": args[0], "ours": {"train": 1.0, "valid": 1.0, "test": 1.0},
-                "stopped": "converged", "train_seconds": 2.0, "epochs": 31,
-                "dataset": args[2], "paper": None}
-
-    monkeypatch.setattr(sweep, "local_executor", lambda w, t: cf.ThreadPoolExecutor(w))
-    monkeypatch.setattr(nat, "run_cell", cell)
+    _fake_cells(monkeypatch, calls, record=lambda args: (args[0], args[-1]))
     slug = "PTB-ahead1-SGD"
-    (tmp_path / slug).mkdir()
-    capped = {"slug": slug, "ours": {"train": 1.0, "valid": 1.0, "test": 1.0},
-              "stopped": "max_epochs", "train_seconds": 1.0, "epochs": 30, "dataset": "PTB",
-              "paper": None, "config": nat.ptb_config("SGD").to_dict()}
-    (tmp_path / slug / "results.json").write_text(json.dumps(capped))
+    capped = _finished_cell(tmp_path, slug, nat.ptb_config("SGD").to_dict(), "max_epochs", 30)
     for ov in ({}, {"max_epochs": 30}, {"max_epochs": 20}):
         nat.run_table1(tmp_path, tmp_path, cells=[slug], workers=1, stream=io.StringIO(),
                        overrides=ov)
