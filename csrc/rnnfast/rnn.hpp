@@ -194,8 +194,9 @@ inline Plan make_plan(const Dims& d, const Options& opt, std::size_t elem_bytes 
   // (1 MiB L2), fwd + BPTT with Ω, time hidden ÷ batch: 2 rows per thread 1.15–1.44 (float32,
   // H = 128–400), 1.24 (float64, H = 256); 3 rows 0.97–1.02. Where W_rec does not fit, the
   // hidden split keeps each thread's half resident (3 rows, H = 500: 0.89).
-  const Index nr = elem_bytes == sizeof(double) ? PanelShape<double>::NR : PanelShape<float>::NR;
-  const double w_rec_bytes = double(H) * double((H + nr - 1) / nr * nr) * double(elem_bytes);
+  const double w_rec_bytes =
+      double(elem_bytes == sizeof(double) ? PackedMatrix<double>::elements(H, H) * sizeof(double)
+                                          : PackedMatrix<float>::elements(H, H) * sizeof(float));
   if (rows_per_thread >= 2 && w_rec_bytes <= double(l2_cache_bytes()))
     return {n, Schedule::Batch};
   if (rows_per_thread >= 4) return {n, Schedule::Batch};
