@@ -1176,9 +1176,11 @@ def run_table1(data_dir, out_dir, *, cells=None, budget_minutes=60.0, workers=2,
         r = results.get(slug)
         if r is None:
             return False
+        if r["train_seconds"] >= budget - 1.0:
+            return True
         if r["stopped"] == "max_epochs":  # done, unless its cap is now higher
-            return r["epochs"] >= caps[slug] or r["train_seconds"] >= budget - 1.0
-        return r["stopped"] in ("early_stop", "converged") or r["train_seconds"] >= budget - 1.0
+            return r["epochs"] >= caps[slug]
+        return r["stopped"] in ("early_stop", "converged")
 
     pending = [c for c in todo if not finished(c[0])]
     workers = int(workers)
