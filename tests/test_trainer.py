@@ -363,6 +363,38 @@ def test_fit_keeps_numpys_blas_on_one_thread_and_restores_it():
         assert blas_threads() == before
 
 
+def test_step_alone_keeps_numpys_blas_on_one_thread_and_restores_it():
+    # a user's own loop over step(): the readout's products run while the kernels' threads
+    # are up, so the same limit as in fit() (else OpenBLAS's spinning threads take a core)
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    eng = Engine(make_model(), O.SGD(0.05), C.GradientClipper(1.0), 0.05, seed=0, batch_size=5)
+    seen = []
+    inner = eng.model.loss_and_grad
+
+    def watched(*a, **k):
+        seen.append(blas_threads())
+        return inner(*a, **k)
+
+    eng.model.loss_and_grad = watched
+    batch = TinyOrder().generate(np.random.default_rng(0), 5, 7)
+    with threadpool_limits(2, user_api="blas"):
+        before = blas_threads()
+        if not before or max(before) < 2:
+            pytest.skip("NumPy's BLAS has no threads to limit here")
+        eng.step(batch)
+        eng.step(batch)
+        assert blas_threads() == before
+        eng.model.loss_and_grad = lambda *a, **k: 1 / 0
+        with pytest.raises(ZeroDivisionError):  # lifted on an error too
+            eng.step(batch)
+        assert blas_threads() == before
+    assert seen == [[1] * len(before)] * 2 and eng.update == 2
+
+
 def test_max_epochs_over_a_list():
     task = TinyRegress()
     rng = np.random.default_rng(2)
