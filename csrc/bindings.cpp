@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "build_config.hpp"
+#include "rnnfast/readout.hpp"
 #include "rnnfast/rnn.hpp"
 
 namespace py = pybind11;
@@ -354,6 +355,62 @@ std::pair<double, double> backward(const py::array& u, const py::object& W_in,
   return {r.omega_sum, r.omega_pairs};
 }
 
+// The readout's products (readout.hpp), outputs allocated here:
+//   linear:       Z (N, O) = X (N, K) · Wᵀ + 1 bᵀ       W (O, K), b (O) or None
+//   linear_grads: (dX (N, K), dW (O, K)) = (dZ (N, O) · W, dZᵀ · X)
+// (N, K) from X, O from W.
+std::pair<Index, Index> rows_cols(const py::array& a, const char* name, const char* shape) {
+  if (a.ndim() != 2) throw py::value_error(std::string(name) + ": expected shape " + shape);
+  return {a.shape(0), a.shape(1)};
+}
+
+Index outputs_of(const py::object& W) {
+  if (!py::isinstance<py::array>(W) || py::reinterpret_borrow<py::array>(W).ndim() != 2)
+    throw py::value_error("W: expected shape (O, K)");
+  return py::reinterpret_borrow<py::array>(W).shape(0);
+}
+
+template <typename S>
+py::array linear(const py::array& X, const py::object& W, const py::object& b, int num_threads) {
+  const auto [N, K] = rows_cols(X, "X", "(N, K)");
+  const Index O = outputs_of(W);
+  const S* x = buffer<S>(X, "X", {N, K});
+  const S* w = buffer<S>(W, "W", {O, K});
+  const S* bo = buffer<S>(b, "b", {O}, true);
+  py::array Z = empty_aligned({N, O}, py::dtype::of<S>());
+  S* z = static_cast<S*>(Z.mutable_data());
+  const int nt = rnnfast::readout_threads(N, K, O, clamp_threads(num_threads));
+  if (nt > 1) team_started.store(true);
+  {
+    py::gil_scoped_release nogil;
+    rnnfast::linear<S>(N, K, O, x, w, bo, z, nt);
+  }
+  return Z;
+}
+
+template <typename S>
+py::tuple linear_grads(const py::array& dZ, const py::object& X, const py::object& W,
+                       int num_threads) {
+  const auto [N, O] = rows_cols(dZ, "dZ", "(N, O)");
+  if (!py::isinstance<py::array>(X) || py::reinterpret_borrow<py::array>(X).ndim() != 2)
+    throw py::value_error("X: expected shape (N, K)");
+  const Index K = py::reinterpret_borrow<py::array>(X).shape(1);
+  const S* dz = buffer<S>(dZ, "dZ", {N, O});
+  const S* x = buffer<S>(X, "X", {N, K});
+  const S* w = buffer<S>(W, "W", {O, K});
+  py::array dX = empty_aligned({N, K}, py::dtype::of<S>());
+  py::array dW = empty_aligned({O, K}, py::dtype::of<S>());
+  S* dx = static_cast<S*>(dX.mutable_data());
+  S* dw = static_cast<S*>(dW.mutable_data());
+  const int nt = rnnfast::readout_threads(N, K, O, clamp_threads(num_threads));
+  if (nt > 1) team_started.store(true);
+  {
+    py::gil_scoped_release nogil;
+    rnnfast::linear_grads<S>(N, K, O, dz, x, w, dx, dw, nt);
+  }
+  return py::make_tuple(dX, dW);
+}
+
 void dispatch_check(const py::array& u) {
   if (!py::isinstance<py::array_t<float>>(u) && !py::isinstance<py::array_t<double>>(u))
     throw py::type_error("u: expected float32 or float64");
@@ -440,6 +497,26 @@ PYBIND11_MODULE(_core, m) {
       py::arg("omega_bound"), py::arg("dh_norm"), py::arg("activation"),
       py::arg("num_threads"), py::arg("schedule"), py::arg("lengths") = py::none(),
       py::arg("omega_alpha") = 0.0);
+  m.def(
+      "linear",
+      [](const py::array& X, py::object W, py::object b, int num_threads) {
+        if (py::isinstance<py::array_t<float>>(X)) return linear<float>(X, W, b, num_threads);
+        if (py::isinstance<py::array_t<double>>(X)) return linear<double>(X, W, b, num_threads);
+        throw py::type_error("X: expected float32 or float64");
+      },
+      py::arg("X").noconvert(), py::arg("W"), py::arg("b"), py::arg("num_threads"),
+      "Z (N, O) = X (N, K) · Wᵀ + b, W (O, K), b (O) or None");
+  m.def(
+      "linear_grads",
+      [](const py::array& dZ, py::object X, py::object W, int num_threads) {
+        if (py::isinstance<py::array_t<float>>(dZ))
+          return linear_grads<float>(dZ, X, W, num_threads);
+        if (py::isinstance<py::array_t<double>>(dZ))
+          return linear_grads<double>(dZ, X, W, num_threads);
+        throw py::type_error("dZ: expected float32 or float64");
+      },
+      py::arg("dZ").noconvert(), py::arg("X"), py::arg("W"), py::arg("num_threads"),
+      "(dX (N, K), dW (O, K)) = (dZ · W, dZᵀ · X) for dZ (N, O), X (N, K), W (O, K)");
   m.def("empty", &empty_aligned, py::arg("shape"), py::arg("dtype"),
         "Uninitialised C-contiguous array whose data start on a 64-byte boundary");
   m.def(

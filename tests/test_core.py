@@ -666,3 +666,70 @@ def test_omega_alpha_checks():
     assert g.omega is None and g.omega_grad is None
     g0 = rnnfast.backward(fwd, dh)
     assert np.array_equal(g.W_rec, g0.W_rec)
+
+
+# ----------------------------------------------------------------- the readout's products
+# (N, K, O): one row, fewer rows than a tile, a partial panel of K and of O, O past a panel
+# (50, 88: the PTB and music readouts), K past several panels, and enough flops for a team.
+LINEAR_SHAPES = [(1, 1, 1), (3, 5, 2), (37, 13, 7), (20, 50, 4), (160, 70, 50), (200, 130, 88),
+                 (1600, 500, 50), (90, 1025, 3)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N,K,O", LINEAR_SHAPES)
+def test_linear_and_its_gradients_match_numpy_on_every_thread_count(N, K, O, dtype):
+    rng = np.random.default_rng([N, K, O])
+    x, W = rng.standard_normal((N, K)), rng.standard_normal((O, K))
+    b, dz = rng.standard_normal(O), rng.standard_normal((N, O))
+    tol = dict(rtol=1e-4, atol=1e-4 * np.sqrt(K)) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-13 * K)
+    c = [a.astype(dtype) for a in (x, W, b, dz)]
+    want_z = c[0].astype(float) @ c[1].astype(float).T + c[2]
+    want_dx = c[3].astype(float) @ c[1].astype(float)
+    want_dW = c[3].astype(float).T @ c[0].astype(float)
+    z1 = rnnfast.core.linear(c[0], c[1], c[2], num_threads=1)
+    dx1, dW1 = rnnfast.core.linear_grads(c[3], c[0], c[1], num_threads=1)
+    assert z1.dtype == dx1.dtype == dW1.dtype == dtype
+    assert z1.shape == (N, O) and dx1.shape == (N, K) and dW1.shape == (O, K)
+    np.testing.assert_allclose(z1, want_z, **tol)
+    np.testing.assert_allclose(dx1, want_dx, **tol)
+    np.testing.assert_allclose(dW1, want_dW, **tol)
+    np.testing.assert_allclose(rnnfast.core.linear(c[0], c[1]), want_z - c[2], **tol)  # no b
+    for n in (2, 3):  # each element one thread's sum in a fixed order: bit-identical
+        np.testing.assert_array_equal(rnnfast.core.linear(c[0], c[1], c[2], num_threads=n), z1)
+        dxn, dWn = rnnfast.core.linear_grads(c[3], c[0], c[1], num_threads=n)
+        np.testing.assert_array_equal(dxn, dx1)
+        np.testing.assert_array_equal(dWn, dW1)
+
+
+def test_linear_takes_any_strides_and_no_rows():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((9, 40))[:, ::2]  # (9, 20), not contiguous
+    W = np.asfortranarray(rng.standard_normal((6, 20)))
+    np.testing.assert_allclose(rnnfast.core.linear(x, W), x @ W.T, rtol=1e-12)
+    dz = rng.standard_normal((6, 9)).T  # (9, 6)
+    dx, dW = rnnfast.core.linear_grads(dz, x, W)
+    np.testing.assert_allclose(dx, dz @ W, rtol=1e-12)
+    np.testing.assert_allclose(dW, dz.T @ x, rtol=1e-12)
+    assert rnnfast.core.linear(np.zeros((0, 20)), W).shape == (0, 6)
+    dx, dW = rnnfast.core.linear_grads(np.zeros((0, 6)), np.zeros((0, 20)), W)
+    assert dx.shape == (0, 20) and np.array_equal(dW, np.zeros((6, 20)))
+
+
+def test_linear_rejects_bad_input_with_a_clear_message():
+    x, W = np.ones((4, 3)), np.ones((2, 3))
+    with pytest.raises(TypeError, match="W: dtype float32 differs"):
+        rnnfast.core.linear(x, W.astype(np.float32))
+    with pytest.raises(TypeError, match="x: expected a float32 or float64 array"):
+        rnnfast.core.linear(x.astype(int), W)
+    with pytest.raises(ValueError, match=r"W: expected shape \(O, K\) = \(2, 3\), got \(2, 4\)"):
+        rnnfast.core.linear(x, np.ones((2, 4)))
+    with pytest.raises(ValueError, match=r"b: expected shape \(O,\)"):
+        rnnfast.core.linear(x, W, np.ones(3))
+    with pytest.raises(ValueError, match=r"x: expected shape \(N, K\)"):
+        rnnfast.core.linear(np.ones(3), W)
+    with pytest.raises(ValueError, match=r"x: expected shape \(N, K\) = \(5, 3\)"):
+        rnnfast.core.linear_grads(np.ones((5, 2)), x, W)
+    with pytest.raises(ValueError, match=r"W: expected shape \(O, K\) = \(2, 3\)"):
+        rnnfast.core.linear_grads(np.ones((4, 2)), x, np.ones((3, 3)))
+    with pytest.raises(ValueError, match="num_threads"):
+        rnnfast.core.linear(x, W, num_threads=0)

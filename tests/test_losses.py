@@ -166,6 +166,28 @@ def test_outputs_are_probabilities_and_readout_agrees():
                                1 / (1 + np.exp(-(h[-1] @ W.T + b))), rtol=1e-12)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("at", ["last", "all"])
+def test_without_gradients_the_loss_and_outputs_are_the_same(kind, at):
+    h, W, b, t = make(kind, at, T=7, B=30, H=40, O=9)  # a product big enough for two threads
+    mask = (np.arange(7)[:, None] < np.arange(30) % 7 + 1) if at == "all" else None
+    r = L.loss_and_grad(h, W, b, t, kind=kind, at=at, mask=mask, num_threads=2)
+    e = L.loss_and_grad(h, W, b, t, kind=kind, at=at, mask=mask, grad=False)
+    assert e.loss == r.loss and np.array_equal(e.y, r.y) and e.count == r.count
+    assert e.W_out is e.b_out is e.dh is e.dh_last is None
+    r1 = L.loss_and_grad(h, W, b, t, kind=kind, at=at, mask=mask, num_threads=1)
+    for name in ("W_out", "b_out", "dh", "dh_last"):  # the same on every thread count
+        a1, a2 = getattr(r1, name), getattr(r, name)
+        assert (a1 is None and a2 is None) or np.array_equal(a1, a2)
+
+
+def test_readout_of_mixed_dtypes_is_in_the_wider_one():
+    h, W, b, _ = make("linear_mse", "all")
+    y = L.readout(h.astype(np.float32), W, b, "linear_mse")
+    assert y.dtype == np.float64
+    np.testing.assert_allclose(y, h.astype(np.float32).astype(float) @ W.T + b, rtol=1e-12)
+
+
 def test_float32_gradients_float32_loss_float64():
     h, W, b, t = make("softmax_ce", "all", dtype=np.float32)
     r = L.loss_and_grad(h, W, b, t, kind="softmax_ce", at="all")

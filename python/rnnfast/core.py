@@ -52,6 +52,8 @@ __all__ = [
     "final_state",
     "forward",
     "get_num_threads",
+    "linear",
+    "linear_grads",
     "max_num_threads",
     "release_memory",
     "set_num_threads",
@@ -714,3 +716,57 @@ def _final_state_ragged(u, W_in, W_rec, b, h0, lengths, step, activation, num_th
                  else np.array(h0, dtype=out.dtype, copy=True))
         h[rows] = out
     return h
+
+
+def linear(x, W, b=None, *, num_threads: int | None = None) -> np.ndarray:
+    """The readout's product z = x Wᵀ + b over all rows, on the kernels' threads.
+
+    Parameters
+    ----------
+    x : array (N, K)
+        N rows (e.g. the T·B hidden states of a batch), K features.
+    W : array (O, K)
+    b : array (O,), optional
+    num_threads : int, optional
+        As for :func:`forward` (small products use one).
+
+    Returns
+    -------
+    ndarray (N, O)
+        Each element is one thread's sum in a fixed order: the same for every thread count.
+    """
+    threads = _check_threads(num_threads)
+    x = _checked("x", x, "(N, K)", 2)
+    W = _checked("W", W, "(O, K)", 2, x.dtype)
+    _expect_shape("W", W, (W.shape[0], x.shape[1]), "(O, K)")
+    if b is not None:
+        b = _checked("b", b, "(O,)", 1, x.dtype)
+        _expect_shape("b", b, (W.shape[0],), "(O,)")
+        b = np.ascontiguousarray(b)
+    return _core.linear(np.ascontiguousarray(x), np.ascontiguousarray(W), b, threads)
+
+
+def linear_grads(dz, x, W, *, num_threads: int | None = None) -> tuple:
+    """Gradients of :func:`linear`'s product given ∂E/∂z: (∂E/∂x, ∂E/∂W) = (dz W, dzᵀ x).
+
+    Parameters
+    ----------
+    dz : array (N, O)
+    x : array (N, K)
+    W : array (O, K)
+    num_threads : int, optional
+
+    Returns
+    -------
+    (ndarray (N, K), ndarray (O, K))
+        (∂E/∂b is ``dz.sum(axis=0)``.) The same for every thread count.
+    """
+    threads = _check_threads(num_threads)
+    dz = _checked("dz", dz, "(N, O)", 2)
+    x = _checked("x", x, "(N, K)", 2, dz.dtype)
+    W = _checked("W", W, "(O, K)", 2, dz.dtype)
+    N, O = dz.shape
+    _expect_shape("x", x, (N, x.shape[1]), "(N, K)")
+    _expect_shape("W", W, (O, x.shape[1]), "(O, K)")
+    return tuple(_core.linear_grads(np.ascontiguousarray(dz), np.ascontiguousarray(x),
+                                    np.ascontiguousarray(W), threads))

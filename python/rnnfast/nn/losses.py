@@ -3,7 +3,9 @@
 The readout maps hidden states to outputs with one affine map,
 ``z = h W_outᵀ + b_out``, computed as ONE matrix product over every row that is
 read (all ``T·B`` rows for ``at="all"``, the ``B`` rows of the last step for
-``at="last"``); there is no per-step Python loop.
+``at="last"``); there is no per-step Python loop. The products run on the
+kernels' threads (:func:`rnnfast.core.linear`), not on NumPy's BLAS, which
+training keeps on one thread.
 
 Loss kinds (``kind``)
 ---------------------
@@ -55,6 +57,8 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
+from .. import core as _core
+
 __all__ = [
     "LOSS_KINDS",
     "READ_AT",
@@ -78,16 +82,16 @@ class LossResult(NamedTuple):
     ----------
     loss : float
         The normalised loss (accumulated in float64).
-    W_out : ndarray (O, H)
-        ∂loss/∂W_out.
-    b_out : ndarray (O,)
-        ∂loss/∂b_out.
+    W_out : ndarray (O, H) or None
+        ∂loss/∂W_out (None with ``grad=False``).
+    b_out : ndarray (O,) or None
+        ∂loss/∂b_out (None with ``grad=False``).
     dh : ndarray (T, B, H) or None
         Direct loss gradient ∂loss/∂h_t at every step (``at="all"``), for
-        ``rnnfast.backward(fwd, dh)``; None for ``at="last"``.
+        ``rnnfast.backward(fwd, dh)``; None for ``at="last"`` or ``grad=False``.
     dh_last : ndarray (B, H) or None
         Direct loss gradient at the last step (``at="last"``), for
-        ``rnnfast.backward(fwd, dh_last=...)``; None for ``at="all"``.
+        ``rnnfast.backward(fwd, dh_last=...)``; None for ``at="all"`` or ``grad=False``.
     y : ndarray (B, O) or (T, B, O)
         Outputs at the read steps: probabilities (softmax / sigmoid) or values
         (linear), as ``Task.errors`` expects them.
@@ -129,7 +133,7 @@ def _activate(z, kind):
     return 0.5 * (np.tanh(0.5 * z) + 1.0)
 
 
-def readout(h, W_out, b_out, kind):
+def readout(h, W_out, b_out, kind, *, num_threads=None):
     """Outputs of the readout for hidden states of any leading shape.
 
     Parameters
@@ -139,21 +143,28 @@ def readout(h, W_out, b_out, kind):
     W_out : ndarray (O, H)
     b_out : ndarray (O,)
     kind : {"softmax_ce", "linear_mse", "sigmoid_bce"}
+    num_threads : int, optional
+        Threads of the product (as for :func:`rnnfast.forward`).
 
     Returns
     -------
     ndarray (..., O)
-        Probabilities (softmax / sigmoid) or values (linear).
+        Probabilities (softmax / sigmoid) or values (linear), in the wider of the
+        dtypes of ``h`` and ``W_out``.
     """
     if kind not in LOSS_KINDS:
         raise ValueError(f"loss kind {kind!r} is unknown; expected one of {LOSS_KINDS}")
     h = np.asarray(h)
+    W_out = np.asarray(W_out)
+    if W_out.ndim != 2:
+        raise ValueError(f"W_out must be 2-D (O, H), got shape {W_out.shape}")
     H = W_out.shape[1]
     if h.shape[-1] != H:
         raise ValueError(f"h has {h.shape[-1]} hidden units but W_out expects {H}")
     lead = h.shape[:-1]
-    z = h.reshape(-1, H) @ W_out.T  # one GEMM over all rows
-    z += b_out
+    dtype = np.result_type(h, W_out, b_out, np.float32)
+    z = _core.linear(h.reshape(-1, H).astype(dtype, copy=False), W_out.astype(dtype, copy=False),
+                     np.asarray(b_out, dtype), num_threads=num_threads)  # one product
     return _activate(z, kind).reshape(lead + (W_out.shape[0],))
 
 
@@ -234,7 +245,8 @@ def check_targets(targets, kind, at, T, B, n_out, mask=None):
     return flat
 
 
-def loss_and_grad(h, W_out, b_out, targets, *, kind, at="last", mask=None, normalize="step"):
+def loss_and_grad(h, W_out, b_out, targets, *, kind, at="last", mask=None, normalize="step",
+                  grad=True, num_threads=None):
     """Readout, loss and gradients over all read steps in one pass.
 
     Parameters
@@ -254,6 +266,10 @@ def loss_and_grad(h, W_out, b_out, targets, *, kind, at="last", mask=None, norma
         Weights of the steps whose cost counts (``at="all"`` only).
     normalize : {"step", "sequence", "sum"}
         See the module docstring; "step" is the authors' convention.
+    grad : bool
+        Also the gradients (False: the loss and outputs only, e.g. an evaluation).
+    num_threads : int, optional
+        Threads of the readout's products (as for :func:`rnnfast.forward`).
 
     Returns
     -------
@@ -296,8 +312,7 @@ def loss_and_grad(h, W_out, b_out, targets, *, kind, at="last", mask=None, norma
     tflat = check_targets(targets, kind, at, T, B, O, mask=mask if at == "all" else None)
     N = hr.shape[0]
 
-    z = hr @ W_out.T  # (N, O): ONE GEMM over every read row
-    z += b_out
+    z = _core.linear(hr, W_out, b_out, num_threads=num_threads)  # (N, O): ONE product
     dtype = h.dtype
 
     # per-row loss (float64 accumulation) and dL/dz before normalisation
@@ -312,8 +327,9 @@ def loss_and_grad(h, W_out, b_out, targets, *, kind, at="last", mask=None, norma
         row_loss = np.log(s[:, 0].astype(np.float64)) - (
             z[rows, tflat].astype(np.float64) - zmax[:, 0].astype(np.float64)
         )
-        dz = y.copy()
-        dz[rows, tflat] -= 1
+        if grad:
+            dz = y.copy()
+            dz[rows, tflat] -= 1
     elif kind == "linear_mse":
         y = z
         diff = z - tflat.astype(dtype, copy=False)
@@ -334,7 +350,6 @@ def loss_and_grad(h, W_out, b_out, targets, *, kind, at="last", mask=None, norma
     else:
         total = float(row_loss @ w)
         counted = float(w.sum())
-        dz *= w.astype(dtype)[:, None]
 
     if normalize == "sum":
         count = 1.0
@@ -345,17 +360,19 @@ def loss_and_grad(h, W_out, b_out, targets, *, kind, at="last", mask=None, norma
     if count <= 0:
         raise ValueError("the mask selects no step: the loss is undefined")
     loss = total / count
+    y_out = y if at == "last" else y.reshape(T, B, O)
+    if not grad:
+        return LossResult(float(loss), None, None, None, None, y_out, count)
+    if w is not None:
+        dz *= w.astype(dtype)[:, None]
     dz *= dtype.type(1.0 / count)
 
-    gW_out = dz.T @ hr  # (O, H), one GEMM
+    dh_rows, gW_out = _core.linear_grads(dz, hr, W_out, num_threads=num_threads)  # (N, H), (O, H)
     gb_out = dz.sum(axis=0)
-    dh_rows = dz @ W_out  # (N, H), one GEMM
     if at == "last":
         dh, dh_last = None, dh_rows
-        y_out = y
     else:
         dh, dh_last = dh_rows.reshape(T, B, H), None
-        y_out = y.reshape(T, B, O)
     return LossResult(
         float(loss), gW_out.astype(dtype, copy=False), gb_out.astype(dtype, copy=False),
         dh, dh_last, y_out, count,

@@ -264,9 +264,10 @@ class RNNModel:
             hT = _core.final_state(u, p["W_in"], p["W_rec"], p["b"],
                                       self.initial_state(u.shape[1], h0),
                                       activation=self.activation, num_threads=num_threads)
-            return _losses.readout(hT, p["W_out"], p["b_out"], self.loss)
+            return _losses.readout(hT, p["W_out"], p["b_out"], self.loss,
+                                   num_threads=num_threads)
         fwd = self.forward(u, h0, num_threads=num_threads)
-        return _losses.readout(fwd.h, p["W_out"], p["b_out"], self.loss)
+        return _losses.readout(fwd.h, p["W_out"], p["b_out"], self.loss, num_threads=num_threads)
 
     predict = outputs
 
@@ -299,7 +300,8 @@ class RNNModel:
         else:
             h = self.forward(u, h0, num_threads=num_threads).h
         r = _losses.loss_and_grad(h, p["W_out"], p["b_out"], targets, kind=self.loss,
-                                  at=self.at, mask=mask, normalize=self.normalize)
+                                  at=self.at, mask=mask, normalize=self.normalize, grad=False,
+                                  num_threads=num_threads)
         if return_state:
             return r.loss, r.y, np.array(h if h.ndim == 2 else h[-1])
         return r.loss, r.y
@@ -342,7 +344,8 @@ class RNNModel:
                                activation=self.activation, num_threads=num_threads,
                                workspace=workspace)
         r = _losses.loss_and_grad(fwd.h, p["W_out"], p["b_out"], targets, kind=self.loss,
-                                  at=self.at, mask=mask, normalize=self.normalize)
+                                  at=self.at, mask=mask, normalize=self.normalize,
+                                  num_threads=num_threads)
         kw = ({"omega": True, "omega_bound": omega_bound, "omega_alpha": omega_alpha}
               if omega else {})
         kw.update(num_threads=num_threads, workspace=workspace, input_grad=False)
