@@ -398,14 +398,17 @@ def test_thread_plan_keeps_an_l2_resident_w_rec_on_batch_slices():
     l2 = rnnfast.build_info()["l2_cache_bytes"]
     plan = _core.plan
     assert plan(2, 2, 3, 4, 4, 2) == (1, "serial")  # too small to split
-    assert plan(125, 20, 6, 50, 4, 2) == (2, "batch")  # ≥ 4 rows per thread
-    # 2 rows per thread: batch slices while W_rec (packed) fits one core's L2, else hidden
+    assert plan(125, 20, 6, 50, 4, 2) == (2, "batch")  # many rows per thread, small W_rec
+    # 2-4 rows per thread: batch slices while W_rec (packed) fits one core's L2
     small = 128  # 128 × ≤ 144 padded columns × 4 bytes ≤ 74 KiB
-    assert plan(100, 4, 64, small, 4, 2) == (2, "batch")
+    for B in (4, 6, 8):
+        assert plan(100, B, 64, small, 4, 2) == (2, "batch")
     big = 1000  # ≥ 4 MB in float32 (< 1024: the large-H rule does not apply)
     assert 1000 * 1000 * 4 > l2 or pytest.skip("an L2 of 4 MB or more")
-    assert plan(100, 4, 64, big, 4, 2) == (2, "hidden")
-    assert plan(100, 4, 64, big, 8, 2) == (2, "hidden")
+    # past L2: 3 rows per thread take the hidden split, 2 rows and 4 or more the batch one
+    for B, split in ((4, "batch"), (6, "hidden"), (8, "batch"), (10, "batch"), (16, "batch")):
+        assert plan(100, B, 64, big, 4, 2) == (2, split), B
+        assert plan(100, B, 64, big, 8, 2) == (2, split), B
     assert plan(100, 2, 64, 300, 4, 2) == (2, "hidden")  # one row per thread, H ≥ 256
     assert plan(50, 16, 256, 2048, 4, 2) == (2, "hidden")  # large H, few rows
 
