@@ -704,7 +704,7 @@ def test_linear_and_its_gradients_match_numpy_on_every_thread_count(N, K, O, dty
         np.testing.assert_array_equal(dWn, dW1)
 
 
-def test_linear_takes_any_strides_and_no_rows():
+def test_linear_takes_any_strides_and_empty_dimensions():
     rng = np.random.default_rng(1)
     x = rng.standard_normal((9, 40))[:, ::2]  # (9, 20), not contiguous
     W = np.asfortranarray(rng.standard_normal((6, 20)))
@@ -716,6 +716,13 @@ def test_linear_takes_any_strides_and_no_rows():
     assert rnnfast.core.linear(np.zeros((0, 20)), W).shape == (0, 6)
     dx, dW = rnnfast.core.linear_grads(np.zeros((0, 6)), np.zeros((0, 20)), W)
     assert dx.shape == (0, 20) and np.array_equal(dW, np.zeros((6, 20)))
+    for N, K, O in ((300, 0, 50), (300, 40, 0)):  # no features, no outputs, two threads
+        x, W, dz = rng.random((N, K)), rng.random((O, K)), rng.random((N, O))
+        b = rng.random(O)
+        np.testing.assert_allclose(rnnfast.core.linear(x, W, b, num_threads=2), x @ W.T + b)
+        dx, dW = rnnfast.core.linear_grads(dz, x, W, num_threads=2)
+        np.testing.assert_allclose(dx, dz @ W)
+        np.testing.assert_allclose(dW, dz.T @ x)
 
 
 def test_linear_rejects_bad_input_with_a_clear_message():
