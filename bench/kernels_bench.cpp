@@ -3,7 +3,8 @@
 // BM_backward<S, true, true>), at the sizes (T, B, I, H) of kSizes below (P, S1–S5, the natural
 // problems' PTB and music minibatches, their one-sequence updates PTB1 and MUS1, and LM, one
 // layer of the PyTorch word language model's RNN, bench/torch_stack.py's LM2), and
-// forward + backward of a ragged batch (variable lengths, BM_ragged).
+// forward + backward of a ragged batch (variable lengths, BM_ragged), and the readout's three
+// products (readout.hpp: BM_readout) at the read rows, hidden units and outputs of P, PTB and MUS.
 // Counters: GFLOP/s of the work each kernel does (forward 2·T·B·H·(H+I), backward twice that;
 // Ω adds the symmetric product T·B·H²; a ragged batch counts its Σ len_b valid steps only).
 // On 2 threads the backward of a batch split takes each thread's weight gradients in the
@@ -20,6 +21,7 @@
 #include <random>
 #include <vector>
 
+#include "rnnfast/readout.hpp"
 #include "rnnfast/rnn.hpp"
 
 namespace {
@@ -140,6 +142,39 @@ void BM_ragged(benchmark::State& st) {
   st.SetLabel(kNames[st.range(0)]);
 }
 
+// The readout's products: Z = X Wᵀ + b, then dX = dZ W and dW = dZᵀ X, for (N, K, O) =
+// P's last step (20, 50, 4), PTB's (1600, 500, 50) and MUS's (800, 300, 88).
+template <typename S>
+void BM_readout(benchmark::State& st) {
+  const Index shapes[3][3] = {{20, 50, 4}, {1600, 500, 50}, {800, 300, 88}};
+  const Index N = shapes[st.range(0)][0], K = shapes[st.range(0)][1], O = shapes[st.range(0)][2];
+  const int threads = int(st.range(1));
+  std::mt19937 gen(0);
+  std::normal_distribution<double> n(0.0, 1.0);
+  auto filled = [&](Index k) {
+    std::vector<S> v(static_cast<size_t>(k));
+    for (auto& x : v) x = S(n(gen));
+    return v;
+  };
+  std::vector<S> X = filled(N * K), W = filled(O * K), b = filled(O), dZ = filled(N * O);
+  std::vector<S> Z(size_t(N * O)), dX(size_t(N * K)), dW(size_t(O * K));
+  const int nt = rnnfast::readout_threads(N, K, O, threads);
+  for (auto _ : st) {
+    rnnfast::linear<S>(N, K, O, X.data(), W.data(), b.data(), Z.data(), nt);
+    rnnfast::linear_grads<S>(N, K, O, dZ.data(), X.data(), W.data(), dX.data(), dW.data(), nt);
+  }
+  st.counters["GFLOP/s"] = benchmark::Counter(6.0 * double(N) * K * O * 1e-9,
+                                              benchmark::Counter::kIsIterationInvariantRate);
+  static const char* names[] = {"P", "PTB", "MUS"};
+  st.SetLabel(names[st.range(0)]);
+}
+
+void readout_sizes(benchmark::internal::Benchmark* b) {
+  for (int s = 0; s < 3; ++s)
+    for (int t : {1, 2}) b->Args({s, t});
+  b->Unit(benchmark::kMicrosecond)->UseRealTime();
+}
+
 void sizes(benchmark::internal::Benchmark* b) {
   for (int s = 0; s < kNumSizes; ++s)
     for (int t : {1, 2}) b->Args({s, t});
@@ -155,6 +190,8 @@ BENCHMARK(BM_backward<double, false>)->Apply(sizes);
 BENCHMARK(BM_backward<double, true>)->Apply(sizes);
 BENCHMARK(BM_backward<double, true, true>)->Apply(sizes);
 BENCHMARK(BM_ragged<float>)->Apply(sizes);
+BENCHMARK(BM_readout<float>)->Apply(readout_sizes);
+BENCHMARK(BM_readout<double>)->Apply(readout_sizes);
 
 }  // namespace
 
