@@ -5,8 +5,9 @@
 
 Runs `rnnfast reproduce music --method SGD-CR --alpha A --seed S --threads 1` for every
 (A, S), `--jobs` at a time (one thread each), into OUT/<dataset>-a<A>-s<S>; a run whose
-results.json exists is skipped (rerun the command to resume). Writes OUT/omega_weight.json
-(every run's results) and prints a table of test NLL per α0 (mean ± sd over the seeds).
+results.json exists is skipped, one cut short is resumed (rerun the command to resume).
+Writes OUT/omega_weight.json (every finished run in OUT) and prints a table of test NLL per
+α0 (mean ± sd over the seeds run).
 """
 
 import argparse
@@ -60,28 +61,28 @@ def main(argv=None):
 
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(run, runs))
+    # Every finished run in OUT (also those of earlier calls with other α0 or seeds).
     rows = []
-    for a, s in runs:
-        p = os.path.join(folder(a, s), "results.json")
-        r = {"alpha0": a, "seed": s}
+    for name in sorted(os.listdir(args.out)):
+        p = os.path.join(args.out, name, "results.json")
         if os.path.exists(p):
             with open(p) as f:
-                r.update(json.load(f))
-        rows.append(r)
+                r = json.load(f)
+            rows.append({"alpha0": r["config"]["alpha"], "seed": r["config"]["seed"], **r})
     with open(os.path.join(args.out, "omega_weight.json"), "w") as f:
         json.dump(rows, f, indent=1, default=str)
-    print(f"| α0 | test NLL per seed ({', '.join(map(str, args.seeds))}) | mean ± sd | train | valid |")
-    print("|---|---|---|---|---|")
-    for a in args.alphas:
-        got = [r for r in rows if r["alpha0"] == a and "ours" in r]
+    print("| α0 | test NLL (seed: value) | mean ± sd | train | valid | epochs |")
+    print("|---|---|---|---|---|---|")
+    for a in sorted({r["alpha0"] for r in rows}):
+        got = sorted((r for r in rows if r["alpha0"] == a), key=lambda r: r["seed"])
         test = [r["ours"]["test"] for r in got]
-        if not test:
-            continue
         sd = statistics.stdev(test) if len(test) > 1 else float("nan")
         tr = statistics.mean(r["ours"]["train"] for r in got)
         va = statistics.mean(r["ours"]["valid"] for r in got)
-        print(f"| {a:g} | {' / '.join(f'{x:.2f}' for x in test)} | {statistics.mean(test):.3f} ± "
-              f"{sd:.3f} | {tr:.2f} | {va:.2f} |")
+        ep = ", ".join(str(r["epochs"]) for r in got)
+        per = ", ".join(f"{r['seed']}: {r['ours']['test']:.2f}" for r in got)
+        print(f"| {a:g} | {per} | {statistics.mean(test):.3f} ± {sd:.3f} (n={len(test)}) | "
+              f"{tr:.2f} | {va:.2f} | {ep} |")
 
 
 if __name__ == "__main__":
