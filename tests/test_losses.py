@@ -186,6 +186,8 @@ def test_readout_of_mixed_dtypes_is_in_the_wider_one():
     y = L.readout(h.astype(np.float32), W, b, "linear_mse")
     assert y.dtype == np.float64
     np.testing.assert_allclose(y, h.astype(np.float32).astype(float) @ W.T + b, rtol=1e-12)
+    y = L.readout(h, W, list(b), "linear_mse")  # array-likes too
+    np.testing.assert_allclose(y, h @ W.T + b, rtol=1e-12)
 
 
 def test_float32_gradients_float32_loss_float64():

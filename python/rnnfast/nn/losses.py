@@ -154,8 +154,7 @@ def readout(h, W_out, b_out, kind, *, num_threads=None):
     """
     if kind not in LOSS_KINDS:
         raise ValueError(f"loss kind {kind!r} is unknown; expected one of {LOSS_KINDS}")
-    h = np.asarray(h)
-    W_out = np.asarray(W_out)
+    h, W_out, b_out = np.asarray(h), np.asarray(W_out), np.asarray(b_out)
     if W_out.ndim != 2:
         raise ValueError(f"W_out must be 2-D (O, H), got shape {W_out.shape}")
     H = W_out.shape[1]
@@ -164,7 +163,7 @@ def readout(h, W_out, b_out, kind, *, num_threads=None):
     lead = h.shape[:-1]
     dtype = np.result_type(h, W_out, b_out, np.float32)
     z = _core.linear(h.reshape(-1, H).astype(dtype, copy=False), W_out.astype(dtype, copy=False),
-                     np.asarray(b_out, dtype), num_threads=num_threads)  # one product
+                     b_out.astype(dtype, copy=False), num_threads=num_threads)  # one product
     return _activate(z, kind).reshape(lead + (W_out.shape[0],))
 
 
