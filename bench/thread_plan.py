@@ -8,6 +8,11 @@ batch split (each thread owns B/n sequences for all steps, no barrier per step) 
 hidden split (each thread owns a block of W_rec's columns, one barrier per step), alternating
 call by call; prints the medians, hidden ÷ batch, and the split the automatic plan takes
 (``_core.plan``). The first two rounds are warm-up.
+
+A map, not a verdict: the two splits alternating in one process share caches that separate
+processes do not, and at four rows per thread with W_rec past L2 this grid favoured the hidden
+split where ``bench/ab.py`` (each plan in its own build, processes interleaved) measured it
+1.06× slower. Decide a change of the plan with ``bench/ab.py``.
 """
 
 import argparse
