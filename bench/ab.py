@@ -2,17 +2,21 @@
 
     python bench/ab.py OLD/bin/python NEW/bin/python --shape 125,20,6,50 [--dtype float32]
         [--threads 1] [--rounds 4] [--seconds 3] [--omega]
+    python bench/ab.py OLD/bin/python NEW/bin/python --update PTB [--threads 2] ...
 
 Each round runs a fresh process of each interpreter in turn (A, B, A, B, ...), and each
 process times ``rnnfast.forward`` then ``rnnfast.backward`` (tanh, dh given, no Ω unless
-``--omega``) for ``--seconds`` and reports its medians. Interleaving puts both builds under
-the same drift of a shared machine; the table gives every round and the median of rounds.
-Use it to keep or drop a kernel change: one interpreter per build (e.g. a venv with the
-change installed and one without).
+``--omega``) for ``--seconds`` and reports its medians. With ``--update NAME`` it times instead
+the full SGD-CR training update of ``bench/peers.py``'s update case NAME (P, PTB, MUS, MUSE:
+its shape, task and engine; ``Engine.step`` with NumPy's BLAS on one thread), float32.
+Interleaving puts both builds under the same drift of a shared machine; the table gives every
+round and the median of rounds. Use it to keep or drop a change: one interpreter per build
+(e.g. a venv with the change installed and one without).
 """
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -44,6 +48,30 @@ print(json.dumps({"forward": float(np.median(fw)), "backward": float(np.median(b
                   "calls": len(fw)}))
 """
 
+#: the same for one training update of bench/peers.py's update case (argv: bench folder,
+#: case name, threads, seconds)
+CHILD_UPDATE = r"""
+import json, sys, time
+import numpy as np
+from threadpoolctl import threadpool_limits
+sys.path.insert(0, sys.argv[1])
+import peers
+name, n, secs = sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+T, B, I, H = peers.SIZES[name]
+peer = peers.RnnfastPeer(n)
+peer.set_threads()
+peer.prepare_update(peers.make_update_problem(T, B, I, H, "float32", peers.UPDATE_TASKS[name]))
+ts = []
+with threadpool_limits(1, user_api="blas"):
+    peer.update()
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < secs or len(ts) < 5:
+        a = time.perf_counter()
+        peer.update()
+        ts.append(time.perf_counter() - a)
+print(json.dumps({"update": float(np.median(ts)), "calls": len(ts)}))
+"""
+
 
 def shape(text):
     try:
@@ -60,17 +88,22 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("python_a", help="interpreter of build A (the baseline)")
     ap.add_argument("python_b", help="interpreter of build B")
-    ap.add_argument("--shape", required=True, type=shape, help="T,B,I,H")
+    what = ap.add_mutually_exclusive_group(required=True)
+    what.add_argument("--shape", type=shape, help="T,B,I,H")
+    what.add_argument("--update", choices=("P", "PTB", "MUS", "MUSE"),
+                      help="time bench/peers.py's training update of this case instead")
     ap.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--seconds", type=float, default=3.0, help="timing per process")
     ap.add_argument("--omega", action="store_true", help="backward with Ω")
     args = ap.parse_args(argv)
-    T, B, I, H = args.shape
     for py in (args.python_a, args.python_b):
         if shutil.which(py) is None:
             ap.error(f"{py}: not an executable interpreter")
+    if args.update:
+        return compare_updates(args)
+    T, B, I, H = args.shape
     flops = 2.0 * T * B * H * (H + I)  # forward; the backward does twice this
     res = {"A": [], "B": []}
     print(f"shape (T, B, I, H) = ({T}, {B}, {I}, {H}) {args.dtype}, {args.threads} thread(s)"
@@ -78,14 +111,11 @@ def main(argv=None):
     print("| round | build | forward | backward | together |\n|---|---|---|---|---|")
     for r in range(args.rounds):
         for name, py in (("A", args.python_a), ("B", args.python_b)):
-            proc = subprocess.run([py, "-c", CHILD, ",".join(map(str, args.shape)), args.dtype,
-                                   str(args.threads), str(args.seconds),
-                                   "1" if args.omega else "0"], capture_output=True, text=True)
-            if proc.returncode != 0:  # e.g. no rnnfast in that interpreter
-                tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-                print(f"ab.py: build {name} ({py}) failed: {tail}", file=sys.stderr)
+            m = run_child(name, py, [CHILD, ",".join(map(str, args.shape)), args.dtype,
+                                     str(args.threads), str(args.seconds),
+                                     "1" if args.omega else "0"])
+            if m is None:
                 return 1
-            m = json.loads(proc.stdout.strip().splitlines()[-1])
             res[name].append(m)
             print(f"| {r + 1} | {name} | {m['forward'] * 1e3:.3f} | {m['backward'] * 1e3:.3f} | "
                   f"{(m['forward'] + m['backward']) * 1e3:.3f} |", flush=True)
@@ -99,6 +129,35 @@ def main(argv=None):
     tb = med["B"]["forward"] + med["B"]["backward"]
     print(f"B / A: forward {med['B']['forward'] / med['A']['forward']:.3f}, backward "
           f"{med['B']['backward'] / med['A']['backward']:.3f}, together {tb / ta:.3f}")
+    return 0
+
+
+def run_child(name, py, argv):
+    """One process of one build: its JSON line, or None after saying why it failed."""
+    proc = subprocess.run([py, "-c", *argv], capture_output=True, text=True)
+    if proc.returncode != 0:  # e.g. no rnnfast in that interpreter
+        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        print(f"ab.py: build {name} ({py}) failed: {tail}", file=sys.stderr)
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def compare_updates(args):
+    bench = os.path.dirname(os.path.abspath(__file__))
+    times = {"A": [], "B": []}
+    print(f"training update of bench/peers.py's case {args.update}, float32, {args.threads} "
+          f"thread(s); medians in ms")
+    print("| round | build | update |\n|---|---|---|")
+    for r in range(args.rounds):
+        for name, py in (("A", args.python_a), ("B", args.python_b)):
+            m = run_child(name, py, [CHILD_UPDATE, bench, args.update, str(args.threads),
+                                     str(args.seconds)])
+            if m is None:
+                return 1
+            times[name].append(m["update"])
+            print(f"| {r + 1} | {name} | {m['update'] * 1e3:.3f} |", flush=True)
+    a, b = (statistics.median(times[n]) for n in ("A", "B"))
+    print(f"A: update {a * 1e3:.3f} ms\nB: update {b * 1e3:.3f} ms\nB / A: update {b / a:.3f}")
     return 0
 
 
