@@ -102,6 +102,9 @@ def main(argv=None):
         if shutil.which(py) is None:
             ap.error(f"{py}: not an executable interpreter")
     if args.update:
+        if args.dtype != "float32" or args.omega:  # the update case fixes both
+            ap.error("--update times peers.py's float32 SGD-CR update (Ω included): "
+                     "--dtype and --omega do not apply")
         return compare_updates(args)
     T, B, I, H = args.shape
     flops = 2.0 * T * B * H * (H + I)  # forward; the backward does twice this

@@ -146,6 +146,10 @@ def test_ab_compares_two_interpreters_round_by_round():
     assert [r.split(" | ")[1] for r in upd.stdout.splitlines() if r.startswith("| 1 |")] == \
         ["A", "B"] and "B / A: update" in upd.stdout
     bad = subprocess.run([sys.executable, str(script), sys.executable, sys.executable,
+                          "--update", "P", "--omega"], capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert bad.returncode == 2 and "do not apply" in bad.stderr
+    bad = subprocess.run([sys.executable, str(script), sys.executable, sys.executable,
                           "--shape", "3,2,5"], capture_output=True, text=True, timeout=60,
                          check=False)
     assert bad.returncode == 2 and "expected T,B,I,H" in bad.stderr
