@@ -108,20 +108,15 @@ def main(argv=None):
         return compare_updates(args)
     T, B, I, H = args.shape
     flops = 2.0 * T * B * H * (H + I)  # forward; the backward does twice this
-    res = {"A": [], "B": []}
     print(f"shape (T, B, I, H) = ({T}, {B}, {I}, {H}) {args.dtype}, {args.threads} thread(s)"
           f"{', with Ω' if args.omega else ''}; medians in ms")
     print("| round | build | forward | backward | together |\n|---|---|---|---|---|")
-    for r in range(args.rounds):
-        for name, py in (("A", args.python_a), ("B", args.python_b)):
-            m = run_child(name, py, [CHILD, ",".join(map(str, args.shape)), args.dtype,
-                                     str(args.threads), str(args.seconds),
-                                     "1" if args.omega else "0"])
-            if m is None:
-                return 1
-            res[name].append(m)
-            print(f"| {r + 1} | {name} | {m['forward'] * 1e3:.3f} | {m['backward'] * 1e3:.3f} | "
-                  f"{(m['forward'] + m['backward']) * 1e3:.3f} |", flush=True)
+    res = interleaved(args, [CHILD, ",".join(map(str, args.shape)), args.dtype,
+                             str(args.threads), str(args.seconds), "1" if args.omega else "0"],
+                      lambda m: f"{m['forward'] * 1e3:.3f} | {m['backward'] * 1e3:.3f} | "
+                                f"{(m['forward'] + m['backward']) * 1e3:.3f}")
+    if res is None:
+        return 1
     med = {n: {k: statistics.median(x[k] for x in v) for k in ("forward", "backward")}
            for n, v in res.items()}
     for n in ("A", "B"):
@@ -145,21 +140,31 @@ def run_child(name, py, argv):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def interleaved(args, child_argv, cells):
+    """args.rounds rounds of one process of build A then one of build B, each printed as a
+    table row (`cells` formats its measurements); {"A": [...], "B": [...]} of their JSON
+    results, or None when a build failed."""
+    res = {"A": [], "B": []}
+    for r in range(args.rounds):
+        for name, py in (("A", args.python_a), ("B", args.python_b)):
+            m = run_child(name, py, child_argv)
+            if m is None:
+                return None
+            res[name].append(m)
+            print(f"| {r + 1} | {name} | {cells(m)} |", flush=True)
+    return res
+
+
 def compare_updates(args):
     bench = os.path.dirname(os.path.abspath(__file__))
-    times = {"A": [], "B": []}
     print(f"training update of bench/peers.py's case {args.update}, float32, {args.threads} "
           f"thread(s); medians in ms")
     print("| round | build | update |\n|---|---|---|")
-    for r in range(args.rounds):
-        for name, py in (("A", args.python_a), ("B", args.python_b)):
-            m = run_child(name, py, [CHILD_UPDATE, bench, args.update, str(args.threads),
-                                     str(args.seconds)])
-            if m is None:
-                return 1
-            times[name].append(m["update"])
-            print(f"| {r + 1} | {name} | {m['update'] * 1e3:.3f} |", flush=True)
-    a, b = (statistics.median(times[n]) for n in ("A", "B"))
+    res = interleaved(args, [CHILD_UPDATE, bench, args.update, str(args.threads),
+                             str(args.seconds)], lambda m: f"{m['update'] * 1e3:.3f}")
+    if res is None:
+        return 1
+    a, b = (statistics.median(m["update"] for m in res[n]) for n in ("A", "B"))
     print(f"A: update {a * 1e3:.3f} ms\nB: update {b * 1e3:.3f} ms\nB / A: update {b / a:.3f}")
     return 0
 
