@@ -358,22 +358,18 @@ std::pair<double, double> backward(const py::array& u, const py::object& W_in,
 // The readout's products (readout.hpp), outputs allocated here:
 //   linear:       Z (N, O) = X (N, K) · Wᵀ + 1 bᵀ       W (O, K), b (O) or None
 //   linear_grads: (dX (N, K), dW (O, K)) = (dZ (N, O) · W, dZᵀ · X)
-// (N, K) from X, O from W.
-std::pair<Index, Index> rows_cols(const py::array& a, const char* name, const char* shape) {
-  if (a.ndim() != 2) throw py::value_error(std::string(name) + ": expected shape " + shape);
+// (N, K) from X, O from W (dZ and X for the gradients); buffer() checks the rest.
+std::pair<Index, Index> matrix_dims(const py::object& obj, const char* name, const char* shape) {
+  if (!py::isinstance<py::array>(obj) || py::reinterpret_borrow<py::array>(obj).ndim() != 2)
+    throw py::value_error(std::string(name) + ": expected shape " + shape);
+  const auto a = py::reinterpret_borrow<py::array>(obj);
   return {a.shape(0), a.shape(1)};
-}
-
-Index outputs_of(const py::object& W) {
-  if (!py::isinstance<py::array>(W) || py::reinterpret_borrow<py::array>(W).ndim() != 2)
-    throw py::value_error("W: expected shape (O, K)");
-  return py::reinterpret_borrow<py::array>(W).shape(0);
 }
 
 template <typename S>
 py::array linear(const py::array& X, const py::object& W, const py::object& b, int num_threads) {
-  const auto [N, K] = rows_cols(X, "X", "(N, K)");
-  const Index O = outputs_of(W);
+  const auto [N, K] = matrix_dims(X, "X", "(N, K)");
+  const Index O = matrix_dims(W, "W", "(O, K)").first;
   const S* x = buffer<S>(X, "X", {N, K});
   const S* w = buffer<S>(W, "W", {O, K});
   const S* bo = buffer<S>(b, "b", {O}, true);
@@ -391,10 +387,8 @@ py::array linear(const py::array& X, const py::object& W, const py::object& b, i
 template <typename S>
 py::tuple linear_grads(const py::array& dZ, const py::object& X, const py::object& W,
                        int num_threads) {
-  const auto [N, O] = rows_cols(dZ, "dZ", "(N, O)");
-  if (!py::isinstance<py::array>(X) || py::reinterpret_borrow<py::array>(X).ndim() != 2)
-    throw py::value_error("X: expected shape (N, K)");
-  const Index K = py::reinterpret_borrow<py::array>(X).shape(1);
+  const auto [N, O] = matrix_dims(dZ, "dZ", "(N, O)");
+  const Index K = matrix_dims(X, "X", "(N, K)").second;
   const S* dz = buffer<S>(dZ, "dZ", {N, O});
   const S* x = buffer<S>(X, "X", {N, K});
   const S* w = buffer<S>(W, "W", {O, K});
