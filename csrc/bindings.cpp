@@ -405,6 +405,56 @@ py::tuple linear_grads(const py::array& dZ, const py::object& X, const py::objec
   return py::make_tuple(dX, dW);
 }
 
+// The readout's loss (readout.hpp): (Σ_n w_n loss_n, P (N, O) or None for linear_mse, dZ (N, O)
+// or None without `grad`). kind: 0 softmax_ce (targets: int64 classes (N)), 1 sigmoid_bce,
+// 2 linear_mse (targets: Y (N, O)); targets None: outputs only. w: float64 (N) or None.
+template <typename S>
+py::tuple readout_loss(int kind, const py::array& Z, const py::object& targets,
+                       const py::object& w, double scale, bool grad, int num_threads) {
+  if (kind < 0 || kind > int(rnnfast::Loss::LinearMSE))
+    throw py::value_error("kind: expected a code in 0..2, got " + std::to_string(kind));
+  const auto loss = rnnfast::Loss(kind);
+  const auto [N, O] = matrix_dims(Z, "Z", "(N, O)");
+  const S* z = buffer<S>(Z, "Z", {N, O});
+  const double* wp = buffer<double>(w, "w", {N}, true);
+  const std::int64_t* classes = nullptr;
+  const S* y = nullptr;
+  if (loss == rnnfast::Loss::SoftmaxCE) {
+    classes = buffer<std::int64_t>(targets, "targets", {N}, true);
+    // a class indexes its row: check every counted one before any is read
+    for (Index n = 0; classes && n < N; ++n) {
+      if ((wp && wp[n] == 0.0) || (classes[n] >= 0 && classes[n] < O)) continue;
+      throw py::value_error("targets hold class " + std::to_string(classes[n]) +
+                            ", outside the valid range [0, " + std::to_string(O) + ")");
+    }
+  } else {
+    y = buffer<S>(targets, "targets", {N, O}, true);
+  }
+  const bool has_targets = classes || y;
+  if (grad && !has_targets) throw py::value_error("grad: the gradient needs targets");
+  if (loss == rnnfast::Loss::LinearMSE && !has_targets)
+    throw py::value_error("targets: linear_mse's outputs are Z itself; nothing to compute");
+  py::object P = py::none(), dZ = py::none();
+  S* p = nullptr;
+  S* dz = nullptr;
+  if (loss != rnnfast::Loss::LinearMSE) {
+    P = empty_aligned({N, O}, py::dtype::of<S>());
+    p = static_cast<S*>(py::reinterpret_borrow<py::array>(P).mutable_data());
+  }
+  if (grad) {
+    dZ = empty_aligned({N, O}, py::dtype::of<S>());
+    dz = static_cast<S*>(py::reinterpret_borrow<py::array>(dZ).mutable_data());
+  }
+  const int nt = rnnfast::loss_threads(N, O, clamp_threads(num_threads));
+  if (nt > 1) team_started.store(true);
+  double total;
+  {
+    py::gil_scoped_release nogil;
+    total = rnnfast::readout_loss<S>(loss, N, O, z, classes, y, wp, scale, p, dz, nt);
+  }
+  return py::make_tuple(total, P, dZ);
+}
+
 void dispatch_check(const py::array& u) {
   if (!py::isinstance<py::array_t<float>>(u) && !py::isinstance<py::array_t<double>>(u))
     throw py::type_error("u: expected float32 or float64");
@@ -511,6 +561,19 @@ PYBIND11_MODULE(_core, m) {
       },
       py::arg("dZ").noconvert(), py::arg("X"), py::arg("W"), py::arg("num_threads"),
       "(dX (N, K), dW (O, K)) = (dZ · W, dZᵀ · X) for dZ (N, O), X (N, K), W (O, K)");
+  m.def(
+      "readout_loss",
+      [](int kind, const py::array& Z, py::object targets, py::object w, double scale, bool grad,
+         int num_threads) {
+        if (py::isinstance<py::array_t<float>>(Z))
+          return readout_loss<float>(kind, Z, targets, w, scale, grad, num_threads);
+        if (py::isinstance<py::array_t<double>>(Z))
+          return readout_loss<double>(kind, Z, targets, w, scale, grad, num_threads);
+        throw py::type_error("Z: expected float32 or float64");
+      },
+      py::arg("kind"), py::arg("Z").noconvert(), py::arg("targets"), py::arg("w"),
+      py::arg("scale"), py::arg("grad"), py::arg("num_threads"),
+      "(Σ w_n loss_n, P (N, O) or None, dZ (N, O) or None): the readout's loss of scores Z");
   m.def("empty", &empty_aligned, py::arg("shape"), py::arg("dtype"),
         "Uninitialised C-contiguous array whose data start on a 64-byte boundary");
   m.def(

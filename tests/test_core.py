@@ -743,3 +743,113 @@ def test_linear_rejects_bad_input_with_a_clear_message():
         rnnfast.core.linear_grads(np.ones((4, 2)), x, np.ones((3, 3)))
     with pytest.raises(ValueError, match="num_threads"):
         rnnfast.core.linear(x, W, num_threads=0)
+
+
+# ----------------------------------------------------------------- the readout's loss
+def _loss_reference(kind, z, t, w, scale):
+    """float64 per-row definitions (rnnfast.nn.losses' docstring): Σ w·loss, outputs, dz."""
+    z = z.astype(float)
+    N, O = z.shape
+    w = np.ones(N) if w is None else w
+    if kind == "softmax_ce":
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        y = e / e.sum(axis=1, keepdims=True)
+        c = np.where(w > 0, t, 0)
+        loss = -np.log(y[np.arange(N), c])
+        d = y.copy()
+        d[np.arange(N), c] -= 1
+    elif kind == "sigmoid_bce":
+        y = 1 / (1 + np.exp(-z))
+        tt = np.where(w[:, None] > 0, t, 0).astype(float)
+        loss = (np.logaddexp(0, z) - tt * z).sum(axis=1)
+        d = y - tt
+    else:
+        y = z
+        diff = z - np.where(w[:, None] > 0, t, 0).astype(float)
+        loss, d = (diff ** 2).sum(axis=1), 2 * diff
+    return float((w * loss).sum()), y, d * (w * scale)[:, None]
+
+
+# (N, O): one row, a partial vector of outputs, PTB's and music's readouts (a team each)
+LOSS_SHAPES = [(1, 1), (5, 3), (37, 17), (20, 4), (1600, 50), (800, 88)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("kind", ["softmax_ce", "sigmoid_bce", "linear_mse"])
+@pytest.mark.parametrize("N,O", LOSS_SHAPES)
+def test_readout_loss_matches_its_definition_on_every_thread_count(N, O, kind, dtype):
+    rng = np.random.default_rng([N, O, len(kind)])
+    z = (3 * rng.standard_normal((N, O))).astype(dtype)
+    if kind == "softmax_ce":
+        t = rng.integers(0, O, N)
+    elif kind == "sigmoid_bce":
+        t = (rng.random((N, O)) < 0.2).astype(dtype)
+    else:
+        t = rng.standard_normal((N, O)).astype(dtype)
+    w = rng.random(N) * 2
+    w[::3] = 0  # padding: its targets are never read
+    padded = t.copy()
+    padded[::3] = -1 if kind == "softmax_ce" else np.nan
+    tol = dict(rtol=2e-6, atol=2e-7) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-14)
+    for weights, tt in ((None, t), (w, padded)):
+        want_total, want_y, want_dz = _loss_reference(kind, z, tt, weights, 0.25)
+        total, y, dz = rnnfast.core.readout_loss(kind, z, tt, weights, scale=0.25, num_threads=1)
+        assert isinstance(total, float)
+        assert total == pytest.approx(want_total, rel=1e-6 if dtype == np.float32 else 1e-12)
+        assert y.dtype == dz.dtype == dtype and y.shape == dz.shape == (N, O)
+        np.testing.assert_allclose(y, want_y, **tol)
+        np.testing.assert_allclose(dz, want_dz, **tol)
+        for n in (2, 3):  # each row one thread's, row losses added in order: bit-identical
+            tn, yn, dzn = rnnfast.core.readout_loss(kind, z, tt, weights, scale=0.25, num_threads=n)
+            assert tn == total
+            np.testing.assert_array_equal(yn, y)
+            np.testing.assert_array_equal(dzn, dz)
+        t2, y2, dz2 = rnnfast.core.readout_loss(kind, z, tt, weights, grad=False)
+        assert t2 == total and dz2 is None
+        np.testing.assert_array_equal(y2, y)
+
+
+def test_readout_loss_outputs_only_and_extreme_scores():
+    z = np.array([[1e4, -1e4, 0.0], [-80.0, 90.0, 3.0]], np.float32)
+    y = rnnfast.core.readout_loss("softmax_ce", z, grad=False)[1]
+    np.testing.assert_allclose(y, [[1, 0, 0], [0, 1, 0]], atol=1e-30)
+    y = rnnfast.core.readout_loss("sigmoid_bce", z, grad=False)[1]
+    np.testing.assert_allclose(y, [[1, 0, 0.5], [1 / (1 + np.exp(80.0)), 1, 1 / (1 + np.exp(-3.0))]],
+                               rtol=1e-6)
+    assert rnnfast.core.readout_loss("linear_mse", z, grad=False) == (0.0, z, None)
+    for kind, t in (("softmax_ce", np.array([1, 0])), ("sigmoid_bce", np.eye(2, 3, dtype=np.float32))):
+        total, _, dz = rnnfast.core.readout_loss(kind, z, t)
+        assert np.isfinite(total) and np.all(np.isfinite(dz))
+    # the loss of a saturated wrong answer is the score gap, not inf: 2e4 nats for row 0
+    total = rnnfast.core.readout_loss("softmax_ce", z[:1], np.array([1]), grad=False)[0]
+    assert total == pytest.approx(2e4)
+    assert rnnfast.core.readout_loss("softmax_ce", np.zeros((0, 4)), np.zeros(0, int))[0] == 0.0
+
+
+def test_readout_loss_rejects_bad_input_with_a_clear_message():
+    z = np.zeros((4, 3))
+    with pytest.raises(ValueError, match="kind: expected one of"):
+        rnnfast.core.readout_loss("hinge", z, np.zeros(4, int))
+    with pytest.raises(ValueError, match=r"targets hold class 3, outside the valid range \[0, 3\)"):
+        rnnfast.core.readout_loss("softmax_ce", z, np.array([0, 1, 2, 3]))
+    with pytest.raises(ValueError, match=r"targets hold class -1"):
+        rnnfast.core.readout_loss("softmax_ce", z, np.array([0, -1, 2, 2]), np.ones(4))
+    with pytest.raises(TypeError, match="targets: expected integer classes"):
+        rnnfast.core.readout_loss("softmax_ce", z, np.zeros(4))
+    with pytest.raises(ValueError, match=r"targets: expected shape \(N,\) = \(4,\)"):
+        rnnfast.core.readout_loss("softmax_ce", z, np.zeros(3, int))
+    with pytest.raises(TypeError, match="targets: dtype float32 differs"):
+        rnnfast.core.readout_loss("sigmoid_bce", z, np.zeros((4, 3), np.float32))
+    with pytest.raises(ValueError, match=r"targets: expected shape \(N, O\) = \(4, 3\)"):
+        rnnfast.core.readout_loss("linear_mse", z, np.zeros((4, 2)))
+    with pytest.raises(ValueError, match=r"weights: expected shape \(N,\)"):
+        rnnfast.core.readout_loss("linear_mse", z, z, np.ones(5))
+    for bad in (-1.0, np.nan, np.inf):
+        with pytest.raises(ValueError, match="weights: expected finite, non-negative"):
+            rnnfast.core.readout_loss("linear_mse", z, z, np.array([1, bad, 1, 1]))
+    with pytest.raises(ValueError, match="grad=True needs targets"):
+        rnnfast.core.readout_loss("sigmoid_bce", z)
+    with pytest.raises(ValueError, match=r"z: expected shape \(N, O\)"):
+        rnnfast.core.readout_loss("sigmoid_bce", np.zeros(3), grad=False)
+    with pytest.raises(ValueError, match="num_threads"):
+        rnnfast.core.readout_loss("sigmoid_bce", z, z, num_threads=0)

@@ -54,6 +54,7 @@ __all__ = [
     "get_num_threads",
     "linear",
     "linear_grads",
+    "readout_loss",
     "max_num_threads",
     "release_memory",
     "set_num_threads",
@@ -770,3 +771,70 @@ def linear_grads(dz, x, W, *, num_threads: int | None = None) -> tuple:
     _expect_shape("W", W, (O, x.shape[1]), "(O, K)")
     return tuple(_core.linear_grads(np.ascontiguousarray(dz), np.ascontiguousarray(x),
                                     np.ascontiguousarray(W), threads))
+
+
+_LOSS_CODES = {"softmax_ce": 0, "sigmoid_bce": 1, "linear_mse": 2}
+
+
+def readout_loss(kind, z, targets=None, weights=None, *, scale=1.0, grad=True,
+                 num_threads: int | None = None) -> tuple:
+    """The readout's loss of scores z in one pass, on the kernels' threads.
+
+    Parameters
+    ----------
+    kind : {"softmax_ce", "sigmoid_bce", "linear_mse"}
+        Outputs and per-row loss (see :mod:`rnnfast.nn.losses`).
+    z : array (N, O)
+        Scores (:func:`linear`'s output).
+    targets : array or None
+        ``softmax_ce``: integer classes (N,); otherwise values (N, O) of z's dtype. None: the
+        outputs only (``grad`` must be False).
+    weights : array (N,) or None
+        Non-negative row weights (a mask); a row of weight 0 reads no target (any value,
+        e.g. a padding class of -1), adds no loss and gets a zero gradient.
+    scale : float
+        Factor of the gradient (the normalisation, e.g. 1/N).
+    grad : bool
+        Also ∂/∂z of ``scale · Σ_n w_n loss_n``.
+    num_threads : int, optional
+        As for :func:`forward` (small problems use one).
+
+    Returns
+    -------
+    (float, ndarray (N, O), ndarray (N, O) or None)
+        ``Σ_n w_n loss_n`` (float64, rows added in order: the same for every thread count),
+        the outputs (softmax / sigmoid probabilities; z itself for ``linear_mse``) and the
+        gradient.
+    """
+    if kind not in _LOSS_CODES:
+        raise ValueError(f"kind: expected one of {tuple(_LOSS_CODES)}, got {kind!r}")
+    threads = _check_threads(num_threads)
+    z = _checked("z", z, "(N, O)", 2)
+    N, O = z.shape
+    if targets is not None:
+        t = np.asarray(targets)
+        if kind == "softmax_ce":
+            if t.dtype.kind not in "iu":
+                raise TypeError(f"targets: expected integer classes, got dtype {t.dtype}")
+            _expect_shape("targets", t, (N,), "(N,)")
+            targets = np.ascontiguousarray(t, dtype=np.int64)
+        else:
+            t = _checked("targets", t, "(N, O)", 2, z.dtype)
+            _expect_shape("targets", t, (N, O), "(N, O)")
+            targets = np.ascontiguousarray(t)
+    elif grad:
+        raise ValueError("grad=True needs targets")
+    if weights is not None:
+        w = np.asarray(weights)
+        _expect_shape("weights", w, (N,), "(N,)")
+        weights = np.ascontiguousarray(w, dtype=np.float64)
+        if not (np.all(np.isfinite(weights)) and np.all(weights >= 0)):
+            raise ValueError("weights: expected finite, non-negative values")
+    z = np.ascontiguousarray(z)
+    if kind == "linear_mse":
+        if targets is None:
+            return 0.0, z, None
+        total, _, dz = _core.readout_loss(2, z, targets, weights, float(scale), bool(grad), threads)
+        return total, z, dz
+    return _core.readout_loss(_LOSS_CODES[kind], z, targets, weights, float(scale), bool(grad),
+                              threads)

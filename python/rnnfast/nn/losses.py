@@ -5,7 +5,8 @@ The readout maps hidden states to outputs with one affine map,
 read (all ``T·B`` rows for ``at="all"``, the ``B`` rows of the last step for
 ``at="last"``); there is no per-step Python loop. The products run on the
 kernels' threads (:func:`rnnfast.core.linear`), not on NumPy's BLAS, which
-training keeps on one thread.
+training keeps on one thread, and so does the loss: outputs, loss and ∂/∂z in one
+pass over z (:func:`rnnfast.core.readout_loss`).
 
 Loss kinds (``kind``)
 ---------------------
@@ -120,19 +121,6 @@ def check_loss_options(kind, at, normalize="step"):
         )
 
 
-def _activate(z, kind):
-    """Output non-linearity applied to scores z (N, O); returns a new array."""
-    if kind == "linear_mse":
-        return z.copy()
-    if kind == "softmax_ce":
-        e = z - z.max(axis=1, keepdims=True)
-        np.exp(e, out=e)
-        e /= e.sum(axis=1, keepdims=True)
-        return e
-    # sigmoid_bce: numerically safe logistic
-    return 0.5 * (np.tanh(0.5 * z) + 1.0)
-
-
 def readout(h, W_out, b_out, kind, *, num_threads=None):
     """Outputs of the readout for hidden states of any leading shape.
 
@@ -164,7 +152,8 @@ def readout(h, W_out, b_out, kind, *, num_threads=None):
     dtype = np.result_type(h, W_out, b_out, np.float32)
     z = _core.linear(h.reshape(-1, H).astype(dtype, copy=False), W_out.astype(dtype, copy=False),
                      b_out.astype(dtype, copy=False), num_threads=num_threads)  # one product
-    return _activate(z, kind).reshape(lead + (W_out.shape[0],))
+    y = _core.readout_loss(kind, z, grad=False, num_threads=num_threads)[1]
+    return y.reshape(lead + (W_out.shape[0],))
 
 
 def _check_mask(mask, T, B):
@@ -314,57 +303,21 @@ def loss_and_grad(h, W_out, b_out, targets, *, kind, at="last", mask=None, norma
     z = _core.linear(hr, W_out, b_out, num_threads=num_threads)  # (N, O): ONE product
     dtype = h.dtype
 
-    # per-row loss (float64 accumulation) and dL/dz before normalisation
-    if kind == "softmax_ce":
-        zmax = z.max(axis=1, keepdims=True)
-        e = z - zmax
-        np.exp(e, out=e)
-        s = e.sum(axis=1, keepdims=True)
-        y = e / s
-        rows = np.arange(N)
-        # -log p_c = log Σ exp(z - zmax) - (z_c - zmax), in float64
-        row_loss = np.log(s[:, 0].astype(np.float64)) - (
-            z[rows, tflat].astype(np.float64) - zmax[:, 0].astype(np.float64)
-        )
-        if grad:
-            dz = y.copy()
-            dz[rows, tflat] -= 1
-    elif kind == "linear_mse":
-        y = z
-        diff = z - tflat.astype(dtype, copy=False)
-        row_loss = np.einsum("ij,ij->i", diff, diff, dtype=np.float64)
-        dz = 2 * diff
-    else:  # sigmoid_bce
-        y = 0.5 * (np.tanh(0.5 * z) + 1.0)
-        tt = tflat.astype(dtype, copy=False)
-        z64 = z.astype(np.float64)
-        # softplus(z) - t z, stable: max(z, 0) + log1p(exp(-|z|)) - t z
-        el = np.maximum(z64, 0) + np.log1p(np.exp(-np.abs(z64))) - tt.astype(np.float64) * z64
-        row_loss = el.sum(axis=1)
-        dz = y - tt
-
-    if w is None:
-        total = float(row_loss.sum())
-        counted = float(N)
-    else:
-        total = float(row_loss @ w)
-        counted = float(w.sum())
-
     if normalize == "sum":
         count = 1.0
     elif normalize == "sequence" or at == "last":
         count = float(B)
     else:  # "step"
-        count = counted
+        count = float(N) if w is None else float(w.sum())
     if count <= 0:
         raise ValueError("the mask selects no step: the loss is undefined")
+    # outputs, Σ w·loss (float64) and ∂loss/∂z in one pass (the kernels' threads)
+    total, y, dz = _core.readout_loss(kind, z, tflat, w, scale=1.0 / count, grad=grad,
+                                      num_threads=num_threads)
     loss = total / count
     y_out = y if at == "last" else y.reshape(T, B, O)
     if not grad:
         return LossResult(float(loss), None, None, None, None, y_out, count)
-    if w is not None:
-        dz *= w.astype(dtype)[:, None]
-    dz *= dtype.type(1.0 / count)
 
     dh_rows, gW_out = _core.linear_grads(dz, hr, W_out, num_threads=num_threads)  # (N, H), (O, H)
     gb_out = dz.sum(axis=0)
