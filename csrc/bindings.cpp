@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "build_config.hpp"
+#include "rnnfast/norms.hpp"
 #include "rnnfast/readout.hpp"
 #include "rnnfast/rnn.hpp"
 
@@ -455,6 +456,25 @@ py::tuple readout_loss(int kind, const py::array& Z, const py::object& targets,
   return py::make_tuple(total, P, dZ);
 }
 
+// Σ x² of each array of a sequence (norms.hpp), each a C-contiguous float32 or float64 array
+// (TypeError otherwise: the caller has a general path).
+std::vector<double> squared_norms(const py::sequence& arrays) {
+  std::vector<double> out;
+  out.reserve(arrays.size());
+  for (const py::handle& h : arrays) {
+    const bool f32 = py::isinstance<py::array_t<float>>(h);
+    if (!f32 && !py::isinstance<py::array_t<double>>(h))
+      throw py::type_error("squared_norms: expected float32 or float64 arrays");
+    const auto a = py::reinterpret_borrow<py::array>(h);
+    if (!(a.flags() & py::array::c_style) || reinterpret_cast<std::uintptr_t>(a.data()) % a.itemsize())
+      throw py::type_error("squared_norms: expected C-contiguous, aligned arrays");
+    const Index n = a.size();
+    out.push_back(f32 ? rnnfast::squared_norm(static_cast<const float*>(a.data()), n)
+                      : rnnfast::squared_norm(static_cast<const double*>(a.data()), n));
+  }
+  return out;
+}
+
 void dispatch_check(const py::array& u) {
   if (!py::isinstance<py::array_t<float>>(u) && !py::isinstance<py::array_t<double>>(u))
     throw py::type_error("u: expected float32 or float64");
@@ -574,6 +594,8 @@ PYBIND11_MODULE(_core, m) {
       py::arg("kind"), py::arg("Z").noconvert(), py::arg("targets"), py::arg("w"),
       py::arg("scale"), py::arg("grad"), py::arg("num_threads"),
       "(Σ w_n loss_n, P (N, O) or None, dZ (N, O) or None): the readout's loss of scores Z");
+  m.def("squared_norms", &squared_norms, py::arg("arrays"),
+        "[Σ x² of each array] in float64, for C-contiguous float32/float64 arrays");
   m.def("empty", &empty_aligned, py::arg("shape"), py::arg("dtype"),
         "Uninitialised C-contiguous array whose data start on a 64-byte boundary");
   m.def(

@@ -1,6 +1,7 @@
 """The forward and BPTT kernels: against a slow NumPy reference, finite differences and
 PyTorch's autograd; threads, dtypes, segments, concurrency and bad input."""
 
+import math
 import threading
 
 import numpy as np
@@ -853,3 +854,22 @@ def test_readout_loss_rejects_bad_input_with_a_clear_message():
         rnnfast.core.readout_loss("sigmoid_bce", np.zeros(3), grad=False)
     with pytest.raises(ValueError, match="num_threads"):
         rnnfast.core.readout_loss("sigmoid_bce", z, z, num_threads=0)
+
+
+# ----------------------------------------------------------------- clipping's norms
+def test_squared_norms_accumulate_in_float64_for_any_array():
+    rng = np.random.default_rng(4)
+    arrays = [rng.standard_normal(n).astype(dt) for n in (0, 1, 15, 16, 17, 250_000)
+              for dt in (np.float32, np.float64)]
+    arrays += [rng.standard_normal((40, 30))[:, ::3].astype(np.float32),  # not contiguous
+               np.arange(-5, 7).reshape(3, 4), [[1.5, 2.0]], np.float32(3.0),
+               np.ones(10, np.float16)]
+    got = rnnfast.core.squared_norms(arrays)
+    assert len(got) == len(arrays) and all(type(v) is float for v in got)
+    for a, v in zip(arrays, got):
+        x = np.asarray(a, dtype=np.float64).ravel()
+        assert v == pytest.approx(math.fsum(x * x), rel=1e-13, abs=0)  # fsum: exactly rounded
+    big = np.full(10, 1e30, np.float32)  # each square overflows float32, not float64
+    assert rnnfast.core.squared_norms([big])[0] == pytest.approx(1e61, rel=1e-6)
+    assert np.isnan(rnnfast.core.squared_norms([np.array([1.0, np.nan], np.float32)])[0])
+    assert rnnfast.core.squared_norms((a for a in arrays[:3])) == got[:3]

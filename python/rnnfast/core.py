@@ -55,6 +55,7 @@ __all__ = [
     "linear",
     "linear_grads",
     "readout_loss",
+    "squared_norms",
     "max_num_threads",
     "release_memory",
     "set_num_threads",
@@ -838,3 +839,31 @@ def readout_loss(kind, z, targets=None, weights=None, *, scale=1.0, grad=True,
         return total, z, dz
     return _core.readout_loss(_LOSS_CODES[kind], z, targets, weights, float(scale), bool(grad),
                               threads)
+
+
+def squared_norms(arrays) -> list:
+    """Σ x² of each array, accumulated in float64: the pieces of Algorithm 1's gradient norm.
+
+    Parameters
+    ----------
+    arrays : sequence of arrays
+        Any shapes. float32 / float64 arrays are read in place (C-contiguous ones without a
+        copy); any other dtype is converted to float64 first.
+
+    Returns
+    -------
+    list of float
+        One sum per array, in a fixed order of additions (a function of the array alone).
+    """
+    arrays = arrays if type(arrays) is list else list(arrays)
+    try:
+        return _core.squared_norms(arrays)  # the common case: contiguous float arrays
+    except TypeError:
+        pass
+    out = []
+    for a in arrays:
+        x = np.asarray(a)
+        if x.dtype not in (np.float32, np.float64):
+            x = x.astype(np.float64)
+        out.append(_core.squared_norms([np.ascontiguousarray(x)])[0])
+    return out

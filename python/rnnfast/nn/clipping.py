@@ -30,6 +30,7 @@ from typing import Mapping, NamedTuple, Optional
 
 import numpy as np
 
+from .. import core as _core
 from .model import RECURRENT
 
 __all__ = [
@@ -97,11 +98,8 @@ def _items(grads):
 
 
 def sum_squares(g):
-    """Sum of squares of an array, accumulated in float64 (one BLAS dot)."""
-    x = (g if type(g) is np.ndarray else np.asarray(g)).reshape(-1)
-    if x.dtype != np.float64:
-        x = x.astype(np.float64)
-    return float(x @ x)
+    """Sum of squares of an array, accumulated in float64 (:func:`rnnfast.core.squared_norms`)."""
+    return _core.squared_norms([g])[0]
 
 
 def global_norm(grads):
@@ -117,7 +115,7 @@ def global_norm(grads):
     float
         ``sqrt(Σ_tensors Σ g²)`` accumulated in float64 (NaN/Inf propagate).
     """
-    return math.sqrt(sum(sum_squares(g) for _, g in _items(grads)))
+    return math.sqrt(sum(_core.squared_norms([g for _, g in _items(grads)])))
 
 
 def clip_by_global_norm(grads, threshold, *, strict=False, norm=None):
@@ -359,7 +357,7 @@ class GradientClipper:
         ClipResult
         """
         items = _items(grads)
-        sq = [(name, sum_squares(g)) for name, g in items]
+        sq = list(zip([name for name, _ in items], _core.squared_norms([g for _, g in items])))
         norm = math.sqrt(sum(s for _, s in sq))
         thr = self.current_threshold
         if self.is_bad(norm):

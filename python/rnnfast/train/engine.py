@@ -52,7 +52,7 @@ def _blas_on_one_thread():
     """NumPy's BLAS on one thread for one update (a context): the C++ kernels are already
     parallel, and OpenBLAS's threads, spinning after each product, took a core from theirs
     (a PTB update 22.7 → 51.9 ms on 2 cores, when the readout's products still ran on NumPy;
-    an update still calls BLAS for the clipping norm's dots and ρ(W_rec)). The handle is made
+    an update may still call LAPACK for ρ(W_rec), and so may a user's code). The handle is made
     once (~0.2 ms, a scan of the loaded libraries); a limit then costs ~8 µs."""
     global _blas
     if _blas is None:
