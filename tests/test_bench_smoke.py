@@ -138,13 +138,13 @@ def test_ab_compares_two_interpreters_round_by_round():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = [r for r in proc.stdout.splitlines() if r.startswith("| 1 |") or r.startswith("| 2 |")]
     assert [r.split(" | ")[1] for r in rows] == ["A", "B", "A", "B"]
-    assert "B / A: forward" in proc.stdout
+    assert "B / A: forward" in proc.stdout and "(fastest rounds " in proc.stdout
     upd = subprocess.run([sys.executable, str(script), sys.executable, sys.executable,
                           "--update", "P", "--rounds", "1", "--seconds", "0.05"],
                          capture_output=True, text=True, timeout=120, check=False)
     assert upd.returncode == 0, upd.stdout + upd.stderr
     assert [r.split(" | ")[1] for r in upd.stdout.splitlines() if r.startswith("| 1 |")] == \
-        ["A", "B"] and "B / A: update" in upd.stdout
+        ["A", "B"] and "B / A: update" in upd.stdout and "(fastest rounds " in upd.stdout
     bad = subprocess.run([sys.executable, str(script), sys.executable, sys.executable,
                           "--update", "P", "--omega"], capture_output=True, text=True,
                          timeout=60, check=False)
