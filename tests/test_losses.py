@@ -154,6 +154,15 @@ def test_masked_steps_do_not_count():
     assert r1.loss == pytest.approx(r2.loss, rel=1e-14)
     np.testing.assert_allclose(r1.W_out, r2.W_out, rtol=1e-13, atol=1e-15)
     assert np.all(r2.dh[3:, 1] == 0)
+    for kind in ("sigmoid_bce", "linear_mse"):  # padding targets are never read, NaN included
+        h, W, b, t = make(kind, "all", T=5, B=3)
+        t2 = t.copy()
+        t2[3:, 1] = np.nan
+        r1 = L.loss_and_grad(h, W, b, t, kind=kind, at="all", mask=mask)
+        r2 = L.loss_and_grad(h2, W, b, t2, kind=kind, at="all", mask=mask)
+        assert np.isfinite(r2.loss) and r1.loss == pytest.approx(r2.loss, rel=1e-14)
+        np.testing.assert_allclose(r1.W_out, r2.W_out, rtol=1e-13, atol=1e-15)
+        assert np.all(r2.dh[3:, 1] == 0)
 
 
 def test_outputs_are_probabilities_and_readout_agrees():
