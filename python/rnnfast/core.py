@@ -54,11 +54,11 @@ __all__ = [
     "get_num_threads",
     "linear",
     "linear_grads",
-    "readout_loss",
-    "squared_norms",
     "max_num_threads",
+    "readout_loss",
     "release_memory",
     "set_num_threads",
+    "squared_norms",
 ]
 
 #: Activation names, in the order the kernels number them.
