@@ -193,16 +193,17 @@ inline Plan make_plan(const Dims& d, const Options& opt, std::size_t elem_bytes 
   // ≥ 2 rows run without the hidden split's barrier per step. Measured on a 2-core Zen 4 EPYC
   // (1 MiB L2), fwd + BPTT with Ω, time hidden ÷ batch: 2 rows per thread 1.15–1.44 (float32,
   // H = 128–400), 1.24 (float64, H = 256); 3 rows 0.97–1.02. Where W_rec does not fit, the
-  // hidden split keeps each thread's block of W_rec resident, which wins only at 3 rows per
+  // hidden split keeps each thread's block of W_rec resident, which wins at 3-4 rows per
   // thread, whose batch slices make short register tiles (bench/ab.py, interleaved builds,
   // T = 200, I = 50, H = 500, time of the other split ÷ this one's: 3 rows 1.08; 2 rows 1.23,
-  // and H = 700 1.12, where a block of a step is little work for a barrier; 4 rows 1.06).
+  // and H = 700 1.12, where a block of a step is little work for a barrier; 4 rows, the PTB
+  // update, 1.04-1.10 in the VM's fast two-thread mode, 0.98-0.99 in its slow one).
   const double w_rec_bytes =
       double(elem_bytes == sizeof(double) ? PackedMatrix<double>::elements(H, H) * sizeof(double)
                                           : PackedMatrix<float>::elements(H, H) * sizeof(float));
   if (rows_per_thread >= 2 && w_rec_bytes <= double(l2_cache_bytes()))
     return {n, Schedule::Batch};
-  if (rows_per_thread == 3 && H >= 256) return {n, Schedule::Hidden};
+  if ((rows_per_thread == 3 || rows_per_thread == 4) && H >= 256) return {n, Schedule::Hidden};
   if (rows_per_thread >= 2) return {n, Schedule::Batch};
   if (H >= 256) return {n, Schedule::Hidden};
   if (B >= n) return {n, Schedule::Batch};
