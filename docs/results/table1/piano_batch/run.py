@@ -2,14 +2,15 @@
 cells use one 200-step segment per update.)
 
     python docs/results/table1/piano_batch/run.py DATA OUT [--batches 4,16] [--seeds 1234,1]
-        [--jobs 2] [--budget 30]
+        [--lr 1] [--jobs 2] [--budget 30]
 
 Runs `rnnfast reproduce music --dataset Piano-midi.de --method SGD-CR --batch-size N --seed S
---threads 1` for every (N, S), `--jobs` at a time, into OUT/Piano-midi.de-b<N>-s<S>; a run
+--lr LR --threads 1` for every (N, S), `--jobs` at a time, into OUT/Piano-midi.de-b<N>-s<S>
+(-lr<LR> appended unless LR is the cell's 1.0); a run
 whose results.json exists is skipped, one cut short is resumed (rerun the command). The cost
 stays averaged over every (step, sequence) pair, so a batch of N segments takes N times fewer
 updates per epoch at the same lr. Writes OUT/piano_batch.json and prints test NLL per batch
-size (mean ± sd over the seeds run).
+size and lr (mean ± sd over the seeds run).
 """
 
 import argparse
@@ -31,6 +32,7 @@ def main(argv=None):
     ap.add_argument("out")
     ap.add_argument("--batches", type=ints, default=[4, 16])
     ap.add_argument("--seeds", type=ints, default=[1234, 1])
+    ap.add_argument("--lr", type=float, default=1.0)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--budget", type=float, default=30.0, help="minutes per run")
     args = ap.parse_args(argv)
@@ -39,13 +41,15 @@ def main(argv=None):
 
     def run(spec):
         n, s = spec
-        d = os.path.join(args.out, f"Piano-midi.de-b{n}-s{s}")
+        d = os.path.join(args.out, f"Piano-midi.de-b{n}-s{s}"
+                         + (f"-lr{args.lr:g}" if args.lr != 1.0 else ""))
         if os.path.exists(os.path.join(d, "results.json")):
             return
         os.makedirs(d, exist_ok=True)
         cmd = [sys.executable, "-c", "import sys; from rnnfast.cli import main; sys.exit(main())",
                "reproduce", "music", "--dataset", "Piano-midi.de", "--data", args.data,
-               "--method", "SGD-CR", "--batch-size", str(n), "--seed", str(s), "--threads", "1",
+               "--method", "SGD-CR", "--batch-size", str(n), "--seed", str(s),
+               "--lr", f"{args.lr:g}", "--threads", "1",
                "--budget", f"{args.budget:g}", "--out", d, "--no-progress", "--quiet"]
         if os.path.exists(os.path.join(d, "options.json")):
             cmd.append("--resume")  # a run cut short: continue it
@@ -60,20 +64,23 @@ def main(argv=None):
         if os.path.exists(p):
             with open(p) as f:
                 r = json.load(f)
-            rows.append({"batch_size": r["config"]["batch_size"], "seed": r["config"]["seed"], **r})
+            rows.append({"batch_size": r["config"]["batch_size"], "lr": r["config"]["lr"],
+                         "seed": r["config"]["seed"], **r})
     with open(os.path.join(args.out, "piano_batch.json"), "w") as f:
         json.dump(rows, f, indent=1, default=str)
-    print("| batch | test NLL (seed: value) | mean ± sd | train | valid | epochs |")
-    print("|---|---|---|---|---|---|")
-    for n in sorted({r["batch_size"] for r in rows}):
-        got = sorted((r for r in rows if r["batch_size"] == n), key=lambda r: r["seed"])
+    print("| batch | lr | test NLL (seed: value) | mean ± sd | train | valid | epochs |")
+    print("|---|---|---|---|---|---|---|")
+    for n, lr in sorted({(r["batch_size"], r["lr"]) for r in rows}):
+        got = sorted((r for r in rows if (r["batch_size"], r["lr"]) == (n, lr)),
+                     key=lambda r: r["seed"])
         test = [r["ours"]["test"] for r in got]
         sd = statistics.stdev(test) if len(test) > 1 else float("nan")
         tr = statistics.mean(r["ours"]["train"] for r in got)
         va = statistics.mean(r["ours"]["valid"] for r in got)
         ep = ", ".join(str(r.get("epochs", "?")) for r in got)
         seeds = ", ".join(f"{r['seed']}: {t:.3f}" for r, t in zip(got, test))
-        print(f"| {n} | {seeds} | {statistics.mean(test):.3f} ± {sd:.3f} | {tr:.3f} | {va:.3f} | {ep} |")
+        print(f"| {n} | {lr:g} | {seeds} | {statistics.mean(test):.3f} ± {sd:.3f} | {tr:.3f} | "
+              f"{va:.3f} | {ep} |")
     return 0
 
 
