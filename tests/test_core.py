@@ -728,8 +728,10 @@ def test_linear_takes_any_strides_and_empty_dimensions():
 
 def test_linear_rejects_bad_input_with_a_clear_message():
     x, W = np.ones((4, 3)), np.ones((2, 3))
-    with pytest.raises(TypeError, match="W: dtype float32 differs"):
+    with pytest.raises(TypeError, match="W: dtype float32 differs from x's float64"):
         rnnfast.core.linear(x, W.astype(np.float32))
+    with pytest.raises(TypeError, match="x: dtype float32 differs from dz's float64"):
+        rnnfast.core.linear_grads(np.ones((4, 2)), x.astype(np.float32), W)
     with pytest.raises(TypeError, match="x: expected a float32 or float64 array"):
         rnnfast.core.linear(x.astype(int), W)
     with pytest.raises(ValueError, match=r"W: expected shape \(O, K\) = \(2, 3\), got \(2, 4\)"):
@@ -839,7 +841,7 @@ def test_readout_loss_rejects_bad_input_with_a_clear_message():
         rnnfast.core.readout_loss("softmax_ce", z, np.zeros(4))
     with pytest.raises(ValueError, match=r"targets: expected shape \(N,\) = \(4,\)"):
         rnnfast.core.readout_loss("softmax_ce", z, np.zeros(3, int))
-    with pytest.raises(TypeError, match="targets: dtype float32 differs"):
+    with pytest.raises(TypeError, match="targets: dtype float32 differs from z's float64"):
         rnnfast.core.readout_loss("sigmoid_bce", z, np.zeros((4, 3), np.float32))
     with pytest.raises(ValueError, match=r"targets: expected shape \(N, O\) = \(4, 3\)"):
         rnnfast.core.readout_loss("linear_mse", z, np.zeros((4, 2)))

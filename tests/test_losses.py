@@ -199,6 +199,21 @@ def test_readout_of_mixed_dtypes_is_in_the_wider_one():
     np.testing.assert_allclose(y, h @ W.T + b, rtol=1e-12)
 
 
+def test_float64_targets_of_a_float32_model_are_read_in_float32():
+    # targets in another float dtype than the model's are converted, as before the loss
+    # kernel (which checks one dtype per call)
+    for kind in ("sigmoid_bce", "linear_mse"):
+        h, W, b, t = make(kind, "all", dtype=np.float32)
+        assert t.dtype == np.float64
+        r = L.loss_and_grad(h, W, b, t, kind=kind, at="all")
+        r32 = L.loss_and_grad(h, W, b, t.astype(np.float32), kind=kind, at="all")
+        assert r.loss == r32.loss and r.W_out.dtype == np.float32
+        np.testing.assert_array_equal(r.W_out, r32.W_out)
+        ref = direct_loss(h.astype(float), W.astype(float), b.astype(float), t, kind, "all",
+                          None, "step")
+        assert r.loss == pytest.approx(ref, rel=1e-5)
+
+
 def test_float32_gradients_float32_loss_float64():
     h, W, b, t = make("softmax_ce", "all", dtype=np.float32)
     r = L.loss_and_grad(h, W, b, t, kind="softmax_ce", at="all")

@@ -134,17 +134,17 @@ def _schedule_code(schedule) -> int:
     return _SCHEDULES[schedule]
 
 
-def _checked(name: str, a, shape_doc: str, ndim: int, dtype=None) -> np.ndarray:
+def _checked(name: str, a, shape_doc: str, ndim: int, dtype=None, ref: str = "u") -> np.ndarray:
     """``a`` as a float array (an ndarray is not copied) after checking its ``ndim`` and, if
-    given, its ``dtype``; :func:`_readable` makes the kernels' copy once every argument
-    is checked and the call's memory is known to fit."""
+    given, its ``dtype`` (that of the call's argument ``ref``); :func:`_readable` makes the
+    kernels' copy once every argument is checked and the call's memory is known to fit."""
     if not isinstance(a, np.ndarray):
         a = np.asarray(a)
     if a.dtype not in (np.float32, np.float64):
         raise TypeError(f"{name}: expected a float32 or float64 array, got dtype {a.dtype}")
     if dtype is not None and a.dtype != dtype:
         raise TypeError(
-            f"{name}: dtype {a.dtype} differs from u's {np.dtype(dtype)}; "
+            f"{name}: dtype {a.dtype} differs from {ref}'s {np.dtype(dtype)}; "
             "all arrays of one call must share one dtype"
         )
     if a.ndim != ndim:
@@ -739,10 +739,10 @@ def linear(x, W, b=None, *, num_threads: int | None = None) -> np.ndarray:
     """
     threads = _check_threads(num_threads)
     x = _checked("x", x, "(N, K)", 2)
-    W = _checked("W", W, "(O, K)", 2, x.dtype)
+    W = _checked("W", W, "(O, K)", 2, x.dtype, ref="x")
     _expect_shape("W", W, (W.shape[0], x.shape[1]), "(O, K)")
     if b is not None:
-        b = _checked("b", b, "(O,)", 1, x.dtype)
+        b = _checked("b", b, "(O,)", 1, x.dtype, ref="x")
         _expect_shape("b", b, (W.shape[0],), "(O,)")
         b = np.ascontiguousarray(b)
     return _core.linear(np.ascontiguousarray(x), np.ascontiguousarray(W), b, threads)
@@ -765,8 +765,8 @@ def linear_grads(dz, x, W, *, num_threads: int | None = None) -> tuple:
     """
     threads = _check_threads(num_threads)
     dz = _checked("dz", dz, "(N, O)", 2)
-    x = _checked("x", x, "(N, K)", 2, dz.dtype)
-    W = _checked("W", W, "(O, K)", 2, dz.dtype)
+    x = _checked("x", x, "(N, K)", 2, dz.dtype, ref="dz")
+    W = _checked("W", W, "(O, K)", 2, dz.dtype, ref="dz")
     N, O = dz.shape
     _expect_shape("x", x, (N, x.shape[1]), "(N, K)")
     _expect_shape("W", W, (O, x.shape[1]), "(O, K)")
@@ -820,7 +820,7 @@ def readout_loss(kind, z, targets=None, weights=None, *, scale=1.0, grad=True,
             _expect_shape("targets", t, (N,), "(N,)")
             targets = np.ascontiguousarray(t, dtype=np.int64)
         else:
-            t = _checked("targets", t, "(N, O)", 2, z.dtype)
+            t = _checked("targets", t, "(N, O)", 2, z.dtype, ref="z")
             _expect_shape("targets", t, (N, O), "(N, O)")
             targets = np.ascontiguousarray(t)
     elif grad:

@@ -311,6 +311,8 @@ def loss_and_grad(h, W_out, b_out, targets, *, kind, at="last", mask=None, norma
         count = float(N) if w is None else float(w.sum())
     if count <= 0:
         raise ValueError("the mask selects no step: the loss is undefined")
+    if kind != "softmax_ce":
+        tflat = tflat.astype(dtype, copy=False)  # float targets in the model's dtype
     # outputs, Σ w·loss (float64) and ∂loss/∂z in one pass (the kernels' threads)
     total, y, dz = _core.readout_loss(kind, z, tflat, w, scale=1.0 / count, grad=grad,
                                       num_threads=num_threads)
