@@ -466,7 +466,8 @@ std::vector<double> squared_norms(const py::sequence& arrays) {
     if (!f32 && !py::isinstance<py::array_t<double>>(h))
       throw py::type_error("squared_norms: expected float32 or float64 arrays");
     const auto a = py::reinterpret_borrow<py::array>(h);
-    if (!(a.flags() & py::array::c_style) || reinterpret_cast<std::uintptr_t>(a.data()) % a.itemsize())
+    const bool aligned = reinterpret_cast<std::uintptr_t>(a.data()) % a.itemsize() == 0;
+    if (!(a.flags() & py::array::c_style) || !aligned)
       throw py::type_error("squared_norms: expected C-contiguous, aligned arrays");
     const Index n = a.size();
     out.push_back(f32 ? rnnfast::squared_norm(static_cast<const float*>(a.data()), n)
