@@ -4,7 +4,9 @@
 // problems' PTB and music minibatches, their one-sequence updates PTB1 and MUS1, and LM, one
 // layer of the PyTorch word language model's RNN, bench/torch_stack.py's LM2), and
 // forward + backward of a ragged batch (variable lengths, BM_ragged), and the readout's three
-// products (readout.hpp: BM_readout) at the read rows, hidden units and outputs of P, PTB and MUS.
+// products (readout.hpp: BM_readout) at the read rows, hidden units and outputs of P, PTB and MUS,
+// the readout's loss (BM_readout_loss: P and PTB softmax, MUS logistic, with gradient) and
+// clipping's squared norm (norms.hpp: BM_squared_norm, the five gradients of P, PTB and MUS).
 // Counters: GFLOP/s of the work each kernel does (forward 2·T·B·H·(H+I), backward twice that;
 // Ω adds the symmetric product T·B·H²; a ragged batch counts its Σ len_b valid steps only).
 // On 2 threads the backward of a batch split takes each thread's weight gradients in the
@@ -17,10 +19,12 @@
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <functional>
 #include <random>
 #include <vector>
 
+#include "rnnfast/norms.hpp"
 #include "rnnfast/readout.hpp"
 #include "rnnfast/rnn.hpp"
 
@@ -169,6 +173,55 @@ void BM_readout(benchmark::State& st) {
   st.SetLabel(names[st.range(0)]);
 }
 
+// The readout's loss: P (20, 4) and PTB (1600, 50) softmax over classes, MUS (800, 88)
+// logistic over 0/1 targets; outputs, Σ loss and ∂/∂z. Counter: elements of z per second.
+template <typename S>
+void BM_readout_loss(benchmark::State& st) {
+  const Index shapes[3][2] = {{20, 4}, {1600, 50}, {800, 88}};
+  const Index N = shapes[st.range(0)][0], O = shapes[st.range(0)][1];
+  const auto kind = st.range(0) == 2 ? rnnfast::Loss::SigmoidBCE : rnnfast::Loss::SoftmaxCE;
+  const int threads = rnnfast::loss_threads(N, O, int(st.range(1)));
+  std::mt19937 gen(0);
+  std::normal_distribution<double> n(0.0, 3.0);
+  std::vector<S> Z(size_t(N * O)), Y(size_t(N * O)), P(size_t(N * O)), dZ(size_t(N * O));
+  std::vector<std::int64_t> classes(static_cast<size_t>(N));
+  for (auto& x : Z) x = S(n(gen));
+  for (size_t i = 0; i < Y.size(); ++i) Y[i] = S(i % 10 == 0);
+  for (size_t i = 0; i < classes.size(); ++i) classes[i] = std::int64_t(i % size_t(O));
+  const bool softmax = kind == rnnfast::Loss::SoftmaxCE;
+  for (auto _ : st)
+    benchmark::DoNotOptimize(rnnfast::readout_loss<S>(
+        kind, N, O, Z.data(), softmax ? classes.data() : nullptr, softmax ? nullptr : Y.data(),
+        nullptr, 1.0 / double(N), P.data(), dZ.data(), threads));
+  st.counters["Gelem/s"] =
+      benchmark::Counter(double(N * O) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  static const char* names[] = {"P", "PTB", "MUS"};
+  st.SetLabel(names[st.range(0)]);
+}
+
+// Clipping's Σ g² over the five gradients (W_in, W_rec, b, W_out, b_out) of P, PTB and MUS.
+template <typename S>
+void BM_squared_norm(benchmark::State& st) {
+  const Index dims[3][3] = {{6, 50, 4}, {50, 500, 50}, {88, 300, 88}};  // I, H, O
+  const Index I = dims[st.range(0)][0], H = dims[st.range(0)][1], O = dims[st.range(0)][2];
+  const Index sizes[5] = {H * I, H * H, H, O * H, O};
+  std::vector<std::vector<S>> g;
+  Index total = 0;
+  for (Index k : sizes) {
+    g.emplace_back(static_cast<size_t>(k), S(0.5));
+    total += k;
+  }
+  for (auto _ : st) {
+    double s = 0.0;
+    for (const auto& v : g) s += rnnfast::squared_norm(v.data(), Index(v.size()));
+    benchmark::DoNotOptimize(s);
+  }
+  st.counters["Gelem/s"] =
+      benchmark::Counter(double(total) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  static const char* names[] = {"P", "PTB", "MUS"};
+  st.SetLabel(names[st.range(0)]);
+}
+
 void readout_sizes(benchmark::internal::Benchmark* b) {
   for (int s = 0; s < 3; ++s)
     for (int t : {1, 2}) b->Args({s, t});
@@ -192,6 +245,9 @@ BENCHMARK(BM_backward<double, true, true>)->Apply(sizes);
 BENCHMARK(BM_ragged<float>)->Apply(sizes);
 BENCHMARK(BM_readout<float>)->Apply(readout_sizes);
 BENCHMARK(BM_readout<double>)->Apply(readout_sizes);
+BENCHMARK(BM_readout_loss<float>)->Apply(readout_sizes);
+BENCHMARK(BM_readout_loss<double>)->Apply(readout_sizes);
+BENCHMARK(BM_squared_norm<float>)->DenseRange(0, 2)->Unit(benchmark::kMicrosecond);
 
 }  // namespace
 
