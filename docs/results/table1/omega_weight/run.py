@@ -14,9 +14,10 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from music_probe import finished, run_all  # noqa: E402
 
 
 def floats(text):
@@ -38,37 +39,13 @@ def main(argv=None):
     ap.add_argument("--budget", type=float, default=30.0, help="minutes per run")
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
-    runs = [(a, s) for s in args.seeds for a in args.alphas]
-
-    def folder(a, s):
-        return os.path.join(args.out, f"{args.dataset}-a{a:g}-s{s}")
-
-    def run(spec):
-        a, s = spec
-        d = folder(a, s)
-        if os.path.exists(os.path.join(d, "results.json")):
-            return
-        os.makedirs(d, exist_ok=True)
-        cmd = [sys.executable, "-c", "import sys; from rnnfast.cli import main; sys.exit(main())",
-               "reproduce", "music", "--dataset", args.dataset,
-               "--data", args.data, "--method", "SGD-CR", "--alpha", f"{a:g}", "--seed", str(s),
-               "--threads", "1", "--budget", f"{args.budget:g}", "--out", d,
-               "--no-progress", "--quiet"]
-        if os.path.exists(os.path.join(d, "options.json")):
-            cmd.append("--resume")  # a run cut short: continue it
-        with open(os.path.join(d, "stdout.txt"), "a") as f:
-            subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=False)
-
-    with ThreadPoolExecutor(args.jobs) as pool:
-        list(pool.map(run, runs))
-    # Every finished run in OUT (also those of earlier calls with other α0 or seeds).
-    rows = []
-    for name in sorted(os.listdir(args.out)):
-        p = os.path.join(args.out, name, "results.json")
-        if os.path.exists(p):
-            with open(p) as f:
-                r = json.load(f)
-            rows.append({"alpha0": r["config"]["alpha"], "seed": r["config"]["seed"], **r})
+    runs = [(os.path.join(args.out, f"{args.dataset}-a{a:g}-s{s}"),
+             ["--dataset", args.dataset, "--data", args.data, "--alpha", f"{a:g}", "--seed",
+              str(s), "--budget", f"{args.budget:g}"])
+            for s in args.seeds for a in args.alphas]
+    run_all(runs, args.jobs)
+    rows = [{"alpha0": r["config"]["alpha"], "seed": r["config"]["seed"], **r}
+            for r in finished(args.out)]
     with open(os.path.join(args.out, "omega_weight.json"), "w") as f:
         json.dump(rows, f, indent=1, default=str)
     print("| α0 | test NLL (seed: value) | mean ± sd | train | valid | epochs |")

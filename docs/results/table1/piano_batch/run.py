@@ -17,9 +17,10 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from music_probe import finished, run_all  # noqa: E402
 
 
 def ints(text):
@@ -37,35 +38,14 @@ def main(argv=None):
     ap.add_argument("--budget", type=float, default=30.0, help="minutes per run")
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
-    runs = [(n, s) for s in args.seeds for n in args.batches]
-
-    def run(spec):
-        n, s = spec
-        d = os.path.join(args.out, f"Piano-midi.de-b{n}-s{s}"
-                         + (f"-lr{args.lr:g}" if args.lr != 1.0 else ""))
-        if os.path.exists(os.path.join(d, "results.json")):
-            return
-        os.makedirs(d, exist_ok=True)
-        cmd = [sys.executable, "-c", "import sys; from rnnfast.cli import main; sys.exit(main())",
-               "reproduce", "music", "--dataset", "Piano-midi.de", "--data", args.data,
-               "--method", "SGD-CR", "--batch-size", str(n), "--seed", str(s),
-               "--lr", f"{args.lr:g}", "--threads", "1",
-               "--budget", f"{args.budget:g}", "--out", d, "--no-progress", "--quiet"]
-        if os.path.exists(os.path.join(d, "options.json")):
-            cmd.append("--resume")  # a run cut short: continue it
-        with open(os.path.join(d, "stdout.txt"), "a") as f:
-            subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=False)
-
-    with ThreadPoolExecutor(args.jobs) as pool:
-        list(pool.map(run, runs))
-    rows = []
-    for name in sorted(os.listdir(args.out)):
-        p = os.path.join(args.out, name, "results.json")
-        if os.path.exists(p):
-            with open(p) as f:
-                r = json.load(f)
-            rows.append({"batch_size": r["config"]["batch_size"], "lr": r["config"]["lr"],
-                         "seed": r["config"]["seed"], **r})
+    lr = f"-lr{args.lr:g}" if args.lr != 1.0 else ""
+    runs = [(os.path.join(args.out, f"Piano-midi.de-b{n}-s{s}{lr}"),
+             ["--dataset", "Piano-midi.de", "--data", args.data, "--batch-size", str(n),
+              "--seed", str(s), "--lr", f"{args.lr:g}", "--budget", f"{args.budget:g}"])
+            for s in args.seeds for n in args.batches]
+    run_all(runs, args.jobs)
+    rows = [{"batch_size": r["config"]["batch_size"], "lr": r["config"]["lr"],
+             "seed": r["config"]["seed"], **r} for r in finished(args.out)]
     with open(os.path.join(args.out, "piano_batch.json"), "w") as f:
         json.dump(rows, f, indent=1, default=str)
     print("| batch | lr | test NLL (seed: value) | mean ± sd | train | valid | epochs |")
