@@ -832,13 +832,11 @@ def readout_loss(kind, z, targets=None, weights=None, *, scale=1.0, grad=True,
         if not (np.all(np.isfinite(weights)) and np.all(weights >= 0)):
             raise ValueError("weights: expected finite, non-negative values")
     z = np.ascontiguousarray(z)
-    if kind == "linear_mse":
-        if targets is None:
-            return 0.0, z, None
-        total, _, dz = _core.readout_loss(2, z, targets, weights, float(scale), bool(grad), threads)
-        return total, z, dz
-    return _core.readout_loss(_LOSS_CODES[kind], z, targets, weights, float(scale), bool(grad),
-                              threads)
+    if kind == "linear_mse" and targets is None:
+        return 0.0, z, None  # the outputs are z itself
+    total, y, dz = _core.readout_loss(_LOSS_CODES[kind], z, targets, weights, float(scale),
+                                      bool(grad), threads)
+    return total, (z if kind == "linear_mse" else y), dz
 
 
 def squared_norms(arrays) -> list:
