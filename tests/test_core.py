@@ -259,6 +259,28 @@ def test_last_panels_of_every_width(dtype, rtol, H, B, schedule):
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
+@pytest.mark.parametrize("I,H", [(6, 50), (8, 48), (4, 100), (12, 40), (2, 26), (4, 24)])
+@pytest.mark.parametrize("dtype,rtol", [(np.float32, 2e-5), (np.float64, 1e-10)])
+def test_weight_gradients_over_many_rows(dtype, rtol, I, H, schedule):
+    # Σ a_tᵀ [h_{t-1} | u_t] over T·B = 360 rows: more than one chunk of the weight-gradient
+    # product, which reads a_t in place and merges a last half packet of [h | u] into the
+    # panel before it (512-bit builds: H + I mod 48 ≤ 8 in float32, mod 24 ≤ 4 in float64;
+    # (8, 48) and (4, 24) put h's last columns and u in that merged panel). Plain and with
+    # Ω folded (omega_alpha).
+    p, dh = make((40, 9, I, H), dtype=dtype, seed=H + I)
+    fwd, g = run(p, dh, "tanh", num_threads=2, _schedule=schedule)
+    p64 = {k: (None if v is None else v.astype(np.float64)) for k, v in p.items()}
+    r = ref.backward(p64["u"], p64["W_in"], p64["W_rec"], p64["b"], p64["h0"], "tanh",
+                     dh.astype(np.float64))
+    for k in ("W_in", "W_rec", "b", "h0", "u", "omega_grad"):
+        assert_close(getattr(g, k), r[k], 10 * rtol, what=k)
+    g1 = rnnfast.backward(fwd, dh, omega=True, omega_alpha=0.5, num_threads=2,
+                          _schedule=schedule)
+    assert_close(g1.W_rec, r["W_rec"] + 0.5 * r["omega_grad"], 10 * rtol, what="W_rec")
+    assert_close(g1.W_in, r["W_in"], 10 * rtol, what="W_in")
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES)
 def test_threads_give_the_same_result(schedule):
     p, dh = make((9, 13, 5, 60), seed=4)
     f1, g1 = run(p, dh, "tanh", num_threads=1)

@@ -567,11 +567,11 @@ struct GemmTnWork {
   using Sh = GemmTnShape<S>;
   GemmTnWork(Index max_rows, Index max_cols)
       : rows(max_rows), cols(max_cols), bp(PackedMatrix<S>::elements(Sh::KC, max_cols)),
-        st(size_t(max_rows * Sh::NR)),
+        st(size_t(max_rows * (Sh::NR + Sh::PS))),
         ap(size_t(std::min((max_rows + Sh::MR - 1) / Sh::MR, Sh::MCT) * Sh::ABLOCK)) {}
   Index rows, cols;
   Buffer<S> bp;  // the packed chunk of [Bm | Bm2]
-  Buffer<S> st;  // (rows, NR): the panel shared by Bm and Bm2
+  Buffer<S> st;  // (rows, NR + PS): the panel shared by Bm and Bm2
   Buffer<S> ap;  // packed slivers of A
 };
 
@@ -611,16 +611,27 @@ void gemm_tn(GemmTnWork<S>& ws, Index R, Index N, const S* A, Index lda, const S
   const Index ipanels = (mi + MR - 1) / MR;
   const Index NT = N + more.n;  // columns of [Bm | Bm2]
   assert(mi <= ws.rows && NT <= ws.cols);
-  // (Its last half packet stays a panel of its own: a merged one would need tiles shorter
-  // than the MR-row slivers of A.)
-  PackedMatrix<S> Bp(KC, NT, false, ws.bp.data(), /*merge=*/false);
-  // The panel holding columns of both Bm and Bm2 writes to St (mi, NR) first, copied out to Y
+  // Rows of A taken without scaling or a row index, against few panels of [Bm | Bm2] (at
+  // most 4·NR columns): a packed sliver of A would be read only a few times, so A is read
+  // where it lies (packing it was ~20% of the backward at (T, B, H) = (100, 1, 50), and
+  // at P (125, 20, 6, 50) reading it in place made the backward ~2% faster; with many panels,
+  // packing still wins: S3 1% slower without it).
+  const bool direct_a = !s && !idx && (NT + NR - 1) / NR <= 4;
+  // Read in place, A's rows form tiles of any height, so the last half packet of [Bm | Bm2]
+  // joins the panel before it (tiles of at most PanelShape::max_rows rows); packed in slivers
+  // of MR rows, it stays a panel of its own (a merged one would need tiles shorter than a
+  // sliver). At P the half panel's tiles took 7% of the backward for 1/7 of the FMAs.
+  PackedMatrix<S> Bp(KC, NT, false, ws.bp.data(), /*merge=*/direct_a);
+  // The panel holding columns of both Bm and Bm2 writes to St (mi, SW) first, copied out to Y
   // and Y2 at the end; the panels after it write to Y2.
-  const Index pboth = more.n > 0 && N % NR ? N / NR : -1;
+  Index pboth = -1;
+  for (Index p = 0; p < Bp.panels() && more.n > 0; ++p)
+    if (Bp.col_begin(p) < N && N < Bp.col_end(p)) pboth = p;
+  constexpr Index SW = NR + PS;  // row stride of St
   S* const St = ws.st.data();
   auto both_cols = [&](Index i, auto&& f) {  // (columns of St, of Y, of Y2) of row i
-    const Index j0 = pboth * NR, ny = N - j0, n2 = std::min<Index>(NR, NT - j0) - ny;
-    f(St + (i - i0) * NR, Y + i * ldy + j0, ny, more.Y2 + i * more.ldy2, n2);
+    const Index j0 = Bp.col_begin(pboth), ny = N - j0, n2 = Bp.col_end(pboth) - N;
+    f(St + (i - i0) * SW, Y + i * ldy + j0, ny, more.Y2 + i * more.ldy2, n2);
   };
   if (pboth >= 0 && accumulate)
     for (Index i = i0; i < i1; ++i)
@@ -628,10 +639,21 @@ void gemm_tn(GemmTnWork<S>& ws, Index R, Index N, const S* A, Index lda, const S
         std::copy(y, y + ny, st);
         std::copy(y2, y2 + n2, st + ny);
       });
-  // A single chunk of rows with few panels of Bm (N ≤ 4·NR): a packed sliver of A would be
-  // read only a few times, so unscaled A is read where it lies (packing it was ~20% of the
-  // backward at (T, B, H) = (100, 1, 50); with many rows, packing still wins).
-  const bool direct_a = !s && !idx && R <= KC && Bp.panels() <= 4;
+  // Where the tile of rows [ib, …) of panel p writes, and its row stride.
+  auto target = [&](Index p, Index ib, Index& ld) -> S* {
+    const Index j0 = Bp.col_begin(p);
+    if (p == pboth) {
+      ld = SW;
+      return St + (ib - i0) * SW;
+    }
+    if (j0 >= N) {
+      ld = more.ldy2;
+      return more.Y2 + ib * more.ldy2 + (j0 - N);
+    }
+    ld = ldy;
+    return Y + ib * ldy + j0;
+  };
+  const detail::Operand<S> none{0, nullptr, 0, 0, nullptr};
   // Packed slivers of A (uninitialised: every element read is packed first).
   S* const Ap = ws.ap.data();
   for (Index r0 = 0; r0 < R; r0 += KC) {
@@ -646,11 +668,31 @@ void gemm_tn(GemmTnWork<S>& ws, Index R, Index N, const S* A, Index lda, const S
     } else {
       Bp.pack(Bm + r0 * ldb, ldb, 1, 0, Bp.panels(), kc);
     }
+    if (direct_a) {
+      // Rows in tiles of near-equal height (as packed_gemm's), each panel of Bp once from L1.
+      for (Index p = 0; p < Bp.panels(); ++p) {
+        const Index ncols = Bp.col_end(p) - Bp.col_begin(p);
+        const Index mr = Bp.half(p) ? PanelShape<S>::max_rows(Bp.packets(p), true) : MR;
+        const Index nt = (mi + mr - 1) / mr, base = mi / nt, taller = mi % nt;
+        for (Index t = 0, ib = i0; t < nt; ++t) {
+          const int m = static_cast<int>(base + (t >= nt - taller));
+          if (!(lower && Bp.col_begin(p) >= ib + m)) {
+            Index ld;
+            S* const y = target(p, ib, ld);
+            const detail::Operand<S> o1{kc, A + r0 * lda + ib, 1, lda, Bp.panel(p)};
+            detail::tile_rows<S, MR>(m, Bp.packets(p), Bp.half(p), o1, none,
+                                     (r0 || accumulate) ? y : nullptr, ld, y, ld, ncols);
+          }
+          ib += m;
+        }
+      }
+      continue;
+    }
     for (Index ic0 = 0; ic0 < ipanels; ic0 += MCT) {
       const Index ic1 = std::min(ipanels, ic0 + MCT);
       // Ap[ip][k][i] = s_r · A[r0 + k, i0 + ip·MR + i], row by row of A (sequential reads).
       // Whole packets are stored, overrunning into the next k (written after) or the padding.
-      for (Index k = 0; k < (direct_a ? 0 : kc); ++k) {
+      for (Index k = 0; k < kc; ++k) {
         const Index r = idx ? idx[r0 + k] : r0 + k;
         const S* src = A + r * lda;
         const Packet sk = pset1<Packet>(s ? S(s[r]) : S(1));
@@ -670,25 +712,14 @@ void gemm_tn(GemmTnWork<S>& ws, Index R, Index N, const S* A, Index lda, const S
       }
       // Panel of Bp outer (it stays in L1), the packed slivers of A streamed from L2.
       for (Index p = 0; p < Bp.panels(); ++p) {
-        const Index j0 = p * NR, ncols = std::min<Index>(NR, NT - j0);
+        const Index ncols = Bp.col_end(p) - Bp.col_begin(p);
         for (Index ip = ic0; ip < ic1; ++ip) {
           const Index ib = i0 + ip * MR;
           const int m = static_cast<int>(std::min<Index>(MR, i1 - ib));
-          if (lower && j0 >= ib + m) continue;  // tile entirely above the diagonal
-          Index ld = ldy;
-          S* y = Y + ib * ldy + j0;
-          if (p == pboth) {
-            y = St + (ib - i0) * NR;
-            ld = NR;
-          } else if (j0 >= N) {
-            y = more.Y2 + ib * more.ldy2 + (j0 - N);
-            ld = more.ldy2;
-          }
-          const detail::Operand<S> o1 =
-              direct_a ? detail::Operand<S>{kc, A + r0 * lda + ib, 1, lda, Bp.panel(p)}
-                       : detail::Operand<S>{kc, Ap + (ip - ic0) * ABLOCK, 1, MR,
-                                            Bp.panel(p)};
-          const detail::Operand<S> none{0, nullptr, 0, 0, nullptr};
+          if (lower && Bp.col_begin(p) >= ib + m) continue;  // tile entirely above the diagonal
+          Index ld;
+          S* const y = target(p, ib, ld);
+          const detail::Operand<S> o1{kc, Ap + (ip - ic0) * ABLOCK, 1, MR, Bp.panel(p)};
           detail::tile_rows<S, MR>(m, Bp.packets(p), Bp.half(p), o1, none,
                                    (r0 || accumulate) ? y : nullptr, ld, y, ld, ncols);
         }
