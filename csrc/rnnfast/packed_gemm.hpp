@@ -229,23 +229,31 @@ class PackedMatrix {
                  const Index* idx = nullptr) {
     for (Index k = 0; k < k_rows; ++k) {
       const Index kr = idx ? idx[k] : k;
-      const S* r1 = X1 + kr * ld1;
-      const S* r2 = X2 + kr * ld2;
-      for (Index p = 0; p < panels_; ++p) {
-        const Index j0 = p * nr_, w = stride(p);
-        if (j0 + width(p) <= n1) {
-          pack_row(r1, 1, p, k);
-        } else if (j0 >= n1) {
-          pack_row(r2, 1, p, k, n1);
-        } else {  // the panel where X2 begins
-          S* dst = data_ + p * K_ * nr_ + k * w;
-          for (Index j = 0; j < w; ++j) {
-            const Index c = j0 + j;
-            dst[j] = c < n1 ? r1[c] : c < N_ ? r2[c - n1] : S(0);
-          }
+      pack_pair_row(X1 + kr * ld1, n1, X2 + kr * ld2, k);
+    }
+  }
+
+  // Row k of all panels: the matrix row [r1 (n1 elements) | r2 (N − n1)].
+  void pack_pair_row(const S* r1, Index n1, const S* r2, Index k) {
+    for (Index p = 0; p < panels_; ++p) {
+      const Index j0 = p * nr_, w = stride(p);
+      if (j0 + width(p) <= n1) {
+        pack_row(r1, 1, p, k);
+      } else if (j0 >= n1) {
+        pack_row(r2, 1, p, k, n1);
+      } else {  // the panel where r2 begins
+        S* dst = data_ + p * K_ * nr_ + k * w;
+        for (Index j = 0; j < w; ++j) {
+          const Index c = j0 + j;
+          dst[j] = c < n1 ? r1[c] : c < N_ ? r2[c - n1] : S(0);
         }
       }
     }
+  }
+
+  // Row k of all panels from the row-major matrix row `row` (N elements).
+  void pack_one_row(const S* row, Index k) {
+    for (Index p = 0; p < panels_; ++p) pack_row(row, 1, p, k);
   }
 
  private:
@@ -545,6 +553,17 @@ struct MoreColumns {
   Index ldy2 = 0;
 };
 
+// Rows added to gemm_tn's right-hand side while it is packed: row r of Bm becomes
+// Bm[r] + c[r]·V[r] (V (R, N) row stride ldv, c (R)), Bm[r] itself where c[r] = 0, and with Bm
+// null, zeros + c[r]·V[r]. (Ω folded into ∂E/∂W_rec's product: h_{t-1} + α c_t v_t, built
+// row by row in L1 instead of in a (T·B, H) pass of its own before the packing.)
+template <typename S>
+struct AddRows {
+  const S* V = nullptr;
+  Index ldv = 0;
+  const S* c = nullptr;
+};
+
 // Blocking of gemm_tn: KC rows of A and Bm at a time (1 KB of each), and MCT slivers of A
 // (MCT·MR output rows) per pass, so that the packed block of A (KC·MCT·MR elements, 192 KB)
 // stays in L2 while each panel of Bp (KC·NR elements, 16 KB) is swept from L1. Measured at
@@ -568,11 +587,13 @@ struct GemmTnWork {
   GemmTnWork(Index max_rows, Index max_cols)
       : rows(max_rows), cols(max_cols), bp(PackedMatrix<S>::elements(Sh::KC, max_cols)),
         st(size_t(max_rows * (Sh::NR + Sh::PS))),
-        ap(size_t(std::min((max_rows + Sh::MR - 1) / Sh::MR, Sh::MCT) * Sh::ABLOCK)) {}
+        ap(size_t(std::min((max_rows + Sh::MR - 1) / Sh::MR, Sh::MCT) * Sh::ABLOCK)),
+        row(size_t(max_cols)) {}
   Index rows, cols;
   Buffer<S> bp;  // the packed chunk of [Bm | Bm2]
   Buffer<S> st;  // (rows, NR + PS): the panel shared by Bm and Bm2
   Buffer<S> ap;  // packed slivers of A
+  Buffer<S> row;  // (cols): one row of Bm with AddRows applied
 };
 
 // Weight-gradient product over many rows: for output rows i in [i0, i1),
@@ -587,12 +608,13 @@ struct GemmTnWork {
 // I = 6: 0.7× the time of two products).
 // With `idx` (R entries), the r-th row of the sum is row idx[r] of A, Bm, Bm2 and s (the
 // valid rows of a batch with variable lengths: padded rows cost nothing).
+// With `add`, Bm's rows get AddRows's multiples of V's (row idx[r] of V and c with `idx`).
 // Allocates nothing: the scratch is `ws`, sized for i1 − i0 ≤ ws.rows and N + more.n ≤ ws.cols.
 template <typename S>
 void gemm_tn(GemmTnWork<S>& ws, Index R, Index N, const S* A, Index lda, const S* Bm, Index ldb,
              const double* s, S* Y, Index ldy, Index i0, Index i1, bool lower = false,
              bool accumulate = false, const MoreColumns<S>& more = {},
-             const Index* idx = nullptr) {
+             const Index* idx = nullptr, const AddRows<S>& add = {}) {
   using Packet = typename PanelShape<S>::Packet;
   using namespace Eigen::internal;
   using Sh = GemmTnShape<S>;
@@ -658,7 +680,30 @@ void gemm_tn(GemmTnWork<S>& ws, Index R, Index N, const S* A, Index lda, const S
   S* const Ap = ws.ap.data();
   for (Index r0 = 0; r0 < R; r0 += KC) {
     const Index kc = std::min<Index>(KC, R - r0);
-    if (idx) {
+    if (add.V) {
+      using RowMap = Eigen::Map<Eigen::Matrix<S, 1, Eigen::Dynamic>>;
+      using CRowMap = Eigen::Map<const Eigen::Matrix<S, 1, Eigen::Dynamic>>;
+      RowMap row(ws.row.data(), N);
+      for (Index k = 0; k < kc; ++k) {
+        const Index r = idx ? idx[r0 + k] : r0 + k;
+        const S c = add.c[r];
+        const S* b = Bm ? Bm + r * ldb : nullptr;
+        if (c == S(0)) {
+          if (b)
+            row = CRowMap(b, N);
+          else
+            row.setZero();
+        } else if (b) {
+          row = CRowMap(b, N) + c * CRowMap(add.V + r * add.ldv, N);
+        } else {
+          row = c * CRowMap(add.V + r * add.ldv, N);
+        }
+        if (more.n > 0)
+          Bp.pack_pair_row(row.data(), N, more.Bm2 + r * more.ldb2, k);
+        else
+          Bp.pack_one_row(row.data(), k);
+      }
+    } else if (idx) {
       if (more.n > 0)
         Bp.pack_pair(Bm, ldb, N, more.Bm2, more.ldb2, kc, idx + r0);
       else

@@ -646,6 +646,7 @@ struct BackwardWork {
         coef(omega ? size_t(TB) : 0, 0.0),
         G(omega && !omega_v && !fused ? size_t(d.H * d.H) : 0),
         v(omega_v || fused ? size_t(TB * d.H) : 0),
+        cf(fused ? size_t(TB) : 0),
         local(local_plan(plan, split_input, omega_v)),
         part_size(d.H * d.H + d.H * d.I + d.H + (omega ? d.H * d.H : 0)),
         part(local ? size_t((NT - 1) * part_size) : 0),
@@ -676,7 +677,8 @@ struct BackwardWork {
   std::vector<double> vn2;        // (NT, T, B) ‖v_t‖² partials
   std::vector<double> coef;       // (T, B) Ω's pair coefficients 4(r−1)/‖δ‖² / pairs, or 0
   Buffer<S> G;                    // (H, H) Σ c a_tᵀ a_t; fully written: lower product + mirror
-  Buffer<S> v;                    // (T, B, H) v_t = a_t W_rec, when omega_v
+  Buffer<S> v;                    // (T, B, H) v_t = a_t W_rec, when omega_v or fused
+  Buffer<S> cf;                   // (T, B) fused: α c_t, the multiple of v_t added to h_{t-1}
   std::vector<GemmTnWork<S>> gemm;  // one per thread
   // A batch split on several threads (`local`): each thread takes the weight gradients (and
   // Ω's) of its own rows right after its sweep, into its own partial sums — no second
@@ -809,37 +811,22 @@ inline BackwardOut omega_terms(const std::vector<double>& dn2, std::vector<doubl
 // From the second step on, one product for both: a_t is packed once for h_{t-1} and u_t.
 // Ragged: the products run over the valid rows only (w.rows_rec); ∂E/∂b sums the zeros of
 // the padding too (H per row, no product).
-// One row of the folded Ω product: v (1, H) becomes h_{t-1} + c·v, where hp points at
-// h_{t-1} (1, H), or is null for h_0 = 0; c = 0 (a pair left out of Ω) leaves h alone.
-template <typename S, typename Row>
-inline void fold_omega_row(Row&& vr, const S* hp, S c, Index H) {
-  if (c == S(0)) {
-    if (hp)
-      vr = Eigen::Map<const Eigen::Matrix<S, 1, Eigen::Dynamic>>(hp, H);
-    else
-      vr.setZero();
-  } else if (hp) {
-    vr = Eigen::Map<const Eigen::Matrix<S, 1, Eigen::Dynamic>>(hp, H) + c * vr;
-  } else {
-    vr *= c;
-  }
-}
-
 template <typename S>
 void weight_grads(const Inputs<S>& in, const States<const S>& st, const Gradients<S>& g,
                   const BackwardWork<S>& w, GemmTnWork<S>& ws, Index i0, Index i1) {
   const auto [T, B, I, H] = in.dims;
   const Index BH = B * H, TB = T * B;
   const bool ragged = w.steps.ragged;
-  // With w.fused the right operand is h_{t-1} + α c_t v_t, built in w.v (row t·B + j).
-  const S* hb = w.fused ? w.v.data() + BH : st.h;
-  const S* h0b = w.fused ? w.v.data() : in.h0;
-  gemm_tn<S>(ws, ragged ? Index(w.rows_rec.size()) : TB - B, H, g.dx + BH, H, hb, H, nullptr,
+  // With w.fused the right operand is h_{t-1} + α c_t v_t (row t·B + j of w.v and w.cf),
+  // built while it is packed.
+  const AddRows<S> add0 = w.fused ? AddRows<S>{w.v.data(), H, w.cf.data()} : AddRows<S>{};
+  const AddRows<S> add1 = w.fused ? AddRows<S>{w.v.data() + BH, H, w.cf.data() + B} : add0;
+  gemm_tn<S>(ws, ragged ? Index(w.rows_rec.size()) : TB - B, H, g.dx + BH, H, st.h, H, nullptr,
              g.dW_rec, H, i0, i1, false, false, {in.u + B * I, I, I, g.dW_in, I},
-             ragged ? w.rows_rec.data() : nullptr);
-  if (h0b)
-    gemm_tn<S>(ws, B, H, g.dx, H, h0b, H, nullptr, g.dW_rec, H, i0, i1, false, true,
-               {in.u, I, I, g.dW_in, I});
+             ragged ? w.rows_rec.data() : nullptr, add1);
+  if (in.h0 || w.fused)  // (h_0 = 0 fused: the rows are α c_1 v_1)
+    gemm_tn<S>(ws, B, H, g.dx, H, in.h0, H, nullptr, g.dW_rec, H, i0, i1, false, true,
+               {in.u, I, I, g.dW_in, I}, nullptr, add0);
   else
     gemm_tn<S>(ws, B, I, g.dx, H, in.u, I, nullptr, g.dW_in, I, i0, i1, false, true);
   if (i1 > i0)
@@ -924,28 +911,24 @@ void local_weight_grads(const Inputs<S>& in, const States<const S>& st, const Gr
     w.omega_part[size_t(2 * tid)] = osum;
     w.omega_part[size_t(2 * tid + 1)] = opairs;
   }
-  const S* hb = st.h;  // right operand of ∂E/∂W_rec: h_{t-1}
-  const S* h0b = in.h0 ? in.h0 + b0 * H : nullptr;
-  if (w.fused) {  // α·∂Ω/∂W_rec folded in: this thread's rows of w.v become h_{t-1} + α c v
+  // α·∂Ω/∂W_rec folded in: the right operand's rows are h_{t-1} + α c v (w.cf of this
+  // thread's rows), built while gemm_tn packs them.
+  AddRows<S> add0, add1;
+  if (w.fused) {
 #pragma omp barrier
     double pairs_all = 0.0;  // the coefficients' divisor: every thread's pairs
     for (int k = 0; k < nt; ++k) pairs_all += w.omega_part[size_t(2 * k + 1)];
     const double scale = pairs_all > 0 ? opt.omega_alpha / pairs_all : 0.0;
-    for (Index k = 0; k < nr; ++k) {
-      const Index r = rows[k], t = r / B;
-      const S* hp = t > 0 ? st.h + (r - B) * H : (in.h0 ? in.h0 + r * H : nullptr);
-      auto vr = Eigen::Map<Eigen::Matrix<S, 1, Eigen::Dynamic>>(w.v.data() + r * H, H);
-      fold_omega_row(vr, hp, S(scale * w.coef[size_t(r)]), H);
-    }
-    hb = w.v.data() + BH;
-    h0b = w.v.data() + b0 * H;
+    for (Index k = 0; k < nr; ++k) w.cf.data()[rows[k]] = S(scale * w.coef[size_t(rows[k])]);
+    add0 = {w.v.data() + b0 * H, H, w.cf.data() + b0};
+    add1 = {w.v.data() + BH, H, w.cf.data() + B};
   }
-  gemm_tn<S>(ws, np, H, g.dx + BH, H, hb, H, nullptr, dWr, H, 0, H, false, false,
-             {in.u + B * I, I, I, dWi, I}, pairs);
+  gemm_tn<S>(ws, np, H, g.dx + BH, H, st.h, H, nullptr, dWr, H, 0, H, false, false,
+             {in.u + B * I, I, I, dWi, I}, pairs, add1);
   const Index nb = b1 - b0;  // every row runs step 0: contiguous rows of dx, h0, u
-  if (h0b)
-    gemm_tn<S>(ws, nb, H, g.dx + b0 * H, H, h0b, H, nullptr, dWr, H, 0, H, false, true,
-               {in.u + b0 * I, I, I, dWi, I});
+  if (in.h0 || w.fused)  // (h_0 = 0 fused: the rows are α c_1 v_1)
+    gemm_tn<S>(ws, nb, H, g.dx + b0 * H, H, in.h0 ? in.h0 + b0 * H : nullptr, H, nullptr, dWr,
+               H, 0, H, false, true, {in.u + b0 * I, I, I, dWi, I}, nullptr, add0);
   else
     gemm_tn<S>(ws, nb, I, g.dx + b0 * H, H, in.u + b0 * I, I, nullptr, dWi, I, 0, H, false,
                true);
@@ -1062,6 +1045,8 @@ BackwardOut backward(const Inputs<S>& in, const States<const S>& st, const Upstr
   }
   if (norms) reduce_norms(w.dn2, w.NT, w.TB, g.dh_norm);
   if (omega) out = omega_terms(w.dn2, w.vn2, w.coef, w.NT, w.TB, opt.omega_bound, w.steps);
+  if (w.fused)
+    for (Index r = 0; r < w.TB; ++r) w.cf.data()[r] = alpha * S(w.coef[size_t(r)]);
 
   // Split: rows of the (H-row) outputs, so no thread adds into another's rows (no reduction);
   // the products run over all T·B rows. Nothing inside allocates (scratch in w.gemm) or throws.
@@ -1070,18 +1055,6 @@ BackwardOut backward(const Inputs<S>& in, const States<const S>& st, const Upstr
     const int nt = omp_get_num_threads(), tid = omp_get_thread_num();
     Index i0, i1;
     share(H, tid, nt, i0, i1);
-    if (w.fused) {  // w.v's row r = t·B + j becomes h_{t-1} + α c_r v_r (h_0: h0, or zeros)
-      Index r0, r1;
-      share(w.TB, tid, nt, r0, r1);
-      for (Index r = r0; r < r1; ++r) {
-        const Index t = r / B, j = r % B;
-        if (j >= w.steps.at(t)) continue;  // padding: never read
-        const S* hp = t > 0 ? st.h + (r - B) * H : (in.h0 ? in.h0 + r * H : nullptr);
-        auto vr = Eigen::Map<Eigen::Matrix<S, 1, Eigen::Dynamic>>(w.v.data() + r * H, H);
-        fold_omega_row(vr, hp, alpha * S(w.coef[size_t(r)]), H);
-      }
-#pragma omp barrier
-    }
     weight_grads(in, st, g, w, w.gemm[size_t(tid)], i0, i1);
     if (omega && !w.fused) omega_weight_grad(in.dims, g, w, i0, i1, tid, nt);
   }
