@@ -241,9 +241,12 @@ class PackedMatrix {
         pack_row(r1, 1, p, k);
       } else if (j0 >= n1) {
         pack_row(r2, 1, p, k, n1);
-      } else {  // the panel where r2 begins
+      } else {  // the panel where r2 begins: r1's whole packets, then element by element
         S* dst = data_ + p * K_ * nr_ + k * w;
-        for (Index j = 0; j < w; ++j) {
+        Index j = 0;
+        for (; j0 + j + PS <= n1; j += PS)
+          Eigen::internal::pstore(dst + j, Eigen::internal::ploadu<Packet>(r1 + j0 + j));
+        for (; j < w; ++j) {
           const Index c = j0 + j;
           dst[j] = c < n1 ? r1[c] : c < N_ ? r2[c - n1] : S(0);
         }
@@ -268,9 +271,15 @@ class PackedMatrix {
         Eigen::internal::pstore(dst + q * PS, Eigen::internal::ploadu<Packet>(row + q * PS));
       return;
     }
-    // (One loop to w ≤ NPW packets: GCC turned a copy loop to jn into `rep movs`, slow for
-    // the few columns of a last panel.)
-    for (Index j = 0; j < w; ++j) dst[j] = j < jn ? row[j * cs] : S(0);
+    // Whole packets of a contiguous row, then one loop to w for the rest. (A copy loop to
+    // jn became GCC's `rep movs`, slow for the few columns of a last panel; element by
+    // element, a last panel merged with a half packet, 64 columns, was most of the packing
+    // of the weight-gradient product at P.)
+    Index j = 0;
+    if (cs == 1)
+      for (; j + PS <= jn; j += PS)
+        Eigen::internal::pstore(dst + j, Eigen::internal::ploadu<Packet>(row + j));
+    for (; j < w; ++j) dst[j] = j < jn ? row[j * cs] : S(0);
   }
 
   bool single_row_;
