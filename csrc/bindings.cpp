@@ -24,6 +24,7 @@
 #include "rnnfast/norms.hpp"
 #include "rnnfast/readout.hpp"
 #include "rnnfast/rnn.hpp"
+#include "rnnfast/sgd.hpp"
 
 namespace py = pybind11;
 using rnnfast::Activation;
@@ -476,6 +477,46 @@ std::vector<double> squared_norms(const py::sequence& arrays) {
   return out;
 }
 
+// p ← p − lr·g for each pair of a sequence of parameters and one of gradients (sgd.hpp):
+// C-contiguous, aligned, writable float32 or float64 arrays, each gradient of its parameter's
+// shape and dtype (TypeError otherwise: the caller has a general path). Checks every pair
+// before it changes any.
+void sgd_step(const py::sequence& params, const py::sequence& grads, double lr, int threads) {
+  if (params.size() != grads.size())
+    throw py::value_error("sgd_step: expected as many gradients as parameters");
+  std::vector<py::array> ps, gs;
+  for (size_t k = 0; k < params.size(); ++k) {
+    const py::handle hp = params[k], hg = grads[k];
+    const bool f32 = py::isinstance<py::array_t<float>>(hp);
+    if (!f32 && !py::isinstance<py::array_t<double>>(hp))
+      throw py::type_error("sgd_step: expected float32 or float64 parameters");
+    const auto p = py::reinterpret_borrow<py::array>(hp);
+    const auto g = py::reinterpret_borrow<py::array>(hg);
+    if (!py::isinstance<py::array>(hg) || !g.dtype().is(p.dtype()) || g.ndim() != p.ndim() ||
+        !std::equal(p.shape(), p.shape() + p.ndim(), g.shape()))
+      throw py::type_error("sgd_step: expected gradients of their parameters' shapes and dtypes");
+    for (const py::array* a : {&p, &g}) {
+      const bool aligned = reinterpret_cast<std::uintptr_t>(a->data()) % a->itemsize() == 0;
+      if (!(a->flags() & py::array::c_style) || !aligned)
+        throw py::type_error("sgd_step: expected C-contiguous, aligned arrays");
+    }
+    if (!p.writeable()) throw py::type_error("sgd_step: expected writable parameters");
+    ps.push_back(p);
+    gs.push_back(g);
+  }
+  const int nt = clamp_threads(threads);
+  py::gil_scoped_release release;
+  for (size_t k = 0; k < ps.size(); ++k) {
+    const Index n = ps[k].size();
+    if (ps[k].itemsize() == 4)
+      rnnfast::sgd_step(static_cast<float*>(ps[k].mutable_data()),
+                        static_cast<const float*>(gs[k].data()), n, float(lr), nt);
+    else
+      rnnfast::sgd_step(static_cast<double*>(ps[k].mutable_data()),
+                        static_cast<const double*>(gs[k].data()), n, lr, nt);
+  }
+}
+
 void dispatch_check(const py::array& u) {
   if (!py::isinstance<py::array_t<float>>(u) && !py::isinstance<py::array_t<double>>(u))
     throw py::type_error("u: expected float32 or float64");
@@ -597,6 +638,9 @@ PYBIND11_MODULE(_core, m) {
       "(Σ w_n loss_n, P (N, O) or None, dZ (N, O) or None): the readout's loss of scores Z");
   m.def("squared_norms", &squared_norms, py::arg("arrays"),
         "[Σ x² of each array] in float64, for C-contiguous float32/float64 arrays");
+  m.def("sgd_step", &sgd_step, py::arg("params"), py::arg("grads"), py::arg("lr"),
+        py::arg("num_threads"),
+        "p -= lr * g in place for each (parameter, gradient) pair, rounded as NumPy rounds it");
   m.def("empty", &empty_aligned, py::arg("shape"), py::arg("dtype"),
         "Uninitialised C-contiguous array whose data start on a 64-byte boundary");
   m.def(

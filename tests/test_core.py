@@ -881,6 +881,51 @@ def test_readout_loss_rejects_bad_input_with_a_clear_message():
         rnnfast.core.readout_loss("sigmoid_bce", z, z, num_threads=0)
 
 
+# ----------------------------------------------------------------- the SGD step
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("num_threads", [1, 2, 3])
+def test_sgd_step_rounds_as_numpy(dtype, num_threads):
+    # p -= lr·g with lr·g rounded first, as NumPy: bit-identical (a fused multiply-add would
+    # differ in the last bit of many elements). 300,001 elements run on several threads.
+    rng = np.random.default_rng(5)
+    shapes = [(0,), (1,), (17,), (50, 50), (300_001,), (3, 4, 5)]
+    params = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    grads = [(rng.standard_normal(s) * 1e3).astype(dtype) for s in shapes]
+    lr = 0.0123456789
+    want = [p.copy() for p in params]
+    for p, g in zip(want, grads):
+        p -= dtype(lr) * g
+    rnnfast.core.sgd_step(params, grads, lr, num_threads=num_threads)
+    for p, w in zip(params, want):
+        np.testing.assert_array_equal(p, w)
+
+
+def test_sgd_step_other_arrays_and_errors():
+    rng = np.random.default_rng(6)
+    base = rng.standard_normal((40, 30)).astype(np.float32)
+    p_view = base[:, ::3]  # not contiguous: updated in place by NumPy
+    g_view = rng.standard_normal(p_view.shape).astype(np.float32)
+    p32 = rng.standard_normal(7).astype(np.float32)
+    g64 = rng.standard_normal(7)  # another dtype than its parameter
+    want_view, want32 = p_view.copy(), p32.copy()
+    want_view -= np.float32(0.5) * g_view
+    want32 -= np.float32(0.5) * g64
+    rnnfast.core.sgd_step((p for p in [p_view, p32]), [g_view, g64], 0.5)
+    np.testing.assert_array_equal(p_view, want_view)
+    np.testing.assert_array_equal(base[:, ::3], want_view)
+    np.testing.assert_array_equal(p32, want32)
+    with pytest.raises(ValueError, match="2 parameters but 1 gradients"):
+        rnnfast.core.sgd_step([p32, p32], [g64], 0.1)
+    with pytest.raises(ValueError, match=r"gradient of shape \(6,\)"):
+        rnnfast.core.sgd_step([p32], [g64[:6]], 0.1)
+    frozen = np.ones(3)
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        rnnfast.core.sgd_step([frozen], [np.ones(3)], 0.1)
+    with pytest.raises(ValueError, match="num_threads"):
+        rnnfast.core.sgd_step([p32], [p32.copy()], 0.1, num_threads=0)
+
+
 # ----------------------------------------------------------------- clipping's norms
 def test_squared_norms_accumulate_in_float64_for_any_array():
     rng = np.random.default_rng(4)

@@ -58,6 +58,7 @@ __all__ = [
     "readout_loss",
     "release_memory",
     "set_num_threads",
+    "sgd_step",
     "squared_norms",
 ]
 
@@ -837,6 +838,40 @@ def readout_loss(kind, z, targets=None, weights=None, *, scale=1.0, grad=True,
     total, y, dz = _core.readout_loss(_LOSS_CODES[kind], z, targets, weights, float(scale),
                                       bool(grad), threads)
     return total, (z if kind == "linear_mse" else y), dz
+
+
+def sgd_step(params, grads, lr, *, num_threads=None) -> None:
+    """``p -= lr * g`` in place for each parameter and its gradient, in one pass on the kernels'
+    threads, rounded as NumPy rounds that expression (``lr·g`` first), so bit for bit the same.
+
+    Parameters
+    ----------
+    params, grads : sequences of arrays
+        Pairs of the same shape and dtype. C-contiguous float32 / float64 pairs are updated by
+        the kernel; any other pair by NumPy (the same result).
+    lr : float
+        The learning rate, converted to each parameter's dtype.
+    num_threads : int, optional
+        Threads for large parameters (default :func:`get_num_threads`).
+    """
+    params = params if type(params) is list else list(params)
+    grads = grads if type(grads) is list else list(grads)
+    if len(params) != len(grads):
+        raise ValueError(f"sgd_step: {len(params)} parameters but {len(grads)} gradients")
+    n = _check_threads(num_threads)
+    try:
+        return _core.sgd_step(params, grads, float(lr), n)  # the common case
+    except TypeError:
+        pass
+    for p, g in zip(params, grads):
+        p = np.asarray(p)
+        if np.shape(g) != p.shape:
+            raise ValueError(f"sgd_step: gradient of shape {np.shape(g)} for a parameter of "
+                             f"shape {p.shape}")
+        try:
+            _core.sgd_step([p], [g], float(lr), n)
+        except TypeError:
+            p -= p.dtype.type(lr) * np.asarray(g)
 
 
 def squared_norms(arrays) -> list:

@@ -40,6 +40,8 @@ import math
 
 import numpy as np
 
+from .. import core as _core
+
 __all__ = [
     "SGD",
     "Schedule",
@@ -93,9 +95,8 @@ class SGD:
         self.nesterov = bool(nesterov)
         self.velocity = {}
         self.steps = 0
-        self._scratch = {}  # name -> array for lr·g (no allocation per update)
 
-    def step(self, params, grads, lr=None):
+    def step(self, params, grads, lr=None, *, num_threads=None):
         """Apply one update in place.
 
         Parameters
@@ -106,6 +107,9 @@ class SGD:
             Gradients of the same shapes (every key of params must be present).
         lr : float, optional
             Learning rate for this step (default ``self.lr``).
+        num_threads : int, optional
+            Threads of the plain step's kernel (:func:`rnnfast.core.sgd_step`; default
+            :func:`rnnfast.get_num_threads`).
         """
         lr = self.lr if lr is None else float(lr)
         for name, p in params.items():
@@ -114,17 +118,14 @@ class SGD:
             g = grads[name]
             if g.shape != p.shape:
                 raise ValueError(f"gradient of {name!r} has shape {g.shape}, expected {p.shape}")
+        if self.momentum == 0.0:  # p -= lr·g, one kernel pass (NumPy's rounding)
+            _core.sgd_step(list(params.values()), [grads[n] for n in params], lr,
+                           num_threads=num_threads)
+            self.steps += 1
+            return
+        for name, p in params.items():
+            g = grads[name]
             lr_t = p.dtype.type(lr)
-            if self.momentum == 0.0:
-                if g.dtype != p.dtype:
-                    p -= lr_t * g
-                    continue
-                tmp = self._scratch.get(name)
-                if tmp is None or tmp.shape != g.shape or tmp.dtype != g.dtype:
-                    tmp = self._scratch[name] = np.empty_like(g)
-                np.multiply(lr_t, g, out=tmp)  # the same two roundings as p -= lr_t * g
-                p -= tmp
-                continue
             mu = p.dtype.type(self.momentum)
             v = self.velocity.get(name)
             if v is None:

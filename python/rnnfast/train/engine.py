@@ -303,7 +303,10 @@ class Engine:
         self.norm_avg.update(cr.norm)
         lr = float(self.lr(k))
         if cr.action != "skipped":
-            self.optimizer.step(m.params, grads, lr=lr)
+            if isinstance(self.optimizer, _optim.SGD):  # its kernel on the engine's threads
+                self.optimizer.step(m.params, grads, lr=lr, num_threads=self.num_threads)
+            else:
+                self.optimizer.step(m.params, grads, lr=lr)
         rho = float("nan")
         if self.rho_every and (k + 1) % self.rho_every == 0:
             rho = _init.spectral_radius(m.params[RECURRENT])
