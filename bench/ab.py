@@ -7,7 +7,7 @@
 Each round runs a fresh process of each interpreter in turn (A, B, A, B, ...), and each
 process times ``rnnfast.forward`` then ``rnnfast.backward`` (tanh, dh given, no Ω unless
 ``--omega``) for ``--seconds`` and reports its medians. With ``--update NAME`` it times instead
-the full SGD-CR training update of ``bench/peers.py``'s update case NAME (P, PTB, MUS, MUSE:
+the full SGD-CR training update of ``bench/peers.py``'s update case NAME (P, PTB, MUS, MUSE, and PTB1, MUS1 with one sequence as Table 1 trains them:
 its shape, task and engine; ``Engine.step`` with NumPy's BLAS on one thread), float32.
 Interleaving puts both builds under the same drift of a shared machine; the table gives every
 round and the median of rounds. Use it to keep or drop a change: one interpreter per build
@@ -90,7 +90,7 @@ def main(argv=None):
     ap.add_argument("python_b", help="interpreter of build B")
     what = ap.add_mutually_exclusive_group(required=True)
     what.add_argument("--shape", type=shape, help="T,B,I,H")
-    what.add_argument("--update", choices=("P", "PTB", "MUS", "MUSE"),
+    what.add_argument("--update", choices=("P", "PTB", "MUS", "MUSE", "PTB1", "MUS1"),
                       help="time bench/peers.py's training update of this case instead")
     ap.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     ap.add_argument("--threads", type=int, default=1)
