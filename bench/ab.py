@@ -7,8 +7,9 @@
 Each round runs a fresh process of each interpreter in turn (A, B, A, B, ...), and each
 process times ``rnnfast.forward`` then ``rnnfast.backward`` (tanh, dh given, no Ω unless
 ``--omega``) for ``--seconds`` and reports its medians. With ``--update NAME`` it times instead
-the full SGD-CR training update of ``bench/peers.py``'s update case NAME (P, PTB, MUS, MUSE, and PTB1, MUS1 with one sequence as Table 1 trains them:
-its shape, task and engine; ``Engine.step`` with NumPy's BLAS on one thread), float32.
+the full SGD-CR training update of ``bench/peers.py``'s update case NAME (P, PTB, MUS, MUSE,
+and PTB1, MUS1 with one sequence per update as Table 1 trains them: its shape, task and
+engine; ``Engine.step`` with NumPy's BLAS on one thread), float32.
 Interleaving puts both builds under the same drift of a shared machine; the table gives every
 round and the median of rounds. Use it to keep or drop a change: one interpreter per build
 (e.g. a venv with the change installed and one without).
