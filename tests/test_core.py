@@ -924,6 +924,8 @@ def test_sgd_step_other_arrays_and_errors():
         rnnfast.core.sgd_step([frozen], [np.ones(3)], 0.1)
     with pytest.raises(ValueError, match="num_threads"):
         rnnfast.core.sgd_step([p32], [p32.copy()], 0.1, num_threads=0)
+    with pytest.raises(TypeError, match="must be NumPy arrays, got list"):
+        rnnfast.core.sgd_step([[1.0, 2.0]], [np.ones(2)], 0.1)
 
 
 # ----------------------------------------------------------------- clipping's norms

@@ -847,8 +847,9 @@ def sgd_step(params, grads, lr, *, num_threads=None) -> None:
     Parameters
     ----------
     params, grads : sequences of arrays
-        Pairs of the same shape and dtype. C-contiguous float32 / float64 pairs are updated by
-        the kernel; any other pair by NumPy (the same result).
+        Pairs of the same shape (parameters: NumPy arrays, updated in place). C-contiguous
+        float32 / float64 pairs of one dtype are updated by the kernel; any other pair by
+        NumPy (the same result).
     lr : float
         The learning rate, converted to each parameter's dtype.
     num_threads : int, optional
@@ -864,7 +865,9 @@ def sgd_step(params, grads, lr, *, num_threads=None) -> None:
     except TypeError:
         pass
     for p, g in zip(params, grads):
-        p = np.asarray(p)
+        if not isinstance(p, np.ndarray):  # (a copy would be updated and dropped)
+            raise TypeError(f"sgd_step: parameters are updated in place and must be NumPy "
+                            f"arrays, got {type(p).__name__}")
         if np.shape(g) != p.shape:
             raise ValueError(f"sgd_step: gradient of shape {np.shape(g)} for a parameter of "
                              f"shape {p.shape}")
