@@ -1,6 +1,6 @@
 """Piano-midi.de with a longer early-stopping patience: every method x seeds, two runs at a time.
 
-    python docs/results/table1/piano_patience/run.py DATA OUT [--patience 40] [--seeds 1234,1,2,3,4]
+    python docs/results/table1/patience/run.py DATA OUT [--patience 40] [--seeds 1234,1,2,3,4]
 
 Each run is ``rnnfast reproduce music --dataset Piano-midi.de --method M --seed S --patience P
 --max-epochs 200 --threads 1`` into OUT/M-sS (skipped when its results.json exists: rerun to
