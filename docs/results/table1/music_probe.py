@@ -1,6 +1,6 @@
-"""Shared by the Table 1 music probes (omega_weight/run.py, piano_batch/run.py): run
-`rnnfast reproduce music --method SGD-CR` once per setting, resumably, and read back every
-finished run of an output folder."""
+"""Shared by the Table 1 music probes (omega_weight/run.py, piano_batch/run.py,
+patience/run.py): run `rnnfast reproduce music` once per setting, resumably, and read back
+every finished run of an output folder."""
 
 import json
 import os
@@ -9,9 +9,15 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 
+def ints(text):
+    """A comma-separated list of integers (an argparse type)."""
+    return [int(x) for x in text.split(",")]
+
+
 def run_all(runs, jobs):
-    """Run each (folder, extra CLI arguments) of `runs`, `jobs` at a time, one thread each.
-    A folder whose results.json exists is skipped; one cut short is resumed."""
+    """Run each (folder, CLI arguments after `reproduce music`, --method included) of `runs`,
+    `jobs` at a time, one thread each. A folder whose results.json exists is skipped; one cut
+    short is resumed."""
 
     def run(spec):
         d, extra = spec
@@ -19,7 +25,7 @@ def run_all(runs, jobs):
             return
         os.makedirs(d, exist_ok=True)
         cmd = [sys.executable, "-c", "import sys; from rnnfast.cli import main; sys.exit(main())",
-               "reproduce", "music", "--method", "SGD-CR", "--threads", "1", "--out", d,
+               "reproduce", "music", "--threads", "1", "--out", d,
                "--no-progress", "--quiet", *extra]
         if os.path.exists(os.path.join(d, "options.json")):
             cmd.append("--resume")  # a run cut short: continue it

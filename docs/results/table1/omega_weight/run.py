@@ -17,15 +17,11 @@ import statistics
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from music_probe import finished, run_all  # noqa: E402
+from music_probe import finished, ints, run_all  # noqa: E402
 
 
 def floats(text):
     return [float(x) for x in text.split(",")]
-
-
-def ints(text):
-    return [int(x) for x in text.split(",")]
 
 
 def main(argv=None):
@@ -40,7 +36,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     runs = [(os.path.join(args.out, f"{args.dataset}-a{a:g}-s{s}"),
-             ["--dataset", args.dataset, "--data", args.data, "--alpha", f"{a:g}", "--seed",
+             ["--method", "SGD-CR", "--dataset", args.dataset, "--data", args.data, "--alpha",
+              f"{a:g}", "--seed",
               str(s), "--budget", f"{args.budget:g}"])
             for s in args.seeds for a in args.alphas]
     run_all(runs, args.jobs)

@@ -20,11 +20,7 @@ import statistics
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from music_probe import finished, run_all  # noqa: E402
-
-
-def ints(text):
-    return [int(x) for x in text.split(",")]
+from music_probe import finished, ints, run_all  # noqa: E402
 
 
 def main(argv=None):
@@ -40,7 +36,8 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     lr = f"-lr{args.lr:g}" if args.lr != 1.0 else ""
     runs = [(os.path.join(args.out, f"Piano-midi.de-b{n}-s{s}{lr}"),
-             ["--dataset", "Piano-midi.de", "--data", args.data, "--batch-size", str(n),
+             ["--method", "SGD-CR", "--dataset", "Piano-midi.de", "--data", args.data,
+              "--batch-size", str(n),
               "--seed", str(s), "--lr", f"{args.lr:g}", "--budget", f"{args.budget:g}"])
             for s in args.seeds for n in args.batches]
     run_all(runs, args.jobs)
