@@ -457,6 +457,13 @@ py::tuple readout_loss(int kind, const py::array& Z, const py::object& targets,
   return py::make_tuple(total, P, dZ);
 }
 
+// Whether a is C-contiguous with its data aligned to its element size: an array the flat
+// loops of norms.hpp and sgd.hpp read as one vector.
+bool flat(const py::array& a) {
+  return (a.flags() & py::array::c_style) &&
+         reinterpret_cast<std::uintptr_t>(a.data()) % a.itemsize() == 0;
+}
+
 // Σ x² of each array of a sequence (norms.hpp), each a C-contiguous float32 or float64 array
 // (TypeError otherwise: the caller has a general path).
 std::vector<double> squared_norms(const py::sequence& arrays) {
@@ -467,8 +474,7 @@ std::vector<double> squared_norms(const py::sequence& arrays) {
     if (!f32 && !py::isinstance<py::array_t<double>>(h))
       throw py::type_error("squared_norms: expected float32 or float64 arrays");
     const auto a = py::reinterpret_borrow<py::array>(h);
-    const bool aligned = reinterpret_cast<std::uintptr_t>(a.data()) % a.itemsize() == 0;
-    if (!(a.flags() & py::array::c_style) || !aligned)
+    if (!flat(a))
       throw py::type_error("squared_norms: expected C-contiguous, aligned arrays");
     const Index n = a.size();
     out.push_back(f32 ? rnnfast::squared_norm(static_cast<const float*>(a.data()), n)
@@ -495,11 +501,8 @@ void sgd_step(const py::sequence& params, const py::sequence& grads, double lr, 
     if (!py::isinstance<py::array>(hg) || !g.dtype().is(p.dtype()) || g.ndim() != p.ndim() ||
         !std::equal(p.shape(), p.shape() + p.ndim(), g.shape()))
       throw py::type_error("sgd_step: expected gradients of their parameters' shapes and dtypes");
-    for (const py::array* a : {&p, &g}) {
-      const bool aligned = reinterpret_cast<std::uintptr_t>(a->data()) % a->itemsize() == 0;
-      if (!(a->flags() & py::array::c_style) || !aligned)
-        throw py::type_error("sgd_step: expected C-contiguous, aligned arrays");
-    }
+    if (!flat(p) || !flat(g))
+      throw py::type_error("sgd_step: expected C-contiguous, aligned arrays");
     if (!p.writeable()) throw py::type_error("sgd_step: expected writable parameters");
     ps.push_back(p);
     gs.push_back(g);
