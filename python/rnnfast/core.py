@@ -840,6 +840,26 @@ def readout_loss(kind, z, targets=None, weights=None, *, scale=1.0, grad=True,
     return total, (z if kind == "linear_mse" else y), dz
 
 
+def _readout_pass(kind: str, x: np.ndarray, W: np.ndarray, b: np.ndarray, targets, weights,
+                  scale: float, grad: bool, threads: int) -> tuple:
+    """:func:`linear`, :func:`readout_loss` and :func:`linear_grads` in a row, for a caller that
+    has already checked their arguments (rnnfast.nn.losses: x (N, K), W (O, K), b (O,) of one
+    float dtype; targets: C-contiguous int64 classes (N,) or values (N, O) of that dtype;
+    float64 weights (N,) or None; ``threads`` from :func:`_check_threads`). The same kernels
+    and results as the three public calls, without their three rounds of checks (4 µs of the
+    readout's 18 at the paper's temporal-order shape). Returns ``(total, y, dz, dx, dW)``;
+    the last three are None without ``grad``."""
+    x, W = np.ascontiguousarray(x), np.ascontiguousarray(W)
+    z = _core.linear(x, W, np.ascontiguousarray(b), threads)
+    total, y, dz = _core.readout_loss(_LOSS_CODES[kind], z, targets, weights, float(scale),
+                                      bool(grad), threads)
+    y = z if kind == "linear_mse" else y
+    if not grad:
+        return total, y, None, None, None
+    dx, dW = _core.linear_grads(dz, x, W, threads)
+    return total, y, dz, dx, dW
+
+
 def sgd_step(params, grads, lr, *, num_threads=None) -> None:
     """``p -= lr * g`` in place for each parameter and its gradient, in one pass on the kernels'
     threads, rounded as NumPy rounds that expression (``lr·g`` first), so bit for bit the same.

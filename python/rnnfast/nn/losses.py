@@ -300,7 +300,6 @@ def loss_and_grad(h, W_out, b_out, targets, *, kind, at="last", mask=None, norma
     tflat = check_targets(targets, kind, at, T, B, O, mask=mask if at == "all" else None)
     N = hr.shape[0]
 
-    z = _core.linear(hr, W_out, b_out, num_threads=num_threads)  # (N, O): ONE product
     dtype = h.dtype
 
     if normalize == "sum":
@@ -312,16 +311,15 @@ def loss_and_grad(h, W_out, b_out, targets, *, kind, at="last", mask=None, norma
     if count <= 0:
         raise ValueError("the mask selects no step: the loss is undefined")
     if kind != "softmax_ce":
-        tflat = tflat.astype(dtype, copy=False)  # float targets in the model's dtype
-    # outputs, Σ w·loss (float64) and ∂loss/∂z in one pass (the kernels' threads)
-    total, y, dz = _core.readout_loss(kind, z, tflat, w, scale=1.0 / count, grad=grad,
-                                      num_threads=num_threads)
+        tflat = np.ascontiguousarray(tflat, dtype=dtype)  # float targets in the model's dtype
+    # z = hr W_outᵀ + b_out (ONE product), then outputs, Σ w·loss (float64) and ∂loss/∂z in
+    # one pass, then ∂/∂hr and ∂/∂W_out: the kernels' threads; every argument checked above
+    total, y, dz, dh_rows, gW_out = _core._readout_pass(
+        kind, hr, W_out, b_out, tflat, w, 1.0 / count, grad, _core._check_threads(num_threads))
     loss = total / count
     y_out = y if at == "last" else y.reshape(T, B, O)
     if not grad:
         return LossResult(float(loss), None, None, None, None, y_out, count)
-
-    dh_rows, gW_out = _core.linear_grads(dz, hr, W_out, num_threads=num_threads)  # (N, H), (O, H)
     gb_out = dz.sum(axis=0)
     if at == "last":
         dh, dh_last = None, dh_rows
