@@ -1,9 +1,10 @@
 """Shared by the Table 1 music probes (omega_weight/run.py, piano_batch/run.py,
-patience/run.py): run `rnnfast reproduce music` once per setting, resumably, and read back
-every finished run of an output folder."""
+patience/run.py, muse_seeds/run.py): run `rnnfast reproduce music` once per setting,
+resumably, read back every finished run of an output folder, and write a summary table."""
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -45,3 +46,29 @@ def finished(out):
             with open(p) as f:
                 rows.append(json.load(f))
     return rows
+
+
+def write_summary(out, title, rows, paper):
+    """OUT/summary.md (atomically; also printed): every run of `rows` — (method, seed label,
+    results.json) — then mean ± sd of the test NLL per method of `paper` (method -> the paper's
+    (train, test)) over its rows."""
+    lines = [title, "", "| method | seed | train | valid | test | updates | stopped | training time |",
+             "|---|---|---|---|---|---|---|---|"]
+    for m, s, r in rows:
+        o = r["ours"]
+        lines.append(f"| {m} | {s} | {o['train']:.3f} | {o['valid']:.3f} | {o['test']:.3f} | "
+                     f"{r['updates']:,} | {r['stopped']} | {r['train_seconds'] / 60:.1f} min |")
+    lines += ["", "| method | test NLL, mean ± sd (min–max) | train NLL, mean | paper train / test |",
+              "|---|---|---|---|"]
+    for m, (p_train, p_test) in paper.items():
+        t = [r["ours"]["test"] for mm, _, r in rows if mm == m]
+        tr = [r["ours"]["train"] for mm, _, r in rows if mm == m]
+        sd = statistics.stdev(t) if len(t) > 1 else 0.0
+        lines.append(f"| {m} | {statistics.mean(t):.3f} ± {sd:.3f} ({min(t):.3f}–{max(t):.3f}), "
+                     f"{len(t)} seeds | {statistics.mean(tr):.3f} | {p_train:.2f} / {p_test:.2f} |")
+    text = "\n".join(lines) + "\n"
+    tmp = os.path.join(out, "summary.md.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, os.path.join(out, "summary.md"))
+    print(text)
