@@ -214,6 +214,26 @@ def test_float64_targets_of_a_float32_model_are_read_in_float32():
         assert r.loss == pytest.approx(ref, rel=1e-5)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("at", ("last", "all"))
+def test_strided_views_as_arguments_give_the_contiguous_result(kind, at):
+    # reversed and transposed views (targets, W_out, h) read as their contiguous copies
+    h, W, b, t = make(kind, at)
+    ref = L.loss_and_grad(h, W, b, t, kind=kind, at=at)
+    tv = np.ascontiguousarray(t[::-1])[::-1]  # same values, negative strides
+    if at == "all":
+        tv = np.ascontiguousarray(np.swapaxes(tv, 0, 1)).swapaxes(0, 1)  # a transposed view
+    Wv = np.ascontiguousarray(W.T).T
+    hv = np.ascontiguousarray(h[:, ::-1])[:, ::-1]
+    assert not tv.flags.c_contiguous and not Wv.flags.c_contiguous
+    r = L.loss_and_grad(hv, Wv, b, tv, kind=kind, at=at)
+    assert r.loss == ref.loss
+    np.testing.assert_array_equal(r.W_out, ref.W_out)
+    np.testing.assert_array_equal(r.b_out, ref.b_out)
+    np.testing.assert_array_equal(r.dh if at == "all" else r.dh_last,
+                                  ref.dh if at == "all" else ref.dh_last)
+
+
 def test_float32_gradients_float32_loss_float64():
     h, W, b, t = make("softmax_ce", "all", dtype=np.float32)
     r = L.loss_and_grad(h, W, b, t, kind="softmax_ce", at="all")

@@ -1,5 +1,5 @@
 """Shared by the Table 1 music probes (omega_weight/run.py, piano_batch/run.py,
-patience/run.py, muse_seeds/run.py): run `rnnfast reproduce music` once per setting,
+patience/run.py, seeds/run.py): run `rnnfast reproduce music` once per setting,
 resumably, read back every finished run of an output folder, and write a summary table."""
 
 import json

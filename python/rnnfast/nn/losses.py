@@ -310,8 +310,8 @@ def loss_and_grad(h, W_out, b_out, targets, *, kind, at="last", mask=None, norma
         count = float(N) if w is None else float(w.sum())
     if count <= 0:
         raise ValueError("the mask selects no step: the loss is undefined")
-    if kind != "softmax_ce":
-        tflat = np.ascontiguousarray(tflat, dtype=dtype)  # float targets in the model's dtype
+    # the kernels read C-contiguous targets: int64 classes, or values in the model's dtype
+    tflat = np.ascontiguousarray(tflat, dtype=np.int64 if kind == "softmax_ce" else dtype)
     # z = hr W_outᵀ + b_out (ONE product), then outputs, Σ w·loss (float64) and ∂loss/∂z in
     # one pass, then ∂/∂hr and ∂/∂W_out: the kernels' threads; every argument checked above
     total, y, dz, dh_rows, gW_out = _core._readout_pass(

@@ -5,10 +5,10 @@
 
 Each run is a Table 1 cell with another seed, ``rnnfast reproduce music --dataset D --method M
 --seed S --threads 1`` (every other setting the cell's: patience 10 unless ``--patience``, 200
-epochs at most) into
-OUT/M-sS, skipped when its results.json exists, resumed when cut short (rerun to resume;
-../music_probe.py). Then OUT/summary.md: every run, with the Table 1 cell (seed 1234) read
-from ../cells, and the test NLL's mean ± sd per method over all the seeds.
+epochs at most) into OUT/M-sS, skipped when its results.json exists, resumed when cut short
+(rerun to resume; ../music_probe.py). Then OUT/summary.md: every run (and, without
+``--patience``, the Table 1 cell of seed 1234, read from ../cells) and the test NLL's mean ±
+sd per method over them.
 """
 
 import argparse
