@@ -50,7 +50,7 @@ def main():
     rows = [(m, "1234 (Table 1)", cells[m]) for m in methods] if a.patience is None else []
     rows += [(m, s, got[m, s]) for m, s in jobs if (m, s) in got]
     paper = {m: tuple(cells[m]["paper"]) for m in methods}  # (train, test)
-    patience = "10" if a.patience is None else f"{a.patience} (the cells': 10)"
+    patience = "10" if a.patience is None else f"{a.patience} instead of the cells' 10"
     write_summary(a.out, f"{a.dataset}, the Table 1 cells' settings with other seeds (early-"
                   f"stopping patience {patience}, one sequence per update), one thread per run.",
                   rows, paper)
