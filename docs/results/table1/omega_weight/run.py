@@ -36,9 +36,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     runs = [(os.path.join(args.out, f"{args.dataset}-a{a:g}-s{s}"),
-             ["--method", "SGD-CR", "--dataset", args.dataset, "--data", args.data, "--alpha",
-              f"{a:g}", "--seed",
-              str(s), "--budget", f"{args.budget:g}"])
+             ["--method", "SGD-CR", "--dataset", args.dataset, "--data", args.data,
+              "--alpha", f"{a:g}", "--seed", str(s), "--budget", f"{args.budget:g}"])
             for s in args.seeds for a in args.alphas]
     run_all(runs, args.jobs)
     rows = [{"alpha0": r["config"]["alpha"], "seed": r["config"]["seed"], **r}

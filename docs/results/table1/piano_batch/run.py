@@ -37,8 +37,8 @@ def main(argv=None):
     lr = f"-lr{args.lr:g}" if args.lr != 1.0 else ""
     runs = [(os.path.join(args.out, f"Piano-midi.de-b{n}-s{s}{lr}"),
              ["--method", "SGD-CR", "--dataset", "Piano-midi.de", "--data", args.data,
-              "--batch-size", str(n),
-              "--seed", str(s), "--lr", f"{args.lr:g}", "--budget", f"{args.budget:g}"])
+              "--batch-size", str(n), "--seed", str(s), "--lr", f"{args.lr:g}",
+              "--budget", f"{args.budget:g}"])
             for s in args.seeds for n in args.batches]
     run_all(runs, args.jobs)
     rows = [{"batch_size": r["config"]["batch_size"], "lr": r["config"]["lr"],
