@@ -22,7 +22,8 @@ from ..fileio import atomic_write_json, atomic_write_text, csv_text, json_safe
 from ..train.callbacks import Callback
 from .sweep import format_duration
 
-__all__ = ["GeneralizationSettings", "GENERALIZATION_LENGTHS", "train_generalization",
+__all__ = ["GeneralizationSettings", "GENERALIZATION_LENGTHS", "generalization_engine",
+           "train_generalization",
            "history_summary", "evaluate_lengths", "format_generalization", "run_generalization",
            "BestSnapshot", "PRESETS", "preset", "run_protocol", "summarize", "format_protocol"]
 
@@ -83,6 +84,24 @@ class GeneralizationSettings:
     checkpoint_every: int = 20_000
 
 
+def generalization_engine(settings: GeneralizationSettings, *, num_threads=None):
+    """The SGD-CR engine of ``settings`` (weights drawn from the seed's first child stream,
+    minibatches from its second) and its task: ``(engine, task)``."""
+    from .. import tasks as _tasks
+    from ..train import build
+
+    task = _tasks.get_task(settings.task, min_length=settings.min_length,
+                           max_length=settings.max_length)
+    s_init, s_train = np.random.SeedSequence(int(settings.seed)).spawn(2)
+    init_kwargs = {"sparse_per": settings.sparse_per} if settings.init == "smart_tanh" else None
+    engine = build("SGD-CR", task=task, hidden=settings.hidden, init=settings.init,
+                   init_kwargs=init_kwargs, dtype=settings.dtype,
+                   init_rng=np.random.default_rng(s_init), lr=settings.lr,
+                   clip=settings.clip, alpha=settings.alpha, batch_size=settings.batch_size,
+                   seed=s_train, num_threads=num_threads, rho_every=1000)
+    return engine, task
+
+
 @renamed_argument("threads", "num_threads")
 def train_generalization(settings: GeneralizationSettings, out_dir, *, num_threads=None,
                          log: Optional[Callable[[str], None]] = None, time_limit=None):
@@ -99,9 +118,8 @@ def train_generalization(settings: GeneralizationSettings, out_dir, *, num_threa
     """
     import json
 
-    from .. import tasks as _tasks
     from ..nn.model import RNNModel
-    from ..train import Checkpoint, Progress, Validation, build
+    from ..train import Checkpoint, Progress, Validation
 
     out_dir = os.fspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
@@ -116,16 +134,7 @@ def train_generalization(settings: GeneralizationSettings, out_dir, *, num_threa
         if summary.get("settings") == cfg:
             use = best_path if summary.get("evaluated") == "best" else model_path
             return RNNModel.load(use), summary
-    task = _tasks.get_task(settings.task, min_length=settings.min_length,
-                           max_length=settings.max_length)
-    root = np.random.SeedSequence(int(settings.seed))
-    s_init, s_train = root.spawn(2)
-    init_kwargs = {"sparse_per": settings.sparse_per} if settings.init == "smart_tanh" else None
-    engine = build("SGD-CR", task=task, hidden=settings.hidden, init=settings.init,
-                   init_kwargs=init_kwargs, dtype=settings.dtype,
-                   init_rng=np.random.default_rng(s_init), lr=settings.lr,
-                   clip=settings.clip, alpha=settings.alpha, batch_size=settings.batch_size,
-                   seed=s_train, num_threads=num_threads, rho_every=1000)
+    engine, task = generalization_engine(settings, num_threads=num_threads)
     model = engine.model
     success = settings.success_error  # 0: stop at zero errors
     best = BestSnapshot(best_path, best_info_path)

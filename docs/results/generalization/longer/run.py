@@ -1,0 +1,180 @@
+"""Does training past the solve turn the second bit's transient into an attractor?
+
+    python docs/results/generalization/longer/run.py OUT [--config authors] [--seeds 0,1,2,3,4]
+        [--max-updates 1000000] [--every 50000] [--sequences 1000] [--time-limit SECONDS]
+
+Each seed trains the generalisation protocol's model (``rnnfast reproduce generalization``'s
+settings for ``--config``, the same seed and so the same run up to the point where that
+protocol stops) but does not stop at zero validation errors: it goes on to ``--max-updates``.
+Every ``--every`` updates, and at the first validation with zero errors, the model is tested
+on ``--sequences`` fresh sequences at each of LENGTHS (the same sequences every time: one
+fixed stream per length) and saved to OUT/seed-k/models/. OUT/seed-k/long.json holds the
+tests, OUT/summary.md the table and OUT/errors_vs_updates.png the figure. Resumable: rerun
+the same command (a checkpoint every 20,000 updates and when the time limit cuts a run).
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, replace
+
+import numpy as np
+
+from rnnfast.experiments.generalization import evaluate_lengths, generalization_engine, preset
+from rnnfast.fileio import atomic_write_json, atomic_write_text, json_safe
+from rnnfast.train import Checkpoint, Validation
+from rnnfast.train.callbacks import Callback
+
+LENGTHS = (50, 100, 200, 500, 1000, 5000)
+
+
+class LongTest(Callback):
+    """Test the model at LENGTHS every ``every`` updates and at the first zero-error
+    validation; rows go to ``path`` (atomic), models to ``models_dir``."""
+
+    def __init__(self, path, models_dir, every, n_sequences):
+        self.path, self.models_dir = path, models_dir
+        self.every, self.n = int(every), int(n_sequences)
+        self.rows = []
+        self.first_zero = None
+        self._seen = 0
+
+    def on_fit_begin(self, engine):
+        self._seen = len(engine.validations)
+
+    def on_update_end(self, engine, batch, row):
+        reason = None
+        if len(engine.validations) > self._seen:
+            self._seen = len(engine.validations)
+            v = engine.validations[-1]
+            if self.first_zero is None and v["error"] == 0.0:
+                self.first_zero = engine.update
+                reason = "first zero-error validation"
+        if engine.update % self.every == 0:
+            reason = reason or "every"
+        if reason is not None:
+            self.test(engine, reason)
+
+    def test(self, engine, reason):
+        model = engine.model
+        t0 = time.perf_counter()
+        rows = evaluate_lengths(model, "temporal_order", LENGTHS, n_sequences=self.n)
+        omega = np.asarray(engine.history["omega"], dtype=np.float64)[-1000:]
+        w_rec = np.asarray(model.params["W_rec"], dtype=np.float64)
+        valid = engine.validations[-1]["error"] if engine.validations else None
+        self.rows.append({
+            "update": engine.update, "reason": reason, "valid_error": valid,
+            "rho": float(np.max(np.abs(np.linalg.eigvals(w_rec)))),
+            "omega_last_1000": float(np.nanmean(omega)) if omega.size else None,
+            "errors": {str(r["length"]): r["error_rate"] for r in rows},
+            "seconds": time.perf_counter() - t0})
+        os.makedirs(self.models_dir, exist_ok=True)
+        model.save(os.path.join(self.models_dir, f"update-{engine.update:07d}.npz"))
+        atomic_write_json(self.path, {"first_zero": self.first_zero, "rows": self.rows})
+        e = self.rows[-1]["errors"]
+        print(f"  update {engine.update:>7,} ({reason}): valid {valid}, rho "
+              f"{self.rows[-1]['rho']:.2f}, errors % " + " ".join(
+                  f"{L}:{100 * e[str(L)]:.1f}" for L in LENGTHS), flush=True)
+
+    def state_dict(self):
+        return {"rows": self.rows, "first_zero": self.first_zero}
+
+    def load_state_dict(self, state):
+        self.rows, self.first_zero = list(state["rows"]), state["first_zero"]
+
+
+def run_seed(settings, out, n_sequences, every, time_limit):
+    """Train one seed to ``settings.max_updates`` (or the time limit); True when finished."""
+    os.makedirs(out, exist_ok=True)
+    engine, task = generalization_engine(settings, num_threads=1)
+    test = LongTest(os.path.join(out, "long.json"), os.path.join(out, "models"), every,
+                    n_sequences)
+    config = {k: v for k, v in json_safe(asdict(settings)).items() if k != "max_updates"}
+    checkpoint = Checkpoint(os.path.join(out, "checkpoint.npz"), every=20_000, config=config)
+    callbacks = [Validation(task, every=settings.valid_every, size=settings.valid_size,
+                            batch=1000), test, checkpoint]
+    if os.path.exists(checkpoint.path):
+        checkpoint.restore(engine, callbacks)
+        print(f"  resumed at update {engine.update:,}", flush=True)
+    if engine.update >= settings.max_updates:
+        return True
+    result = engine.fit(task, max_updates=settings.max_updates, time_limit=time_limit,
+                        callbacks=callbacks)
+    return result.stopped == "max_updates"
+
+
+def summarize(out, seeds, max_updates):
+    """OUT/summary.md (error % at 500, 1000, 5000 steps per test) and the figure."""
+    docs = {}
+    for s in seeds:
+        path = os.path.join(out, f"seed-{s}", "long.json")
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                docs[s] = json.load(f)
+    lines = ["| seed | update | why | valid errors | rho | Omega | "
+             + " | ".join(f"{L}" for L in LENGTHS) + " |",
+             "|---|---|---|---|---|---|" + "---|" * len(LENGTHS)]
+    for s, d in docs.items():
+        for r in d["rows"]:
+            first = r["reason"] != "every"
+            lines.append(
+                f"| {s} | {'**' if first else ''}{r['update']:,}{'**' if first else ''} | "
+                f"{'first 0' if first else ''} | {100 * r['valid_error']:.2f}% | {r['rho']:.2f} | "
+                f"{r['omega_last_1000']:.3f} | "
+                + " | ".join(f"{100 * r['errors'][str(L)]:.1f}" for L in LENGTHS) + " |")
+    atomic_write_text(os.path.join(out, "summary.md"), "\n".join(lines) + "\n")
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    from rnnfast.plots import save_figure
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharey=True)
+    for ax, L in zip(axes, (200, 1000, 5000)):
+        for s, d in docs.items():
+            rows = d["rows"]
+            line, = ax.plot([r["update"] for r in rows],
+                            [100 * r["errors"][str(L)] for r in rows], marker=".",
+                            label=f"seed {s}")
+            if d["first_zero"] is not None:
+                ax.axvline(d["first_zero"], color=line.get_color(), lw=0.8, ls=":")
+        ax.set_title(f"test length {L}")
+        ax.set_xlabel("updates")
+        ax.set_xlim(0, max_updates)
+    axes[0].set_ylabel("errors (%) on fresh sequences")
+    axes[-1].legend(fontsize=8)
+    fig.suptitle("Training on lengths 50-200 past the first zero-error validation (dotted)")
+    fig.tight_layout()
+    save_figure(fig, os.path.join(out, "errors_vs_updates.png"))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("out")
+    ap.add_argument("--config", default="authors")
+    ap.add_argument("--seeds", default="0,1,2,3,4")
+    ap.add_argument("--max-updates", type=int, default=1_000_000)
+    ap.add_argument("--every", type=int, default=50_000)
+    ap.add_argument("--sequences", type=int, default=1000)
+    ap.add_argument("--time-limit", type=float, default=None, help="seconds, all seeds")
+    a = ap.parse_args()
+    seeds = [int(s) for s in a.seeds.split(",")]
+    settings = replace(preset(a.config), max_updates=a.max_updates)
+    deadline = None if a.time_limit is None else time.perf_counter() + a.time_limit
+    for s in seeds:
+        left = None if deadline is None else deadline - time.perf_counter()
+        if left is not None and left <= 0:
+            print("time limit reached; rerun to continue", flush=True)
+            break
+        print(f"=== seed {s}", flush=True)
+        run_seed(replace(settings, seed=s), os.path.join(a.out, f"seed-{s}"), a.sequences,
+                 a.every, left)
+        summarize(a.out, seeds, a.max_updates)
+    summarize(a.out, seeds, a.max_updates)
+
+
+if __name__ == "__main__":
+    main()
