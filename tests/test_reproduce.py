@@ -387,6 +387,21 @@ def test_generalization_training_stops_on_time_and_resumes_exactly(tmp_path):
         np.testing.assert_array_equal(m_resumed.params[k], v)
 
 
+def test_generalization_engine_is_the_protocols_engine(tmp_path):
+    # a probe that drives generalization_engine itself trains the protocol's model
+    s = gen.preset("authors", min_length=10, max_length=20, max_updates=30, valid_every=0,
+                   checkpoint_every=1000, seed=3)
+    model, _ = gen.train_generalization(s, tmp_path, num_threads=1)
+    engine, task = gen.generalization_engine(s, num_threads=1)
+    w = engine.model.params["W_rec"]
+    assert np.all((w != 0).sum(axis=0) == 15)  # the authors' 15 per column (h·W)
+    assert np.max(np.abs(np.linalg.eigvals(w.astype(np.float64)))) == pytest.approx(0.95,
+                                                                                   rel=1e-5)
+    engine.fit(task, max_updates=30)
+    for k, v in model.params.items():
+        np.testing.assert_array_equal(engine.model.params[k], v)
+
+
 def test_evaluate_lengths_matches_a_direct_evaluation():
     from rnnfast.nn.model import RNNModel
     from rnnfast.tasks import get_task
