@@ -6,11 +6,13 @@
 Each seed trains the generalisation protocol's model (``rnnfast reproduce generalization``'s
 settings for ``--config``, the same seed and so the same run up to the point where that
 protocol stops) but does not stop at zero validation errors: it goes on to ``--max-updates``.
-Every ``--every`` updates, and at the first validation with zero errors, the model is tested
-on ``--sequences`` fresh sequences at each of LENGTHS (the same sequences every time: one
-fixed stream per length) and saved to OUT/seed-k/models/. OUT/seed-k/long.json holds the
-tests, OUT/summary.md the table and OUT/errors_vs_updates.png the figure. Resumable: rerun
-the same command (a checkpoint every 20,000 updates and when the time limit cuts a run).
+Every ``--every`` updates, and at every validation with at most 0.1% errors (10 of 10,000),
+the model is tested on ``--sequences`` fresh sequences at each of LENGTHS (the same sequences
+every time: one fixed stream per length) and saved to OUT/seed-k/models/. OUT/seed-k/long.json
+holds the tests, OUT/tests.md all of them, OUT/summary.md each seed's best snapshot (with
+``--confirm`` tested again on 10,000 sequences at every length of the paper) and
+OUT/errors_vs_updates.png the figure. Resumable: rerun the same command (a checkpoint every
+20,000 updates and when the time limit cuts a run).
 """
 
 import argparse
@@ -28,6 +30,8 @@ from rnnfast.train import Checkpoint, Validation
 from rnnfast.train.callbacks import Callback
 
 LENGTHS = (50, 100, 200, 500, 1000, 5000)
+#: Validation error rates (of 10,000 sequences) at which a snapshot is tested too.
+NEAR_ZERO = 0.001
 
 
 class LongTest(Callback):
@@ -52,6 +56,8 @@ class LongTest(Callback):
             if self.first_zero is None and v["error"] == 0.0:
                 self.first_zero = engine.update
                 reason = "first zero-error validation"
+            elif v["error"] is not None and v["error"] <= NEAR_ZERO:
+                reason = "near-zero validation"
         if engine.update % self.every == 0:
             reason = reason or "every"
         if reason is not None:
@@ -105,26 +111,104 @@ def run_seed(settings, out, n_sequences, every, time_limit):
     return result.stopped == "max_updates"
 
 
-def summarize(out, seeds, max_updates):
-    """OUT/summary.md (error % at 500, 1000, 5000 steps per test) and the figure."""
+def worst(row):
+    """The largest error rate of a test row over LENGTHS."""
+    return max(row["errors"][str(L)] for L in LENGTHS)
+
+
+def confirm(out, row, n_sequences=10_000):
+    """The paper's test of one snapshot: ``n_sequences`` per length at every one of the
+    paper's lengths (cached in ``out/confirm-<update>.json``)."""
+    from rnnfast.experiments.generalization import GENERALIZATION_LENGTHS
+    from rnnfast.nn.model import RNNModel
+
+    path = os.path.join(out, f"confirm-{row['update']:07d}.json")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    model = RNNModel.load(os.path.join(out, "models", f"update-{row['update']:07d}.npz"))
+    rows = evaluate_lengths(model, "temporal_order", GENERALIZATION_LENGTHS,
+                            n_sequences=n_sequences, seed=54321, num_threads=1)
+    doc = {"update": row["update"], "sequences": n_sequences,
+           "errors": {str(r["length"]): r["error_rate"] for r in rows}}
+    atomic_write_json(path, doc)
+    return doc
+
+
+def probe_figure(out, docs):
+    """OUT/memory_probes.png: the linear probes (rnnfast.analysis.memory) of each seed's first
+    zero-error snapshot (what the authors' stopping rule returns) and of its best one."""
+    from rnnfast.analysis import memory
+    from rnnfast.experiments.generalization import PROBE_LAGS
+    from rnnfast.nn.model import RNNModel
+    from rnnfast.plots import plot_memory_probes
+
+    models = []
+    for s, d in docs.items():
+        picks = {"best": min(d["rows"], key=worst)["update"]}
+        if d["first_zero"] is not None:
+            picks["first zero"] = d["first_zero"]
+        for tag, update in picks.items():
+            model = RNNModel.load(os.path.join(out, f"seed-{s}", "models",
+                                               f"update-{update:07d}.npz"))
+            probes = {}
+            for gap, (p0, p1) in (("short gap", (15, 60)), ("long gap", (100, 500))):
+                r = memory.marker_probe(model, p0=p0, p1=p1, lags=PROBE_LAGS, rng=s,
+                                        num_threads=1)
+                probes[gap] = {"p0": p0, "p1": p1, **{k: np.asarray(v).tolist()
+                                                      for k, v in r._asdict().items()}}
+            models.append({"seed": f"{s}, {tag} ({update:,})", "probes": probes})
+    atomic_write_json(os.path.join(out, "memory_probes.json"), {"models": models})
+    plot_memory_probes({"models": models}, os.path.join(out, "memory_probes.png"))
+
+
+def summarize(out, seeds, max_updates, confirm_best=False):
+    """OUT/summary.md (per seed: the snapshots tested, the best one; with ``confirm_best`` the
+    best snapshot tested again on 10,000 sequences at each of the paper's lengths),
+    OUT/tests.md (every test) and the figure."""
     docs = {}
     for s in seeds:
         path = os.path.join(out, f"seed-{s}", "long.json")
         if os.path.exists(path):
             with open(path, encoding="utf-8") as f:
                 docs[s] = json.load(f)
-    lines = ["| seed | update | why | valid errors | rho | Omega | "
-             + " | ".join(f"{L}" for L in LENGTHS) + " |",
+    head = " | ".join(f"{L}" for L in LENGTHS)
+    lines = [f"| seed | update | why | valid errors | rho | Omega | {head} |",
              "|---|---|---|---|---|---|" + "---|" * len(LENGTHS)]
     for s, d in docs.items():
         for r in d["rows"]:
-            first = r["reason"] != "every"
             lines.append(
-                f"| {s} | {'**' if first else ''}{r['update']:,}{'**' if first else ''} | "
-                f"{'first 0' if first else ''} | {100 * r['valid_error']:.2f}% | {r['rho']:.2f} | "
-                f"{r['omega_last_1000']:.3f} | "
+                f"| {s} | {r['update']:,} | {r['reason']} | {100 * r['valid_error']:.2f}% | "
+                f"{r['rho']:.2f} | {r['omega_last_1000']:.3f} | "
                 + " | ".join(f"{100 * r['errors'][str(L)]:.1f}" for L in LENGTHS) + " |")
-    atomic_write_text(os.path.join(out, "summary.md"), "\n".join(lines) + "\n")
+    atomic_write_text(os.path.join(out, "tests.md"), "\n".join(lines) + "\n")
+    summary = [f"| seed | updates run | first zero-error validation | snapshots tested | "
+               f"error-free at every length | best snapshot (update: errors % at "
+               f"{' / '.join(str(L) for L in LENGTHS)}) |",
+               "|---|---|---|---|---|---|"]
+    confirmed = []
+    for s, d in docs.items():
+        rows = d["rows"]
+        best = min(rows, key=worst)
+        free = sum(1 for r in rows if worst(r) == 0.0)
+        summary.append(
+            f"| {s} | {rows[-1]['update']:,} | "
+            f"{'-' if d['first_zero'] is None else format(d['first_zero'], ',')} | {len(rows)} | "
+            f"{free} | {best['update']:,}: "
+            + " / ".join(f"{100 * best['errors'][str(L)]:.1f}" for L in LENGTHS) + " |")
+        if confirm_best:
+            confirmed.append((s, confirm(os.path.join(out, f"seed-{s}"), best)))
+    if confirmed:
+        probe_figure(out, docs)
+        lengths = list(confirmed[0][1]["errors"])
+        summary += ["", "Each seed's best snapshot on 10,000 fresh sequences per length "
+                    "(error %):", "",
+                    "| seed | update | " + " | ".join(lengths) + " |",
+                    "|---|---|" + "---|" * len(lengths)]
+        for s, c in confirmed:
+            summary.append(f"| {s} | {c['update']:,} | "
+                           + " | ".join(f"{100 * c['errors'][L]:.2f}" for L in lengths) + " |")
+    atomic_write_text(os.path.join(out, "summary.md"), "\n".join(summary) + "\n")
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -133,12 +217,12 @@ def summarize(out, seeds, max_updates):
         return
     from rnnfast.plots import save_figure
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharey=True)
-    for ax, L in zip(axes, (200, 1000, 5000)):
+    for ax, L in zip(axes, (50, 200, 5000)):
         for s, d in docs.items():
             rows = d["rows"]
             line, = ax.plot([r["update"] for r in rows],
-                            [100 * r["errors"][str(L)] for r in rows], marker=".",
-                            label=f"seed {s}")
+                            [100 * r["errors"][str(L)] for r in rows], marker=".", ms=3,
+                            lw=0.8, label=f"seed {s}")
             if d["first_zero"] is not None:
                 ax.axvline(d["first_zero"], color=line.get_color(), lw=0.8, ls=":")
         ax.set_title(f"test length {L}")
@@ -146,7 +230,8 @@ def summarize(out, seeds, max_updates):
         ax.set_xlim(0, max_updates)
     axes[0].set_ylabel("errors (%) on fresh sequences")
     axes[-1].legend(fontsize=8)
-    fig.suptitle("Training on lengths 50-200 past the first zero-error validation (dotted)")
+    fig.suptitle("SGD-CR on lengths 50-200, trained past the first zero-error validation "
+                 "(dotted): every 50k updates and at every validation below 0.1%")
     fig.tight_layout()
     save_figure(fig, os.path.join(out, "errors_vs_updates.png"))
 
@@ -160,6 +245,8 @@ def main():
     ap.add_argument("--every", type=int, default=50_000)
     ap.add_argument("--sequences", type=int, default=1000)
     ap.add_argument("--time-limit", type=float, default=None, help="seconds, all seeds")
+    ap.add_argument("--confirm", action="store_true",
+                    help="test each seed's best snapshot on 10,000 sequences per paper length")
     a = ap.parse_args()
     seeds = [int(s) for s in a.seeds.split(",")]
     settings = replace(preset(a.config), max_updates=a.max_updates)
@@ -173,7 +260,7 @@ def main():
         run_seed(replace(settings, seed=s), os.path.join(a.out, f"seed-{s}"), a.sequences,
                  a.every, left)
         summarize(a.out, seeds, a.max_updates)
-    summarize(a.out, seeds, a.max_updates)
+    summarize(a.out, seeds, a.max_updates, confirm_best=a.confirm)
 
 
 if __name__ == "__main__":
