@@ -135,6 +135,26 @@ def confirm(out, row, n_sequences=10_000):
     return doc
 
 
+def end_state_clusters(model, length=5000, n_sequences=400, seed=1):
+    """Sizes of the clusters the final states of ``n_sequences`` fresh sequences of ``length``
+    steps fall into (greedy: a state joins the nearest centre within 5% of its norm, else
+    starts a cluster), largest first. Four clean clusters: four attractors, one per class."""
+    from rnnfast import tasks
+
+    task = tasks.get_task("temporal_order", min_length=length, max_length=length)
+    batch = task.generate(np.random.default_rng(seed), n_sequences, length, dtype=model.dtype)
+    h = model.forward(batch.u, num_threads=1).h_last.astype(np.float64)  # (n, H)
+    centres, sizes = [], []
+    for x in h:
+        d = [np.linalg.norm(x - c) for c in centres]
+        if d and min(d) < 0.05 * np.linalg.norm(x):
+            sizes[int(np.argmin(d))] += 1
+        else:
+            centres.append(x)
+            sizes.append(1)
+    return sorted(sizes, reverse=True)
+
+
 def probe_figure(out, docs):
     """OUT/memory_probes.png: the linear probes (rnnfast.analysis.memory) of each seed's first
     zero-error snapshot (what the authors' stopping rule returns) and of its best one."""
@@ -157,9 +177,11 @@ def probe_figure(out, docs):
                                         num_threads=1)
                 probes[gap] = {"p0": p0, "p1": p1, **{k: np.asarray(v).tolist()
                                                       for k, v in r._asdict().items()}}
-            models.append({"seed": f"{s}, {tag} ({update:,})", "probes": probes})
+            models.append({"seed": f"{s}, {tag} ({update:,})", "probes": probes,
+                           "end_state_clusters": end_state_clusters(model)})
     atomic_write_json(os.path.join(out, "memory_probes.json"), {"models": models})
     plot_memory_probes({"models": models}, os.path.join(out, "memory_probes.png"))
+    return {m["seed"]: m["end_state_clusters"] for m in models}
 
 
 def summarize(out, seeds, max_updates, confirm_best=False):
@@ -199,7 +221,7 @@ def summarize(out, seeds, max_updates, confirm_best=False):
         if confirm_best:
             confirmed.append((s, confirm(os.path.join(out, f"seed-{s}"), best)))
     if confirmed:
-        probe_figure(out, docs)
+        clusters = probe_figure(out, docs)
         lengths = list(confirmed[0][1]["errors"])
         summary += ["", "Each seed's best snapshot on 10,000 fresh sequences per length "
                     "(error %):", "",
@@ -208,6 +230,10 @@ def summarize(out, seeds, max_updates, confirm_best=False):
         for s, c in confirmed:
             summary.append(f"| {s} | {c['update']:,} | "
                            + " | ".join(f"{100 * c['errors'][L]:.2f}" for L in lengths) + " |")
+        summary += ["", "Clusters of the final states of 400 sequences of 5000 steps "
+                    "(`end_state_clusters`; four clean ones: an attractor per class):", ""]
+        summary += [f"- seed {k}: {len(v)} clusters, sizes {v[:8]}{' ...' if len(v) > 8 else ''}"
+                    for k, v in clusters.items()]
     atomic_write_text(os.path.join(out, "summary.md"), "\n".join(summary) + "\n")
     try:
         import matplotlib
