@@ -23,9 +23,9 @@ from ..train.callbacks import Callback
 from .sweep import format_duration
 
 __all__ = ["GeneralizationSettings", "GENERALIZATION_LENGTHS", "generalization_engine",
-           "train_generalization",
-           "history_summary", "evaluate_lengths", "format_generalization", "run_generalization",
-           "BestSnapshot", "PRESETS", "preset", "run_protocol", "summarize", "format_protocol"]
+           "train_generalization", "history_summary", "evaluate_lengths", "format_generalization",
+           "run_generalization", "BestSnapshot", "PRESETS", "preset", "run_protocol", "summarize",
+           "format_protocol"]
 
 
 #: The paper's test lengths.

@@ -290,4 +290,8 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # the engine has saved the checkpoint
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        raise SystemExit(130)
