@@ -478,3 +478,17 @@ def test_register_experiment_adds_a_subcommand():
             cmd.register_experiment("x", 3)
     finally:
         cmd.EXPERIMENTS[:] = saved
+
+
+def test_memory_probe_figure_tells_more_than_ten_models_apart(tmp_path):
+    pytest.importorskip("matplotlib")
+    from rnnfast import plots
+
+    probe = {"p0": 15, "p1": 60, "lags": [50, 100], "probe_first": [1.0, 1.0],
+             "probe_second": [1.0, 0.9]}
+    models = [{"seed": k, "probes": {"short gap": probe, "long gap": probe}} for k in range(12)]
+    fig = plots.plot_memory_probes({"models": models}, tmp_path / "p.png")
+    lines = fig.axes[0].get_lines()[:12]  # one per model (the chance line comes after)
+    styles = [(ln.get_color(), ln.get_linestyle()) for ln in lines]
+    assert len(set(styles)) == 12
+    assert styles[10][0] == styles[0][0] and styles[10][1] != styles[0][1]

@@ -1227,13 +1227,15 @@ def plot_memory_probes(summary, path=None, *, dpi=120):
     fig = _figure((8.0, 5.2))
     axes = fig.subplots(2, 2, sharex=True, sharey=True, squeeze=False)
     for j, gap in enumerate(gaps):
-        for m in summary["models"]:
+        for k, m in enumerate(summary["models"]):
             pr = m.get("probes", {}).get(gap)
             if pr is None:
                 continue
+            # colours repeat after 10 models: the line style tells those apart
+            style = dict(color=f"C{k % 10}", ls=("-", "--", ":")[(k // 10) % 3])
             for i, key in enumerate(("probe_first", "probe_second")):
                 axes[i][j].plot(pr["lags"], pr[key], marker="o", ms=3, lw=1.1,
-                                label=f"seed {m['seed']}")
+                                label=f"seed {m['seed']}", **style)
         first = next((m["probes"][gap] for m in summary["models"] if "probes" in m), None)
         if first is not None:
             axes[0][j].set_title(f"markers at steps {first['p0']} and {first['p1']}", fontsize=9)
