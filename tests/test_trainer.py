@@ -280,6 +280,31 @@ def test_confirm_can_veto_success_and_callbacks_can_stop():
     assert res.stopped == "early_stop" and not res.solved and res.updates == 3
 
 
+def test_on_validation_sees_each_record_before_the_success_stop():
+    class Easy(TinyOrder):
+        def errors(self, y, batch):
+            return np.zeros(len(batch.targets), bool)
+
+    class Seen(Callback):
+        def __init__(self):
+            self.seen = []
+
+        def on_validation(self, engine, record):
+            # the record just added, at its update, before Validation stops the run
+            assert engine.validations[-1] is record and engine.stop_reason is None
+            self.seen.append((engine.update, record["error"]))
+
+    eng = Engine(make_model(), O.SGD(0.05), C.GradientClipper(1.0), 0.05, seed=0, batch_size=5)
+    seen = Seen()
+    val = Validation(Easy(), every=2, size=10, batch=10, success_error=0.01,
+                     confirm=lambda e: e.update >= 6)
+    res = eng.fit(Easy(), max_updates=100, callbacks=[val, seen])
+    assert seen.seen == [(2, 0.0), (4, 0.0), (6, 0.0)] and res.updates == 6
+    # outside fit() a record is only stored
+    val.validate(eng)
+    assert len(eng.validations) == 4 and len(seen.seen) == 3
+
+
 def test_sgd_cr_learns_a_short_temporal_order():
     # end to end: the loop must actually learn (fails if any gradient or step is wrong)
     task = TinyOrder(10, 14)

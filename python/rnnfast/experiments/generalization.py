@@ -172,18 +172,11 @@ class BestSnapshot(Callback):
     def __init__(self, path, info_path):
         self.path, self.info_path = path, info_path
         self.best = {"update": None, "error": None}
-        self._seen = 0
 
-    def on_fit_begin(self, engine):
-        self._seen = len(engine.validations)
-
-    def on_update_end(self, engine, batch, row):
-        if len(engine.validations) == self._seen:
-            return
-        self._seen = len(engine.validations)
-        v = engine.validations[-1]
-        if v["error"] is not None and (self.best["error"] is None or v["error"] < self.best["error"]):
-            self.best = {"update": v["update"], "error": v["error"]}
+    def on_validation(self, engine, record):
+        err = record["error"]
+        if err is not None and (self.best["error"] is None or err < self.best["error"]):
+            self.best = {"update": record["update"], "error": err}
             engine.model.save(self.path)
             atomic_write_json(self.info_path, self.best)
 

@@ -3,7 +3,10 @@
 A callback has hooks called by :meth:`rnnfast.train.Engine.fit`, in list order:
 ``on_fit_begin(engine)``, ``on_epoch_begin(engine)``, ``on_update_end(engine, batch, row)``,
 ``on_epoch_end(engine)`` (after the epoch counter moved on) and ``on_fit_end(engine, result)``
-(also after an exception or Ctrl-C). It stops the run with ``engine.stop(reason)``. A
+(also after an exception or Ctrl-C); ``on_validation(engine, record)`` whenever a validation
+record is added (:meth:`rnnfast.train.Engine.record_validation`, by :class:`Validation` or
+another validating callback), before the validating callback acts on it (the learning-rate
+feedback, the success check). It stops the run with ``engine.stop(reason)``. A
 callback with state returns it from ``state_dict()`` (None: stateless) and takes it back in
 ``load_state_dict``; checkpoints key it by ``name``.
 
@@ -46,6 +49,9 @@ class Callback:
         pass
 
     def on_epoch_end(self, engine):
+        pass
+
+    def on_validation(self, engine, record):
         pass
 
     def on_fit_end(self, engine, result):

@@ -427,12 +427,15 @@ class Engine:
                            self.validations[-1] if self.validations else None, seconds)
 
     def record_validation(self, record):
-        """Append a validation record (a dict; ``error`` may be None) and track the best
-        error."""
+        """Append a validation record (a dict; ``error`` may be None), track the best error
+        and, inside :meth:`fit`, pass the record to every callback's ``on_validation``."""
         self.validations.append(record)
         err = record.get("error")
         if err is not None and (self.best_error is None or err < self.best_error):
             self.best_error = err
+        if self._fitting:
+            for cb in self.callbacks:
+                cb.on_validation(self, record)
 
     # -------------------------------------------------------------------- state
     def signature(self):

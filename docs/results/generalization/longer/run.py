@@ -45,21 +45,17 @@ class LongTest(Callback):
         self.every, self.n = int(every), int(n_sequences)
         self.rows = []
         self.first_zero = None
-        self._seen = 0
+        self._reason = None  # set by a validation, acted on at the end of its update
 
-    def on_fit_begin(self, engine):
-        self._seen = len(engine.validations)
+    def on_validation(self, engine, record):
+        if self.first_zero is None and record["error"] == 0.0:
+            self.first_zero = engine.update
+            self._reason = "first zero-error validation"
+        elif record["error"] is not None and record["error"] <= NEAR_ZERO:
+            self._reason = "near-zero validation"
 
     def on_update_end(self, engine, batch, row):
-        reason = None
-        if len(engine.validations) > self._seen:
-            self._seen = len(engine.validations)
-            v = engine.validations[-1]
-            if self.first_zero is None and v["error"] == 0.0:
-                self.first_zero = engine.update
-                reason = "first zero-error validation"
-            elif v["error"] is not None and v["error"] <= NEAR_ZERO:
-                reason = "near-zero validation"
+        reason, self._reason = self._reason, None
         if engine.update % self.every == 0:
             reason = reason or "every"
         if reason is not None:
