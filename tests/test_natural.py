@@ -101,11 +101,12 @@ def test_paper_defaults():
     c = nat.music_config("Nottingham", "SGD+CR")
     assert c.method == "SGD-CR"  # any accepted spelling in, the canonical one kept
     assert (c.hidden, c.activation, c.lr, c.clip, c.normalize, c.seq_len, c.biases) == \
-        (300, "sigmoid", 1.0, 8.0, "step", 200, True)
+        (300, "sigmoid", 0.25, 8.0, "step", 200, True)
     assert c.uses_omega and c.uses_clipping
     m = nat.music_config("musedata", "sgd-c")
-    assert (m.dataset, m.hidden, m.lr, m.method, m.uses_omega) == ("MuseData", 400, 0.5, "SGD-C", False)
-    assert nat.music_config("JSB", "SGD").clip is None
+    assert (m.dataset, m.hidden, m.lr, m.method, m.uses_omega) == ("MuseData", 400, 0.0625, "SGD-C", False)
+    assert nat.music_config("JSB", "SGD").clip is None and nat.music_config("JSB").lr == 1.0
+    assert nat.music_config("Piano-midi.de").lr == 0.25
     for method, lr in (("SGD-C", 0.01), ("SGD-CR", 0.05), ("SGD", 0.001)):
         p = nat.ptb_config(method)
         assert (p.hidden, p.biases, p.lr, p.normalize, p.seq_len, p.init_scale) == \
