@@ -31,8 +31,8 @@ minibatch      1 segment (*ours*)                           1 stream (*ours*),
 The music learning rates: the paper reports 1.0 (0.5 for MuseData); with our cost (the
 NLL summed over the 88 notes, averaged over a segment's steps) SGD-CR reached its lowest
 validation NLL with a quarter of it on Piano-midi.de and Nottingham and an eighth on
-MuseData, of 2 (Piano-midi.de only), 1, 1/2, 1/4 and 1/8 times the reported rate
-(docs/results/table1/music_hparams). JSB, not in Table 1 and not probed, keeps the
+MuseData, of 2 (Piano-midi.de only), 1, 1/2, 1/4, 1/8 and 1/16 (MuseData only: level
+with 1/8) times the reported rate (docs/results/table1/music_hparams). JSB, not in Table 1 and not probed, keeps the
 reported 1.0.
 
 The "1/(2t) style" Ω schedule is read as a per-epoch decay α_e = α₀/(2e)
