@@ -25,7 +25,7 @@ from .sweep import format_duration
 __all__ = ["GeneralizationSettings", "GENERALIZATION_LENGTHS", "generalization_engine",
            "train_generalization", "history_summary", "evaluate_lengths", "format_generalization",
            "run_generalization", "BestSnapshot", "PRESETS", "preset", "run_protocol", "summarize",
-           "format_protocol"]
+           "memory_probes", "format_protocol"]
 
 
 #: The paper's test lengths.
@@ -380,7 +380,6 @@ def run_protocol(settings: GeneralizationSettings, seeds: Sequence[int], out_dir
 def summarize(out_dir, settings, seeds, *, probes=True, num_threads=None) -> dict:
     """Collect ``out_dir/seed-<k>/generalization.json`` of the finished models into
     ``summary.json`` and ``summary.md`` (see :func:`run_protocol`)."""
-    from ..analysis import memory
     from ..nn.model import RNNModel
 
     out_dir = os.fspath(out_dir)
@@ -401,12 +400,7 @@ def summarize(out_dir, settings, seeds, *, probes=True, num_threads=None) -> dic
         if probes:
             which = "best.npz" if train["evaluated"] == "best" else "model.npz"
             model = RNNModel.load(os.path.join(out_dir, f"seed-{seed}", "train", which))
-            row["probes"] = {}
-            for gap_name, (p0, p1) in (("short gap", (15, 60)), ("long gap", (100, 500))):
-                r = memory.marker_probe(model, p0=p0, p1=p1, lags=PROBE_LAGS, rng=seed,
-                                        num_threads=num_threads)
-                row["probes"][gap_name] = {"p0": p0, "p1": p1, **{
-                    k: np.asarray(v).tolist() for k, v in r._asdict().items()}}
+            row["probes"] = memory_probes(model, seed, num_threads=num_threads)
         models.append(row)
     lengths = [int(L) for L in settings.eval_lengths]
     zero = {str(L): sum(1 for m in models if m["errors"].get(str(L)) == 0.0) for L in lengths}
@@ -423,6 +417,23 @@ def summarize(out_dir, settings, seeds, *, probes=True, num_threads=None) -> dic
 
 #: Lags (steps after the second marker) of the summary's probes.
 PROBE_LAGS = (50, 100, 250, 500, 1000, 2000, 4000)
+#: The probes' marker positions: markers close together and far apart.
+PROBE_GAPS = {"short gap": (15, 60), "long gap": (100, 500)}
+
+
+def memory_probes(model, seed, *, num_threads=None) -> dict:
+    """The linear probes of :func:`rnnfast.analysis.memory.marker_probe` at PROBE_LAGS for
+    each of PROBE_GAPS: ``{gap name: {"p0", "p1", and the probe's fields as lists}}`` (the
+    summary's and :func:`rnnfast.plots.plot_memory_probes`' format)."""
+    from ..analysis import memory
+
+    out = {}
+    for gap_name, (p0, p1) in PROBE_GAPS.items():
+        r = memory.marker_probe(model, p0=p0, p1=p1, lags=PROBE_LAGS, rng=seed,
+                                num_threads=num_threads)
+        out[gap_name] = {"p0": p0, "p1": p1,
+                         **{k: np.asarray(v).tolist() for k, v in r._asdict().items()}}
+    return out
 
 
 def format_protocol(doc) -> str:

@@ -157,8 +157,7 @@ def end_state_clusters(model, length=5000, n_sequences=400, seed=1):
 def probe_figure(out, docs):
     """OUT/memory_probes.png: the linear probes (rnnfast.analysis.memory) of each seed's first
     zero-error snapshot (what the authors' stopping rule returns) and of its best one."""
-    from rnnfast.analysis import memory
-    from rnnfast.experiments.generalization import PROBE_LAGS
+    from rnnfast.experiments.generalization import memory_probes
     from rnnfast.nn.model import RNNModel
     from rnnfast.plots import plot_memory_probes
 
@@ -170,13 +169,8 @@ def probe_figure(out, docs):
         for tag, update in picks.items():
             model = RNNModel.load(os.path.join(out, f"seed-{s}", "models",
                                                f"update-{update:07d}.npz"))
-            probes = {}
-            for gap, (p0, p1) in (("short gap", (15, 60)), ("long gap", (100, 500))):
-                r = memory.marker_probe(model, p0=p0, p1=p1, lags=PROBE_LAGS, rng=s,
-                                        num_threads=1)
-                probes[gap] = {"p0": p0, "p1": p1, **{k: np.asarray(v).tolist()
-                                                      for k, v in r._asdict().items()}}
-            models.append({"seed": f"{s}, {tag} ({update:,})", "probes": probes,
+            models.append({"seed": f"{s}, {tag} ({update:,})",
+                           "probes": memory_probes(model, s, num_threads=1),
                            "end_state_clusters": end_state_clusters(model)})
     atomic_write_json(os.path.join(out, "memory_probes.json"), {"models": models})
     plot_memory_probes({"models": models}, os.path.join(out, "memory_probes.png"))

@@ -31,7 +31,6 @@ def curves(folder, seed):
             continue
         with open(os.path.join(folder, name, "config.json")) as f:
             cfg = json.load(f)
-        cfg = cfg.get("config", cfg)
         dataset = cfg["dataset"]
         with open(p) as f:
             ep = [r for r in json.load(f) if r.get("end_of_epoch", True)]

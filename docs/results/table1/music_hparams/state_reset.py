@@ -13,6 +13,7 @@ import argparse
 import numpy as np
 
 from rnnfast.data import MusicBatches, load_music
+from rnnfast.data.metrics import step_nll
 from rnnfast.experiments.natural import _logits
 from rnnfast.nn.model import RNNModel
 
@@ -26,8 +27,7 @@ def per_step_nll(model, rolls, segment_length):
         steps = []
         for b in MusicBatches([roll], 1, segment_length=segment_length, dtype=model.dtype):
             z = _logits(model, model.forward(b.u, num_threads=1).h).astype(np.float64)
-            y = b.targets.astype(np.float64)
-            nll = (np.logaddexp(0.0, z) - y * z).sum(-1)[:, 0]  # (T,) binary CE from logits
+            nll = step_nll(z, b.targets, logits=True)[:, 0]  # (T,)
             steps.append(nll[b.mask[:, 0].astype(bool)])
         out.append(np.concatenate(steps))
     return out
