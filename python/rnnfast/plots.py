@@ -473,12 +473,16 @@ _NORM_KEYS = ("grad_norm", "norm", "pre_clip_norm")
 _EVENT_KEYS = ("explosion", "exploded")
 
 
-def _xy(h, key):
-    """x (``update`` when it matches, else the index) and y of one series, finite y only."""
-    y = h[key]
+def _update_axis(h, n):
+    """The x of a series of n records: ``update`` when it has n entries, else the index."""
     upd = h.get("update")
-    x = upd if upd is not None and upd.shape[0] == y.shape[0] else np.arange(
-        y.shape[0], dtype=np.float64)
+    return upd if upd is not None and upd.shape[0] == n else np.arange(n, dtype=np.float64)
+
+
+def _xy(h, key):
+    """x (:func:`_update_axis`) and y of one series, finite y only."""
+    y = h[key]
+    x = _update_axis(h, y.shape[0])
     ok = np.isfinite(y) & np.isfinite(x)
     return x[ok], y[ok]
 
@@ -557,9 +561,7 @@ def plot_history(history, path=None, *, title=None, dpi=120):
             ax.legend(loc="best", fontsize=8)
         elif panel == "norm":
             y = h[norm_key]
-            upd = h.get("update")
-            x = upd if upd is not None and upd.shape[0] == y.shape[0] else np.arange(
-                y.shape[0], dtype=np.float64)
+            x = _update_axis(h, y.shape[0])
             yp = np.where(y > 0, y, np.nan)
             ax.semilogy(x, yp, lw=0.8, color="tab:blue", label=f"{norm_key} (pre-clip)")
             if "clipped" in h and h["clipped"].shape[0] == y.shape[0]:
@@ -944,10 +946,8 @@ def plot_spectral_history(history, path=None, *, activation=None, ax=None, title
     for k in _EVENT_KEYS:
         if k in h:
             e = np.nan_to_num(h[k]) > 0
-            upd = h.get("update")
             if e.any():
-                xe = (upd if upd is not None and upd.shape[0] == e.shape[0]
-                      else np.arange(e.shape[0], dtype=np.float64))[e]
+                xe = _update_axis(h, e.shape[0])[e]
                 ax.vlines(xe, 0.0, 0.06, transform=ax.get_xaxis_transform(), color="tab:red",
                           lw=1.0, label=f"explosion ({int(e.sum())})")
             break
