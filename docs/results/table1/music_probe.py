@@ -9,6 +9,8 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
+from rnnfast.fileio import atomic_write_text
+
 
 def ints(text):
     """A comma-separated list of integers (an argparse type)."""
@@ -67,8 +69,5 @@ def write_summary(out, title, rows, paper):
         lines.append(f"| {m} | {statistics.mean(t):.3f} ± {sd:.3f} ({min(t):.3f}–{max(t):.3f}), "
                      f"{len(t)} seeds | {statistics.mean(tr):.3f} | {p_train:.2f} / {p_test:.2f} |")
     text = "\n".join(lines) + "\n"
-    tmp = os.path.join(out, "summary.md.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, os.path.join(out, "summary.md"))
+    atomic_write_text(os.path.join(out, "summary.md"), text)
     print(text)

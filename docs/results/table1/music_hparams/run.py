@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.join(HERE, ".."))
 from music_probe import ints, run_all  # noqa: E402
 
 from rnnfast.experiments.natural import PAPER_TABLE1  # noqa: E402
+from rnnfast.fileio import atomic_write_text  # noqa: E402
 
 # the paper's reported music learning rates (rnnfast's defaults are a quarter of them, an
 # eighth for MuseData, since this probe: rnnfast.experiments.natural's module docstring)
@@ -89,10 +90,7 @@ def main():
         lines.append(f"| {shown} | {len(rs)} | {statistics.mean(v):.3f} | "
                      f"{statistics.mean(t):.3f}{spread} | {statistics.mean(tr):.3f} | {ep:.0f} |")
     text = "\n".join(lines) + "\n"
-    tmp = os.path.join(a.out, "summary.md.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, os.path.join(a.out, "summary.md"))
+    atomic_write_text(os.path.join(a.out, "summary.md"), text)
     print(text)
 
 

@@ -20,6 +20,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 from rnnfast.experiments.natural import PAPER_TABLE1
+from rnnfast.fileio import atomic_write_text
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CELLS = os.path.join(HERE, "..", "cells")
@@ -85,9 +86,11 @@ def main():
         with ThreadPoolExecutor(a.jobs) as pool:
             list(pool.map(run, a.lr))
 
-    with open(os.path.join(CELLS, cell, "results.json")) as f:
-        cell_res = json.load(f)
-    columns = [(f"cell (lr {cell_res['config']['lr']:g})", os.path.join(CELLS, cell))]
+    columns = []
+    if os.path.exists(os.path.join(CELLS, cell, "results.json")):  # no PTB 5-step SGD cell
+        with open(os.path.join(CELLS, cell, "results.json")) as f:
+            cell_lr = json.load(f)["config"]["lr"]
+        columns.append((f"cell (lr {cell_lr:g})", os.path.join(CELLS, cell)))
     columns += [(f"lr {lr}", runs[lr]) for lr in a.lr]
     curves = [epochs(d) for _, d in columns]
     paper = PAPER_TABLE1[f"PTB chars, {a.ahead} step" + ("s" if a.ahead > 1 else "")][a.method]
@@ -97,7 +100,7 @@ def main():
              "thread per run).", "",
              "| epoch | " + " | ".join(c for c, _ in columns) + " |",
              "|---|" + "---|" * len(columns)]
-    for e in range(max(map(len, curves))):
+    for e in range(max(map(len, curves), default=0)):
         lines.append(f"| {e + 1} | " + " | ".join(
             f"{c[e]:.4f}" if e < len(c) else "" for c in curves) + " |")
     lines += ["", "| run | train | valid | test | epochs | updates | stopped |",
@@ -116,10 +119,7 @@ def main():
         lines.append(f"| paper | {paper[0]:.2f} | | {paper[1]:.2f} | | | |")
     text = "\n".join(lines) + "\n"
     os.makedirs(a.out, exist_ok=True)
-    tmp = os.path.join(a.out, "summary.md.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, os.path.join(a.out, "summary.md"))
+    atomic_write_text(os.path.join(a.out, "summary.md"), text)
     print(text)
 
 
