@@ -646,11 +646,13 @@ def test_omega_with_dh_last_only_matches_dh_of_zeros(schedule, shape):
 
 
 @pytest.mark.parametrize("with_h0", [True, False])
-@pytest.mark.parametrize("shape", [(12, 10, 3, 40), (30, 7, 0, 9), (3, 5, 4, 6)])
+@pytest.mark.parametrize("shape", [(12, 10, 3, 40), (30, 7, 0, 9), (3, 5, 4, 6), (70, 8, 5, 50),
+                                   (20, 6, 3, 200)])
 def test_batch_split_weight_gradients_per_thread(shape, with_h0):
     # Two threads of a batch split take the weight gradients (and Ω's Σ c aᵀa) of their own
     # rows and add them up once (BackwardWork::local; Ω's (Σ c aᵀa)·W_rec path, T·B ≥ 2H):
-    # the same as one thread, to rounding.
+    # the same as one thread, to rounding. Their own rows are gathered a chunk at a time
+    # ((70, 8, 5, 50): several chunks) unless [h | u] is too wide ((20, 6, 3, 200)).
     p, dh = make(shape, seed=11, with_h0=with_h0)
     f1, g1 = run(p, dh, "tanh", num_threads=1)
     f2, g2 = run(p, dh, "tanh", num_threads=2, _schedule="batch")

@@ -102,10 +102,13 @@ def test_options(dtype, use_h0, upstream):
 
 
 @pytest.mark.parametrize("schedule", ["serial", "batch", "hidden"])
-@pytest.mark.parametrize("shape", [(10, 7, 3, 20), (6, 2, 3, 9), (12, 9, 5, 40)])
+@pytest.mark.parametrize("shape", [(10, 7, 3, 20), (6, 2, 3, 9), (12, 9, 5, 40), (70, 9, 5, 50),
+                                   (40, 5, 3, 200)])
 def test_thread_splits(schedule, shape):
     """Two threads, each split (batch rows balanced by length, hidden columns), the single-row
-    packing (B ≤ threads) and Ω's stored-v path (2H > T·B)."""
+    packing (B ≤ threads) and Ω's stored-v path (2H > T·B); the weight gradients over the valid
+    rows gathered in several chunks of rows (70, 9, 5, 50) or packed ([h | u] too wide to be
+    read in place: (40, 5, 3, 200))."""
     T, B, I, H = shape
     p = params(T, B, I, H, np.float64, seed=2)
     lengths = np.random.default_rng(3).integers(1, T + 1, size=B)

@@ -584,6 +584,7 @@ struct GemmTnShape {
   static constexpr Index KC = 1024 / Index(sizeof(S));
   static constexpr Index MCT = 32;
   static constexpr Index ABLOCK = KC * MR + AP * PS;  // one packed sliver of A, with room to overrun
+  static constexpr Index DIRECT_PANELS = 4;  // at most this many panels of [Bm | Bm2]: A read in place
 };
 
 // Scratch of gemm_tn calls with at most `rows` output rows (i1 − i0) and at most `cols`
@@ -597,12 +598,14 @@ struct GemmTnWork {
       : rows(max_rows), cols(max_cols), bp(PackedMatrix<S>::elements(Sh::KC, max_cols)),
         st(size_t(max_rows * (Sh::NR + Sh::PS))),
         ap(size_t(std::min((max_rows + Sh::MR - 1) / Sh::MR, Sh::MCT) * Sh::ABLOCK)),
-        row(size_t(max_cols)) {}
+        row(size_t(max_cols)),
+        ag(max_cols <= Sh::DIRECT_PANELS * Sh::NR ? size_t(Sh::KC * max_rows) : 0) {}
   Index rows, cols;
   Buffer<S> bp;  // the packed chunk of [Bm | Bm2]
   Buffer<S> st;  // (rows, NR + PS): the panel shared by Bm and Bm2
   Buffer<S> ap;  // packed slivers of A
   Buffer<S> row;  // (cols): one row of Bm with AddRows applied
+  Buffer<S> ag;  // (KC, rows): a chunk of A's rows picked by a row index, gathered (few columns only)
 };
 
 // Weight-gradient product over many rows: for output rows i in [i0, i1),
@@ -647,7 +650,14 @@ void gemm_tn(GemmTnWork<S>& ws, Index R, Index N, const S* A, Index lda, const S
   // where it lies (packing it was ~20% of the backward at (T, B, H) = (100, 1, 50), and
   // at P (125, 20, 6, 50) reading it in place made the backward ~2% faster; with many panels,
   // packing still wins: S3 1% slower without it).
-  const bool direct_a = !s && !idx && (NT + NR - 1) / NR <= 4;
+  // With a row index and no scaling (a batch split's own sequences on each thread, a ragged
+  // batch's valid rows), each chunk of A's picked rows is first copied into contiguous scratch
+  // and read in place from there: the same sums in the same order as packing it in slivers,
+  // without the slivers' separate half panel (at P on two threads the packing and that panel
+  // were ~15% of the backward).
+  const bool few_panels = (NT + NR - 1) / NR <= Sh::DIRECT_PANELS;
+  const bool gather_a = idx && !s && few_panels && ws.ag.data() != nullptr;
+  const bool direct_a = !s && (!idx || gather_a) && few_panels;
   // Read in place, A's rows form tiles of any height, so the last half packet of [Bm | Bm2]
   // joins the panel before it (tiles of at most PanelShape::max_rows rows); packed in slivers
   // of MR rows, it stays a panel of its own (a merged one would need tiles shorter than a
@@ -723,6 +733,15 @@ void gemm_tn(GemmTnWork<S>& ws, Index R, Index N, const S* A, Index lda, const S
       Bp.pack(Bm + r0 * ldb, ldb, 1, 0, Bp.panels(), kc);
     }
     if (direct_a) {
+      // A's rows of this chunk, from scratch row k (columns [i0, i1), row stride mi) when
+      // gathered, else from A's row r0 + k.
+      S* const ag = ws.ag.data();
+      if (gather_a) {
+        using Row = Eigen::Matrix<S, 1, Eigen::Dynamic>;
+        for (Index k = 0; k < kc; ++k)  // (inline packets: a memmove call per row cost ~4%)
+          Eigen::Map<Row>(ag + k * mi, mi) =
+              Eigen::Map<const Row>(A + idx[r0 + k] * lda + i0, mi);
+      }
       // Rows in tiles of near-equal height (as packed_gemm's), each panel of Bp once from L1.
       for (Index p = 0; p < Bp.panels(); ++p) {
         const Index ncols = Bp.col_end(p) - Bp.col_begin(p);
@@ -733,7 +752,9 @@ void gemm_tn(GemmTnWork<S>& ws, Index R, Index N, const S* A, Index lda, const S
           if (!(lower && Bp.col_begin(p) >= ib + m)) {
             Index ld;
             S* const y = target(p, ib, ld);
-            const detail::Operand<S> o1{kc, A + r0 * lda + ib, 1, lda, Bp.panel(p)};
+            const detail::Operand<S> o1 =
+                gather_a ? detail::Operand<S>{kc, ag + (ib - i0), 1, mi, Bp.panel(p)}
+                         : detail::Operand<S>{kc, A + r0 * lda + ib, 1, lda, Bp.panel(p)};
             detail::tile_rows<S, MR>(m, Bp.packets(p), Bp.half(p), o1, none,
                                      (r0 || accumulate) ? y : nullptr, ld, y, ld, ncols);
           }
