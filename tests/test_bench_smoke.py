@@ -168,3 +168,18 @@ def test_thread_plan_prints_one_row_per_shape():
     rows = [r for r in proc.stdout.splitlines() if r.startswith("| 2 |") or r.startswith("| 4 |")]
     assert len(rows) == 2 and all(r.rstrip(" |").split("| ")[-1] in ("serial", "batch", "hidden")
                                   for r in rows)
+
+
+def test_p_parts_prints_every_variant():
+    script = SCRIPT.parent / "p_parts.py"
+    proc = subprocess.run([sys.executable, str(script), "--shape", "4,3,2,5", "--threads", "1,2",
+                           "--seconds", "0"], capture_output=True, text=True, timeout=60,
+                          check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = [r for r in proc.stdout.splitlines() if r.startswith("| forward") or
+            r.startswith("| backward")]
+    assert len(rows) == 10  # (3 forwards + 2 backwards) × 2 thread counts
+    assert all(float(r.split("|")[2]) > 0 for r in rows)
+    bad = subprocess.run([sys.executable, str(script), "--shape", "4,3"], capture_output=True,
+                         text=True, timeout=60, check=False)
+    assert bad.returncode == 2 and "expected T,B,I,H" in bad.stderr
