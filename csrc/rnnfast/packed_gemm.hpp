@@ -599,7 +599,9 @@ struct GemmTnWork {
         st(size_t(max_rows * (Sh::NR + Sh::PS))),
         ap(size_t(std::min((max_rows + Sh::MR - 1) / Sh::MR, Sh::MCT) * Sh::ABLOCK)),
         row(size_t(max_cols)),
-        ag(max_cols <= Sh::DIRECT_PANELS * Sh::NR ? size_t(Sh::KC * max_rows) : 0) {}
+        // (no storage otherwise: Buffer(0) would allocate, and gemm_tn checks for none)
+        ag(max_cols <= Sh::DIRECT_PANELS * Sh::NR ? Buffer<S>(size_t(Sh::KC * max_rows))
+                                                  : Buffer<S>()) {}
   Index rows, cols;
   Buffer<S> bp;  // the packed chunk of [Bm | Bm2]
   Buffer<S> st;  // (rows, NR + PS): the panel shared by Bm and Bm2
