@@ -411,6 +411,23 @@ def test_anneal_watches_validation_and_stops_converged(music_dir, monkeypatch):
         _music_cfg(lr_schedule="cosine")
 
 
+def test_anneal_with_another_factor_and_threshold(music_dir, monkeypatch):
+    cfg = _music_cfg(max_epochs=50, lr=0.8, method="SGD-C", lr_schedule="anneal:0.75:0.01")
+    assert cfg.schedule_kind == "anneal" and cfg.schedule_spec == "anneal:0.75:0.01"
+    run = _run(cfg, music_dir)
+    # 5 -> 4.97 improves by 0.6%: below 1% anneals (the default 0.3% would not)
+    values = iter([5.0, 4.97, 4.0, 3.99, 1.0])
+    monkeypatch.setattr(run.problem, "evaluate", lambda *a, **k: (next(values), 10))
+    outcome = run.run(final=False)
+    assert outcome.stopped == "converged" and outcome.epochs == 4
+    assert [r["lr_next"] for r in run.tracker.records] == pytest.approx([0.8, 0.6, 0.45, 0.3375])
+    assert _music_cfg(lr_schedule="halve:0.25").schedule_spec == "halve:0.25"
+    assert _music_cfg().schedule_spec == "halve:0.5"
+    for bad in ("anneal:1.5", "anneal:x", "constant:2", "anneal:0.5:0.1:3", "step:10", 3):
+        with pytest.raises(ValueError, match="lr_schedule"):
+            _music_cfg(lr_schedule=bad)
+
+
 def test_lr_halving_watches_the_training_cost_by_default(music_dir, monkeypatch):
     cfg = _music_cfg(max_epochs=4, lr=0.8, method="SGD-C")
     assert cfg.monitor == "train"
@@ -471,6 +488,11 @@ def test_register_functions_hook_into_a_parser():
     assert rcli.config_from_args(p).init_scale == 0.1
     with pytest.raises(SystemExit):
         parser.parse_args(["ptb", "--data", "x", "--init-scale", "0"])
+    p = parser.parse_args(["ptb", "--data", "x", "--lr-schedule", "anneal:0.7"])
+    assert rcli.config_from_args(p).schedule_spec == "anneal:0.7"
+    for bad in ("anneal:1", "cosine", "halve:0.5:1"):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["ptb", "--data", "x", "--lr-schedule", bad])
     with pytest.raises(SystemExit):
         parser.parse_args(["music", "--dataset", "Bach", "--data", "x"])
     with pytest.raises(SystemExit):

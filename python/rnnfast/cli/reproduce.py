@@ -31,7 +31,7 @@ from ..fileio import atomic_write_json
 from . import terminated
 from .outdir import OPTIONS_FILE, add_fresh_argument, claim
 from ..train.methods import canonical_method
-from .argtypes import nonneg_float, nonneg_int, positive_float, positive_int
+from .argtypes import epoch_lr_rule, nonneg_float, nonneg_int, positive_float, positive_int
 
 __all__ = ["EXPERIMENTS", "register_experiment", "register", "main"]
 
@@ -526,11 +526,12 @@ def _add_common(p, problem):
                    help="standard deviation of the initial weights (default: music 0.01, "
                         "PTB 0.3)")
     g.add_argument("--lr", type=positive_float, default=None, help="initial learning rate")
-    g.add_argument("--lr-schedule", choices=("halve", "constant", "anneal"), default=None,
-                   help="halve the lr when the epoch error rises (music default), keep it "
-                        "constant, or 'anneal' (PTB default; Mikolov's RNNLM rule: halve every "
+    g.add_argument("--lr-schedule", type=epoch_lr_rule, default=None, metavar="RULE",
+                   help="'halve' the lr when the epoch error rises (music default), keep it "
+                        "'constant', or 'anneal' (PTB default; Mikolov's RNNLM rule: halve every "
                         "epoch once validation improves by less than 0.3%%, stop when that "
-                        "happens again)")
+                        "happens again); 'halve:FACTOR' and 'anneal:FACTOR[:MIN_IMPROVEMENT]' "
+                        "multiply by another factor (e.g. anneal:0.7)")
     g.add_argument("--monitor", choices=("valid", "train"), default=None,
                    help="epoch error that the lr halving watches: the training cost of the "
                         "epoch (default) or the validation metric")

@@ -102,6 +102,7 @@ from ..errors import UserError
 from ..fileio import atomic_write_json, atomic_write_text
 from ..nn import init as _init
 from ..nn.model import BIASES, RECURRENT, RNNModel
+from ..nn import optim as _optim
 from ..nn.optim import EpochInverse
 from ..train import Callback, Checkpoint, DataSource, Progress, build
 from ..train.engine import settings_diff
@@ -181,11 +182,13 @@ class NaturalConfig:
         Train ``b`` and ``b_out``; False keeps both at zero (PTB).
     lr : float
         Initial learning rate.
-    lr_schedule : {"halve", "constant", "anneal"}
+    lr_schedule : {"halve", "constant", "anneal"} or str
         Halve when the monitored epoch error rises; keep it constant; or "anneal", Mikolov's
         RNNLM rule (:class:`rnnfast.nn.optim.Anneal`: constant until an epoch improves the
         validation metric by less than 0.3%, then halved after every epoch, and the run
         stops, "converged", when an epoch improves it by less than that again).
+        ``"halve:FACTOR"`` and ``"anneal:FACTOR[:MIN_IMPROVEMENT]"`` set another factor
+        (and threshold), as :func:`rnnfast.nn.optim.make_schedule` reads them.
     monitor : {"valid", "train"}
         Which epoch error the halving watches ("anneal" always watches validation).
     clip : float or None
@@ -261,9 +264,14 @@ class NaturalConfig:
             raise ValueError(f"clip: expected a positive number or None, got {self.clip!r}")
         if not (math.isfinite(self.alpha) and self.alpha >= 0):
             raise ValueError(f"alpha: expected a number >= 0, got {self.alpha!r}")
-        if self.lr_schedule not in ("halve", "constant", "anneal"):
-            raise ValueError(f"lr_schedule: expected 'halve', 'constant' or 'anneal', "
-                             f"got {self.lr_schedule!r}")
+        if not (isinstance(self.lr_schedule, str)
+                and self.lr_schedule.split(":")[0] in ("halve", "constant", "anneal")):
+            raise ValueError(f"lr_schedule: expected 'halve[:FACTOR]', 'constant' or "
+                             f"'anneal[:FACTOR[:MIN_IMPROVEMENT]]', got {self.lr_schedule!r}")
+        try:
+            _optim.make_schedule(self.schedule_spec, 1.0)
+        except ValueError as e:
+            raise ValueError(f"lr_schedule: {e}") from None
         if self.monitor not in ("valid", "train"):
             raise ValueError(f"monitor: expected 'valid' or 'train', got {self.monitor!r}")
         if self.normalize not in ("step", "sequence", "sum"):
@@ -281,6 +289,18 @@ class NaturalConfig:
                 and math.isfinite(self.init_scale) and self.init_scale > 0):
             raise ValueError(f"init_scale: expected a positive number or None, "
                              f"got {self.init_scale!r}")
+
+    @property
+    def schedule_kind(self):
+        """"halve", "constant" or "anneal" (``lr_schedule`` without its arguments)."""
+        return self.lr_schedule.split(":")[0]
+
+    @property
+    def schedule_spec(self):
+        """``lr_schedule`` as :func:`rnnfast.nn.optim.make_schedule` reads it (the named
+        rules with their defaults: halve by ½; anneal by ½ below 0.3% improvement)."""
+        return {"halve": "halve:0.5", "anneal": "anneal:0.5:0.003"}.get(
+            self.lr_schedule, self.lr_schedule)
 
     @property
     def uses_clipping(self):
@@ -636,8 +656,7 @@ class NaturalRun:
             init_kwargs=None if c.init_scale is None else {"scale": c.init_scale},
             activation=c.activation, loss=problem.loss, at="all", normalize=c.normalize,
             dtype=c.dtype, init_rng=np.random.default_rng([c.seed, 0]), lr=c.lr,
-            lr_schedule={"halve": "halve:0.5", "anneal": "anneal:0.5:0.003"}.get(
-                c.lr_schedule, "constant"),
+            lr_schedule=c.schedule_spec,
             clip=c.clip if c.uses_clipping else 0, strict_clip=True, nonfinite="shrink",
             alpha=EpochInverse(c.alpha) if c.uses_omega else 0,
             frozen=() if c.biases else BIASES, seed=c.seed, num_threads=num_threads)
@@ -881,7 +900,7 @@ class EpochValidation(Callback):
         elif counts:
             self.bad_validations += 1
         lr_before = float(engine.lr(engine.update))
-        if self.config.monitor == "valid" or self.config.lr_schedule == "anneal" \
+        if self.config.monitor == "valid" or self.config.schedule_kind == "anneal" \
                 or train_cost is None:
             watched = value if math.isfinite(value) else float("inf")
         else:

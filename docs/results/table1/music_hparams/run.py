@@ -2,13 +2,13 @@
 
     python docs/results/table1/music_hparams/run.py DATA OUT --dataset Piano-midi.de
         [--method SGD-CR] [--seeds 1,2,3] [--vary lr=0.25,0.5,2 hidden=150,600 seq-len=50,100]
-        [--jobs 1]
+        [--lr BASE] [--jobs 1]
 
 One setting at a time is moved away from the paper's reported ones (lr 1.0, 0.5 for MuseData;
 the rest the Table 1 cell's: 300 hidden units, 400 for MuseData, 200-step segments, ...) and
 each variant is run with every seed, ``rnnfast reproduce music --dataset D --method M --seed S
 --threads 1 --lr REPORTED --NAME VALUE`` into OUT/NAME-VALUE-sS (the reported settings into
-OUT/cell-sS), skipped when finished, resumed when cut short
+OUT/cell-sS; ``--lr`` moves the base rate, of the cell and of every variant), skipped when finished, resumed when cut short
 (../music_probe.py). OUT/summary.md then gives, per variant, the seeds finished, the mean
 validation NLL (what chooses a variant: the test numbers are what we compare with the paper)
 and the test NLL's mean ± sd (``--summary-only``: write it from the runs finished so far).
@@ -51,12 +51,16 @@ def main():
                     default=[("lr", ["0.25", "0.5", "2"]), ("hidden", ["150", "600"]),
                              ("seq-len", ["50", "100"])],
                     help="options of `rnnfast reproduce music` and the values to try")
+    ap.add_argument("--lr", type=float, default=None,
+                    help="the base learning rate of every run but an lr variant's "
+                         "(default: the reported one)")
     ap.add_argument("--jobs", type=int, default=1, help="runs at once, one thread each")
     ap.add_argument("--summary-only", action="store_true",
                     help="only write the summary of the runs already finished")
     a = ap.parse_args()
     base = ["--method", a.method, "--dataset", a.dataset, "--data", a.data]
-    reported = ["--lr", str(REPORTED_LR[a.dataset])]  # pinned: the defaults are not these
+    base_lr = REPORTED_LR[a.dataset] if a.lr is None else a.lr
+    reported = ["--lr", str(base_lr)]  # pinned: the defaults are not the reported rates
     settings = [("cell", None, reported)] + [
         (n, v, [f"--{n}", v] + (reported if n != "lr" else [])) for n, vs in a.vary for v in vs]
     runs = []
@@ -85,8 +89,8 @@ def main():
         v, t, tr = ([r["ours"][k] for r in rs] for k in ("valid", "test", "train"))
         spread = f" ± {statistics.stdev(t):.3f}" if len(t) > 1 else ""
         ep = statistics.mean(r["epochs"] for r in rs)
-        shown = (f"reported (lr {REPORTED_LR[a.dataset]:g})" if value is None
-                 else f"--{name} {value}")
+        kind = "reported" if base_lr == REPORTED_LR[a.dataset] else "base"
+        shown = f"{kind} (lr {base_lr:g})" if value is None else f"--{name} {value}"
         lines.append(f"| {shown} | {len(rs)} | {statistics.mean(v):.3f} | "
                      f"{statistics.mean(t):.3f}{spread} | {statistics.mean(tr):.3f} | {ep:.0f} |")
     text = "\n".join(lines) + "\n"
