@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import math
 
+from ..nn.optim import make_schedule
+
 
 def _number(s, cast, ok, what):
     try:
@@ -36,8 +38,6 @@ def nonneg_float(s) -> float:
 def epoch_lr_rule(s) -> str:
     """An epoch-wise learning-rate rule of the natural problems: 'halve[:FACTOR]', 'constant'
     or 'anneal[:FACTOR[:MIN_IMPROVEMENT]]'."""
-    from ..nn.optim import make_schedule
-
     what = "'halve[:FACTOR]', 'constant' or 'anneal[:FACTOR[:MIN_IMPROVEMENT]]'"
     if s.split(":")[0] not in ("halve", "constant", "anneal"):
         raise argparse.ArgumentTypeError(f"expected {what}, got {s!r}")

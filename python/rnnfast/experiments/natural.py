@@ -37,7 +37,7 @@ with 1/8) times the reported rate (docs/results/table1/music_hparams). JSB, not 
 reported 1.0.
 
 The "1/(2t) style" Ω schedule is read as a per-epoch decay α_e = α₀/(2e)
-(*ours*; see :class:`EpochInverse`). Halving the learning rate "when the epoch
+(*ours*; see :class:`rnnfast.nn.optim.EpochInverse`). Halving the learning rate "when the epoch
 error rises" watches the average training cost of the epoch (*ours*: the paper
 does not say which error; ``--monitor valid`` watches the validation metric
 instead, which on Nottingham halved the rate on one-epoch noise and ended 0.2-0.6
@@ -103,7 +103,6 @@ from ..fileio import atomic_write_json, atomic_write_text
 from ..nn import init as _init
 from ..nn.model import BIASES, RECURRENT, RNNModel
 from ..nn import optim as _optim
-from ..nn.optim import EpochInverse
 from ..train import Callback, Checkpoint, DataSource, Progress, build
 from ..train.engine import settings_diff
 from ..train.methods import METHODS as _METHOD_TABLE, canonical_method
@@ -658,7 +657,7 @@ class NaturalRun:
             dtype=c.dtype, init_rng=np.random.default_rng([c.seed, 0]), lr=c.lr,
             lr_schedule=c.schedule_spec,
             clip=c.clip if c.uses_clipping else 0, strict_clip=True, nonfinite="shrink",
-            alpha=EpochInverse(c.alpha) if c.uses_omega else 0,
+            alpha=_optim.EpochInverse(c.alpha) if c.uses_omega else 0,
             frozen=() if c.biases else BIASES, seed=c.seed, num_threads=num_threads)
         self.model = self.engine.model
         self.tracker = EpochValidation(config, problem, num_threads=num_threads, log=log,
