@@ -8,10 +8,11 @@ One setting at a time is moved away from the paper's reported ones (lr 1.0, 0.5 
 the rest the Table 1 cell's: 300 hidden units, 400 for MuseData, 200-step segments, ...) and
 each variant is run with every seed, ``rnnfast reproduce music --dataset D --method M --seed S
 --threads 1 --lr REPORTED --NAME VALUE`` into OUT/NAME-VALUE-sS (the reported settings into
-OUT/cell-sS; ``--lr`` moves the base rate, of the cell and of every variant), skipped when finished, resumed when cut short
-(../music_probe.py). OUT/summary.md then gives, per variant, the seeds finished, the mean
-validation NLL (what chooses a variant: the test numbers are what we compare with the paper)
-and the test NLL's mean ± sd (``--summary-only``: write it from the runs finished so far).
+OUT/cell-sS; ``--lr`` moves the base rate, the cell's and every variant's), skipped when
+finished, resumed when cut short (../music_probe.py). OUT/summary.md then gives, per
+variant, the seeds finished, the mean validation NLL (what chooses a variant: the test
+numbers are what we compare with the paper) and the test NLL's mean ± sd
+(``--summary-only``: write it from the runs finished so far).
 """
 
 import argparse
