@@ -6,8 +6,6 @@ from __future__ import annotations
 import argparse
 import math
 
-from ..nn.optim import make_schedule
-
 
 def _number(s, cast, ok, what):
     try:
@@ -33,16 +31,3 @@ def positive_float(s) -> float:
 
 def nonneg_float(s) -> float:
     return _number(s, float, lambda v: math.isfinite(v) and v >= 0, "a number >= 0")
-
-
-def epoch_lr_rule(s) -> str:
-    """An epoch-wise learning-rate rule of the natural problems: 'halve[:FACTOR]', 'constant'
-    or 'anneal[:FACTOR[:MIN_IMPROVEMENT]]'."""
-    what = "'halve[:FACTOR]', 'constant' or 'anneal[:FACTOR[:MIN_IMPROVEMENT]]'"
-    if s.split(":")[0] not in ("halve", "constant", "anneal"):
-        raise argparse.ArgumentTypeError(f"expected {what}, got {s!r}")
-    try:
-        make_schedule(s, 1.0)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected {what}: {e}") from None
-    return s

@@ -31,7 +31,7 @@ from ..fileio import atomic_write_json
 from . import terminated
 from .outdir import OPTIONS_FILE, add_fresh_argument, claim
 from ..train.methods import canonical_method
-from .argtypes import epoch_lr_rule, nonneg_float, nonneg_int, positive_float, positive_int
+from .argtypes import nonneg_float, nonneg_int, positive_float, positive_int
 
 __all__ = ["EXPERIMENTS", "register_experiment", "register", "main"]
 
@@ -506,6 +506,15 @@ def _check_data(data, problems, command):
                             f"rnnfast data download {name} --to {data} fetches it")
 
 
+def _lr_rule(s):
+    """argparse type of --lr-schedule (rnnfast.experiments.natural.check_lr_schedule)."""
+    try:
+        _nat.check_lr_schedule(s)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return s
+
+
 def _add_common(p, problem):
     p.add_argument("--data", default=None, metavar="DIR",
                    help=_DATA_HELP + ("; or the music folder or data set file"
@@ -526,7 +535,7 @@ def _add_common(p, problem):
                    help="standard deviation of the initial weights (default: music 0.01, "
                         "PTB 0.3)")
     g.add_argument("--lr", type=positive_float, default=None, help="initial learning rate")
-    g.add_argument("--lr-schedule", type=epoch_lr_rule, default=None, metavar="RULE",
+    g.add_argument("--lr-schedule", type=_lr_rule, default=None, metavar="RULE",
                    help="'halve' the lr when the epoch error rises (music default), keep it "
                         "'constant', or 'anneal' (PTB default; Mikolov's RNNLM rule: halve every "
                         "epoch once validation improves by less than 0.3%%, stop when that "

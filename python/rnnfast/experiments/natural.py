@@ -109,7 +109,7 @@ from ..train.methods import METHODS as _METHOD_TABLE, canonical_method
 
 __all__ = [
     "PAPER_TABLE1", "PAPER_SOTA", "METHODS", "MUSIC_DATASETS",
-    "NaturalConfig", "music_config", "ptb_config",
+    "NaturalConfig", "music_config", "ptb_config", "check_lr_schedule",
     "MusicProblem", "PTBProblem", "NaturalRun", "RunOutcome", "load_problem",
     "format_table", "readme_rows", "TABLE1_CELLS", "cell_config", "run_cell", "run_table1",
     "format_table1",
@@ -144,6 +144,21 @@ _PTB_LR = {"SGD": 0.001, "SGD-C": 0.01, "SGD-CR": 0.05}
 # predicting the next character: SGD-C's rate chosen on the validation split among 0.01-0.08
 # (docs/results/table1/ptb_lr); the other cells keep the reported rates
 _PTB_LR_NEXT = {"SGD-C": 0.04}
+
+
+def check_lr_schedule(rule):
+    """ValueError (naming the forms expected) unless ``rule`` is an epoch-wise learning-rate
+    rule of the natural problems: 'halve[:FACTOR]', 'constant' or
+    'anneal[:FACTOR[:MIN_IMPROVEMENT]]' (:func:`rnnfast.nn.optim.make_schedule` reads it)."""
+    what = "'halve[:FACTOR]', 'constant' or 'anneal[:FACTOR[:MIN_IMPROVEMENT]]'"
+    if not (isinstance(rule, str) and rule.split(":")[0] in ("halve", "constant", "anneal")):
+        raise ValueError(f"expected {what}, got {rule!r}")
+    try:
+        _optim.make_schedule(rule, 1.0)
+    except ValueError as e:
+        raise ValueError(f"expected {what}: {e}") from None
+
+
 # chosen on the validation split: the reported 1.0 / 4, MuseData's 0.5 / 8 (module docstring)
 _MUSIC_LR = {"Nottingham": 0.25, "Piano-midi.de": 0.25, "MuseData": 0.0625, "JSB": 1.0}
 
@@ -263,12 +278,8 @@ class NaturalConfig:
             raise ValueError(f"clip: expected a positive number or None, got {self.clip!r}")
         if not (math.isfinite(self.alpha) and self.alpha >= 0):
             raise ValueError(f"alpha: expected a number >= 0, got {self.alpha!r}")
-        if not (isinstance(self.lr_schedule, str)
-                and self.lr_schedule.split(":")[0] in ("halve", "constant", "anneal")):
-            raise ValueError(f"lr_schedule: expected 'halve[:FACTOR]', 'constant' or "
-                             f"'anneal[:FACTOR[:MIN_IMPROVEMENT]]', got {self.lr_schedule!r}")
         try:
-            _optim.make_schedule(self.schedule_spec, 1.0)
+            check_lr_schedule(self.lr_schedule)
         except ValueError as e:
             raise ValueError(f"lr_schedule: {e}") from None
         if self.monitor not in ("valid", "train"):
