@@ -24,14 +24,27 @@ from rnnfast.nn.model import BIASES, RNNModel
 from rnnfast.train import build
 
 
+def load_run(run_dir, data):
+    """A finished run's recorded results, config, best model and problem."""
+    with open(os.path.join(run_dir, "results.json")) as f:
+        recorded = json.load(f)
+    cfg = nat.NaturalConfig.from_dict(recorded["config"])
+    model = RNNModel.load(os.path.join(run_dir, "model.npz"))
+    return recorded, cfg, model, nat.load_problem(cfg, data)
+
+
+def dynamic_engine(model, cfg, lr):
+    """SGD steps of ``lr`` on a copy of ``model``, clipped at the run's threshold, no Ω."""
+    return build("SGD-C" if cfg.uses_clipping else "SGD", model=model.copy(), lr=lr,
+                 clip=cfg.clip if cfg.uses_clipping else 0, strict_clip=True,
+                 nonfinite="shrink", frozen=() if cfg.biases else BIASES, seed=cfg.seed,
+                 num_threads=1)
+
+
 def dynamic_bits(model, cfg, stream, lr):
     """Bits per character of ``stream`` (one stream, state carried), each segment scored
     before an SGD step of ``lr`` on it; ``model`` is left unchanged."""
-    m = model.copy()
-    engine = build("SGD-C" if cfg.uses_clipping else "SGD", model=m, lr=lr,
-                   clip=cfg.clip if cfg.uses_clipping else 0, strict_clip=True,
-                   nonfinite="shrink", frozen=() if cfg.biases else BIASES, seed=cfg.seed,
-                   num_threads=1)
+    engine = dynamic_engine(model, cfg, lr)
     engine.fit(stream, max_epochs=1)
     nats = float(sum(engine.history["loss"]))  # each segment's cost before its update
     return nats / (stream.n_predictions * math.log(2.0))
@@ -44,11 +57,7 @@ def main():
     ap.add_argument("--lrs", default="0,0.001,0.003,0.01")
     ap.add_argument("--splits", default="valid,test")
     a = ap.parse_args()
-    with open(os.path.join(a.run_dir, "results.json")) as f:
-        recorded = json.load(f)
-    cfg = nat.NaturalConfig.from_dict(recorded["config"])
-    model = RNNModel.load(os.path.join(a.run_dir, "model.npz"))
-    problem = nat.load_problem(cfg, a.data)
+    recorded, cfg, model, problem = load_run(a.run_dir, a.data)
     print(f"{a.run_dir}: recorded train / valid / test {recorded['ours']}", flush=True)
     rows = []
     for lr in (float(x) for x in a.lrs.split(",")):

@@ -17,6 +17,7 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
 
 import numpy as np
@@ -24,8 +25,9 @@ import numpy as np
 from rnnfast.data.ptb import CharStream
 from rnnfast.experiments import natural as nat
 from rnnfast.fileio import atomic_write_json
-from rnnfast.nn.model import BIASES, RNNModel
-from rnnfast.train import build
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "ptb_dynamic"))
+from dynamic_eval import dynamic_engine, load_run  # noqa: E402  (the sibling probe's helpers)
 
 
 def token_bits(model, h, batch):
@@ -68,11 +70,8 @@ def static(model, cfg, problem, data):
 
 
 def dynamic(model, cfg, problem, data, lr):
-    m = model.copy()
-    engine = build("SGD-C" if cfg.uses_clipping else "SGD", model=m, lr=lr,
-                   clip=cfg.clip if cfg.uses_clipping else 0, strict_clip=True,
-                   nonfinite="shrink", frozen=() if cfg.biases else BIASES, seed=cfg.seed,
-                   num_threads=1)
+    engine = dynamic_engine(model, cfg, lr)
+    m = engine.model
     tally, h = Tally(problem.data.vocab.eol_index), None
     for b in CharStream(data, problem.n_in, 1, cfg.seq_len, ahead=cfg.ahead, dtype=m.dtype):
         h0 = None if b.reset else h
@@ -91,11 +90,7 @@ def main():
     ap.add_argument("--dynamic-lr", type=float, default=0.0)
     ap.add_argument("--train-limit", type=int, default=1_000_000)
     a = ap.parse_args()
-    with open(os.path.join(a.run_dir, "results.json")) as f:
-        recorded = json.load(f)
-    cfg = nat.NaturalConfig.from_dict(recorded["config"])
-    model = RNNModel.load(os.path.join(a.run_dir, "model.npz"))
-    problem = nat.load_problem(cfg, a.data)
+    recorded, cfg, model, problem = load_run(a.run_dir, a.data)
     entry = {"run": os.path.basename(os.path.normpath(a.run_dir)), "recorded": recorded["ours"],
              "method": cfg.method, "lr": cfg.lr, "static": {}, "dynamic": {}}
     print(f"{a.run_dir}: recorded train / valid / test {recorded['ours']}", flush=True)
