@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Train and score a PTB cell on the text without its line ends: each split's line-end symbols
 removed, the sentences run together (the vocabulary keeps its 50 outputs; the line end then
-never occurs). What the paper's numbers would be if its data had no line ends.
+never occurs). The files put no `_` at a line's end, so this joins the last word of each
+sentence to the first of the next.
 
     python train_without_eol.py DATA_DIR OUT [--method SGD-CR] [--threads 2] [--budget SECONDS]
 
