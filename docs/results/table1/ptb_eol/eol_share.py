@@ -15,13 +15,13 @@ RUN_DIR: a finished run's folder (model.npz, results.json). Static scoring is th
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
 
 import numpy as np
 
+from rnnfast.data.metrics import char_bits
 from rnnfast.data.ptb import CharStream
 from rnnfast.experiments import natural as nat
 from rnnfast.fileio import atomic_write_json
@@ -31,15 +31,11 @@ from dynamic_eval import dynamic_engine, load_run  # noqa: E402  (the sibling pr
 
 
 def token_bits(model, h, batch):
-    """Per-target bits (T, B) of ``batch`` from state ``h``, the final state, and the targets."""
+    """Per-target bits (T, B) of ``batch`` from state ``h`` (the table's scoring,
+    ``metrics.char_bits``), the final state, and the targets."""
     fwd = model.forward(batch.u, h)
-    z = nat._logits(model, fwd.h).astype(np.float64)
-    z -= z.max(axis=-1, keepdims=True)
-    logp = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
-    t = batch.targets
-    idx = t.argmax(axis=-1) if t.ndim == z.ndim else t
-    bits = -np.take_along_axis(logp, idx[..., None], axis=-1)[..., 0] / math.log(2.0)
-    return bits, np.array(fwd.h_last, copy=True), idx
+    bits = char_bits(nat._logits(model, fwd.h), batch.targets, logits=True)
+    return bits, np.array(fwd.h_last, copy=True), batch.targets
 
 
 class Tally:
